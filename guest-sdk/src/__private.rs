@@ -1,0 +1,97 @@
+//! The glue between `wasi:http` and a `#[handler]` function: reads the incoming request into a
+//! [`Request`], calls the handler, and writes its [`Response`] back.
+
+use std::io::{Read, Write};
+
+use wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method as WasiMethod, OutgoingBody, OutgoingResponse,
+    ResponseOutparam,
+};
+
+use crate::{IntoResponse, Method, Request, Response};
+
+pub use wasi;
+pub use wasi::exports::http::incoming_handler::Guest;
+
+/// Runs `handler` for one `wasi:http` request.
+pub fn run<R: IntoResponse>(
+    incoming: IncomingRequest,
+    out: ResponseOutparam,
+    handler: impl FnOnce(Request) -> R,
+) {
+    let response = match read_request(incoming) {
+        Ok(request) => handler(request).into_response(),
+        Err(e) => Response::bad_request(format!("could not read the request: {e}\n")),
+    };
+    write_response(out, response);
+}
+
+fn read_request(incoming: IncomingRequest) -> Result<Request, String> {
+    let method = match incoming.method() {
+        WasiMethod::Get => Method::Get,
+        WasiMethod::Head => Method::Head,
+        WasiMethod::Post => Method::Post,
+        WasiMethod::Put => Method::Put,
+        WasiMethod::Delete => Method::Delete,
+        WasiMethod::Patch => Method::Patch,
+        WasiMethod::Options => Method::Options,
+        WasiMethod::Connect => Method::Connect,
+        WasiMethod::Trace => Method::Trace,
+        WasiMethod::Other(m) => Method::Other(m),
+    };
+    let uri = incoming.path_with_query().unwrap_or_else(|| "/".into());
+    let mut request = Request::new(method, &uri);
+    for (name, value) in incoming.headers().entries() {
+        request = request.with_header(&name, value);
+    }
+    let body = incoming
+        .consume()
+        .map_err(|()| "the body was already taken".to_string())?;
+    let mut bytes = Vec::new();
+    {
+        let mut stream = body
+            .stream()
+            .map_err(|()| "the body stream was already taken".to_string())?;
+        stream.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    }
+    IncomingBody::finish(body);
+    Ok(request.with_body(bytes))
+}
+
+fn write_response(out: ResponseOutparam, response: Response) {
+    let entries: Vec<(String, Vec<u8>)> = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+        .collect();
+    let headers = match Fields::from_list(&entries) {
+        Ok(headers) => headers,
+        Err(e) => {
+            eprintln!("handler returned headers the host refuses: {e:?}");
+            Fields::new()
+        }
+    };
+    let outgoing = OutgoingResponse::new(headers);
+    if outgoing.set_status_code(response.status()).is_err() {
+        eprintln!(
+            "handler returned invalid status {}; sending 500",
+            response.status()
+        );
+        let _ = outgoing.set_status_code(500);
+    }
+    let body = outgoing.body().expect("a new response has a body");
+    ResponseOutparam::set(out, Ok(outgoing));
+    {
+        let mut stream = body.write().expect("a new body has a stream");
+        if let Err(e) = stream
+            .write_all(response.body())
+            .and_then(|()| Write::flush(&mut stream))
+        {
+            eprintln!("writing the response body failed: {e}");
+            return;
+        }
+    }
+    if let Err(e) = OutgoingBody::finish(body, None) {
+        eprintln!("finishing the response body failed: {e:?}");
+    }
+}

@@ -1,0 +1,121 @@
+//! An [`App`]: one component, compiled and pre-instantiated once, served under one route.
+//!
+//! Loading is where a component is judged: it must be a component (not a core module), it must
+//! export `wasi:http/incoming-handler`, and it may import only the interfaces the host offers.
+//! Everything found wrong is reported at once, at load time, never in the middle of a request.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use wasmtime::component::Component;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::instance::RequestCtx;
+use crate::runtime::Runtime;
+
+/// Interface packages a guest may import. Anything else is refused at load time.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:http/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+/// A loaded app, shared by every request routed to it. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    name: Arc<str>,
+    route: String,
+    pre: ProxyPre<RequestCtx>,
+    runtime: Runtime,
+}
+
+impl App {
+    /// Compiles the component at `path` and prepares it to be instantiated per request.
+    pub fn load(runtime: &Runtime, name: &str, route: &str, path: &Path) -> Result<App> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        App::from_bytes(runtime, name, route, &bytes)
+            .with_context(|| format!("loading app `{name}` from {}", path.display()))
+    }
+
+    /// Like [`App::load`], from bytes already in memory.
+    pub fn from_bytes(runtime: &Runtime, name: &str, route: &str, bytes: &[u8]) -> Result<App> {
+        if is_core_module(bytes) {
+            bail!(
+                "this is a core WebAssembly module, not a component: build it for the \
+                 `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
+            );
+        }
+        let component = Component::new(runtime.engine(), bytes)
+            .map_err(anyhow::Error::from)
+            .context("compiling the component")?;
+        check_imports(runtime, &component)?;
+        let pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("linking the component's imports")?;
+        let pre = ProxyPre::new(pre).map_err(anyhow::Error::from).context(
+            "the component does not export `wasi:http/incoming-handler@0.2.x`: \
+             is it a `wasi:http/proxy` component?",
+        )?;
+        Ok(App {
+            inner: Arc::new(AppInner {
+                name: name.into(),
+                route: route.to_string(),
+                pre,
+                runtime: runtime.clone(),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.inner.name
+    }
+
+    pub fn route(&self) -> &str {
+        &self.inner.route
+    }
+
+    pub fn pre(&self) -> &ProxyPre<RequestCtx> {
+        &self.inner.pre
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
+    }
+}
+
+/// Refuses imports outside [`ALLOWED_IMPORTS`], naming all of them in one error.
+fn check_imports(runtime: &Runtime, component: &Component) -> Result<()> {
+    let ty = component.component_type();
+    let refused: Vec<String> = ty
+        .imports(runtime.engine())
+        .map(|(name, _)| name)
+        .filter(|name| !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)))
+        .map(str::to_string)
+        .collect();
+    if !refused.is_empty() {
+        bail!(
+            "the component imports interfaces tabula does not provide: {}. \
+             Allowed are WASI 0.2 ({})",
+            refused.join(", "),
+            ALLOWED_IMPORTS.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// A core module's header is `\0asm` followed by version 1; a component's has a different
+/// version/layer field. Checked by hand so the error names the fix instead of a parse failure.
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}

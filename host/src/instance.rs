@@ -1,0 +1,202 @@
+//! One request, one instance: the per-request [`RequestCtx`] and [`handle`], which runs a
+//! request in a brand-new instance of an app's component.
+//!
+//! This is where statelessness is enforced. The `Store` (and with it the instance's memory,
+//! globals and tables, and every WASI resource) is created for the request and dropped when
+//! the guest has finished, so nothing a guest does can reach the next request.
+
+use std::time::Instant;
+
+use anyhow::anyhow;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use tracing::{Instrument, debug, warn};
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::app::App;
+use crate::guest_log::GuestLog;
+
+/// The body type of every response the host sends, whether the guest made it or the host did.
+pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
+
+/// Everything a single request's `Store` owns. Built fresh per request, dropped with it.
+pub struct RequestCtx {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: DenyOutbound,
+}
+
+impl RequestCtx {
+    fn new(app: &App) -> RequestCtx {
+        // No preopened directories, environment variables, arguments, stdin or network: the
+        // builder's defaults, except that sockets are refused outright instead of per address.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestLog::stdout(app.name()))
+            .stderr(GuestLog::stderr(app.name()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        RequestCtx {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: DenyOutbound,
+        }
+    }
+}
+
+impl WasiView for RequestCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for RequestCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Guests get no outbound HTTP: every `outgoing-handler.handle` fails with the standard
+/// `HTTP-request-denied` error code, which guests can recognise and report.
+struct DenyOutbound;
+
+impl WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Why a request produced no guest response. The server turns each into a status code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The guest trapped, panicked, ran out of time, or returned without a response.
+    Guest(anyhow::Error),
+    /// The guest answered `response-outparam.set` with an error code instead of a response.
+    GuestErrorCode(ErrorCode),
+    /// No instance slot was free: the pool is at its limit.
+    Busy(anyhow::Error),
+}
+
+/// Runs `req` in a fresh instance of `app` and returns the guest's response.
+///
+/// The guest runs in its own task so that it can keep streaming the body after the response
+/// head has been returned; that task owns the `Store` and drops it, and thereby the instance,
+/// when the guest is done or its deadline passes.
+pub async fn handle<B>(
+    app: &App,
+    req: hyper::Request<B>,
+) -> Result<hyper::Response<ResponseBody>, Failure>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let started = Instant::now();
+    let runtime = app.runtime();
+    let mut store = Store::new(runtime.engine(), RequestCtx::new(app));
+    store.set_epoch_deadline(runtime.deadline_ticks());
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (req, out) = {
+        let mut http = store.data_mut().http();
+        let req = http
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| Failure::Guest(e.into()))?;
+        let out = http
+            .new_response_outparam(sender)
+            .map_err(|e| Failure::Guest(e.into()))?;
+        (req, out)
+    };
+
+    let pre = app.pre().clone();
+    let timeout = runtime.limits().request_timeout;
+    let task = tokio::spawn(
+        async move {
+            let run = async {
+                let proxy = pre.instantiate_async(&mut store).await.map_err(|e| {
+                    if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                        Failure::Busy(e.into())
+                    } else {
+                        Failure::Guest(
+                            anyhow::Error::from(e).context("instantiating the component"),
+                        )
+                    }
+                })?;
+                debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "instantiated"
+                );
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+                    .map_err(|e| Failure::Guest(e.into()))
+            };
+            // Epochs stop guest code; this also stops a guest parked in a host call.
+            match tokio::time::timeout(timeout, run).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Guest(anyhow!(
+                    "request exceeded its deadline of {timeout:?}"
+                ))),
+            }
+        }
+        .in_current_span(),
+    );
+
+    match receiver.await {
+        Ok(Ok(response)) => {
+            Ok(response.map(|body| body.map_err(anyhow::Error::from).boxed_unsync()))
+        }
+        Ok(Err(code)) => Err(Failure::GuestErrorCode(code)),
+        // The guest dropped the outparam without setting it: the task says why.
+        Err(_) => match task.await {
+            Ok(Err(failure)) => Err(failure),
+            Ok(Ok(())) => Err(Failure::Guest(anyhow!(
+                "the guest returned without setting a response"
+            ))),
+            Err(join) => Err(Failure::Guest(
+                anyhow::Error::new(join).context("the guest task failed"),
+            )),
+        },
+    }
+}
+
+impl Failure {
+    /// Logs the failure with its cause chain. Kept here so every caller logs the same way.
+    pub fn log(&self) {
+        match self {
+            Failure::Guest(e) => warn!(error = format!("{e:#}"), "guest failed"),
+            Failure::GuestErrorCode(code) => warn!(?code, "guest answered with an error code"),
+            Failure::Busy(e) => warn!(error = format!("{e:#}"), "no instance slot free"),
+        }
+    }
+}

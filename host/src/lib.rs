@@ -1,0 +1,24 @@
+//! tabula: a WebAssembly host that runs every HTTP request in a fresh component instance.
+//!
+//! How the pieces fit, in the order a request meets them:
+//!
+//! - [`server`] accepts connections (HTTP/1.1 and HTTP/2) and hands each request to the
+//!   [`router`], which picks an [`app::App`] by path prefix.
+//! - [`runtime`] owns what is built once: the wasmtime `Engine` (pooling allocator, epoch
+//!   deadlines) and the `Linker` that defines what a guest may import.
+//! - [`instance`] runs one request: a new `Store` with a fresh [`instance::RequestCtx`], a new
+//!   instance of the app's pre-instantiated component, the guest's `handle` call, and the drop
+//!   of all of it once the response is done. Nothing outlives the request.
+//! - [`guest_log`] carries guest stdout/stderr into the host's `tracing` log.
+//! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules.
+
+pub mod app;
+pub mod guest_log;
+pub mod instance;
+pub mod manifest;
+pub mod project;
+pub mod router;
+pub mod runtime;
+pub mod server;

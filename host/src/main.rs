@@ -1,0 +1,177 @@
+//! The `tabula` command: a thin layer of flags over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tabula::app::App;
+use tabula::project::{self, BuildOptions};
+use tabula::router::Router;
+use tabula::runtime::{Allocator, Limits, Runtime};
+use tokio::net::TcpListener;
+
+/// Run HTTP handlers as WebAssembly components, each request in a fresh instance.
+///
+/// Every flag can also be set through the environment variable shown with it.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+
+    /// Log format.
+    #[arg(long, global = true, env = "TABULA_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+
+    /// Log filter, e.g. `info`, `tabula=debug,guest=info`.
+    #[arg(long, global = true, env = "TABULA_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Local development: build handler projects and serve them.
+    ///
+    /// Each PATH is a project directory (it has a tabula.toml), a directory of projects, a .wasm
+    /// component (served at /), or ROUTE=FILE.wasm. Projects are built for wasm32-wasip2 first.
+    Up(ServeArgs),
+    /// Production server: serve components (or projects, built first) on the listen address.
+    Serve(ServeArgs),
+    /// Build handler projects for wasm32-wasip2 and print where each component is.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Projects, directories of projects, or components.
+    #[arg(default_value = ".")]
+    paths: Vec<String>,
+
+    /// Cargo target directory for guest builds (default: each project's own).
+    #[arg(long, env = "TABULA_TARGET_DIR")]
+    target_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    build: BuildArgs,
+
+    /// Address to listen on. Port 0 picks a free port; the address is printed.
+    #[arg(long, env = "TABULA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Instances alive at once across all apps; more concurrent requests get 503.
+    #[arg(long, env = "TABULA_MAX_INSTANCES", default_value_t = Limits::default().max_instances)]
+    max_instances: u32,
+
+    /// Largest linear memory an instance may have, in MiB.
+    #[arg(long, env = "TABULA_MAX_MEMORY_MIB", default_value_t = Limits::default().max_memory_bytes >> 20)]
+    max_memory_mib: usize,
+
+    /// Seconds a request may run before its instance is stopped (the client gets 500).
+    #[arg(long, env = "TABULA_REQUEST_TIMEOUT", default_value_t = Limits::default().request_timeout.as_secs_f64())]
+    request_timeout: f64,
+
+    /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
+    #[arg(long, env = "TABULA_ALLOCATOR", default_value = "pooling")]
+    allocator: Allocator,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = init_logging(cli.log_format, &cli.log).and_then(|()| match cli.command {
+        Commands::Build(args) => build(&args),
+        Commands::Up(args) | Commands::Serve(args) => serve(args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain on one line; backtraces are for bugs, not for user errors.
+            eprintln!("tabula: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log {filter:?} is not a valid filter (try `info`)"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn build(args: &BuildArgs) -> Result<()> {
+    let sources = project::discover(&args.paths)?;
+    let options = BuildOptions {
+        target_dir: args.target_dir.clone(),
+    };
+    for built in project::build_all(&sources, &options)? {
+        println!("{}\t{}\t{}", built.name, built.route, built.wasm.display());
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let limits = Limits {
+        max_instances: args.max_instances,
+        max_memory_bytes: args.max_memory_mib << 20,
+        request_timeout: Duration::try_from_secs_f64(args.request_timeout)
+            .context("--request-timeout must be a positive number of seconds")?,
+        allocator: args.allocator,
+    };
+    let sources = project::discover(&args.build.paths)?;
+    let options = BuildOptions {
+        target_dir: args.build.target_dir.clone(),
+    };
+    let built = project::build_all(&sources, &options)?;
+
+    let runtime = Runtime::new(limits)?;
+    let apps = built
+        .iter()
+        .map(|b| App::load(&runtime, &b.name, &b.route, &b.wasm))
+        .collect::<Result<Vec<_>>>()?;
+    let router = Arc::new(Router::new(apps)?);
+
+    tokio::runtime::Runtime::new()?.block_on(async move {
+        let listener = TcpListener::bind(args.listen).await.with_context(|| {
+            format!(
+                "listening on {} (is the port in use? try --listen)",
+                args.listen
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        println!("tabula: serving on http://{addr}");
+        for app in router.apps() {
+            println!("  {:<16} http://{addr}{}", app.name(), app.route());
+        }
+        tabula::server::run(listener, router, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

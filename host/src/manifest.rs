@@ -1,0 +1,77 @@
+//! `tabula.toml`: the small manifest that makes a directory a handler project.
+//!
+//! ```toml
+//! name = "hello"      # optional: defaults to the directory's name
+//! route = "/hello"    # optional: defaults to "/" + name
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+pub const FILE_NAME: &str = "tabula.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    name: Option<String>,
+    route: Option<String>,
+}
+
+/// A project's manifest with its defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub name: String,
+    pub route: String,
+}
+
+impl Manifest {
+    /// Reads `dir/tabula.toml`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let dir_name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "app".into());
+        Manifest::parse(&text, &dir_name).with_context(|| format!("in {}", path.display()))
+    }
+
+    fn parse(text: &str, dir_name: &str) -> Result<Manifest> {
+        let raw: Raw = toml::from_str(text)?;
+        let name = raw.name.unwrap_or_else(|| dir_name.to_string());
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("`name = {name:?}`: use letters, digits, `-` and `_`");
+        }
+        let route = raw.route.unwrap_or_else(|| format!("/{name}"));
+        Ok(Manifest { name, route })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Manifest;
+
+    #[test]
+    fn defaults_come_from_the_directory() {
+        let m = Manifest::parse("", "hello").unwrap();
+        assert_eq!(m.name, "hello");
+        assert_eq!(m.route, "/hello");
+    }
+
+    #[test]
+    fn explicit_values_win_and_typos_are_refused() {
+        let m = Manifest::parse("name = \"x\"\nroute = \"/\"\n", "dir").unwrap();
+        assert_eq!((m.name.as_str(), m.route.as_str()), ("x", "/"));
+        let err = Manifest::parse("rout = \"/\"", "dir").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        assert!(Manifest::parse("name = \"a b\"", "dir").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! From paths on the command line to components: finds handler projects (directories with a
+//! `tabula.toml`) and lone `.wasm` files, and builds projects for `wasm32-wasip2` with cargo.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::manifest::{self, Manifest};
+
+/// The Rust target guests are compiled for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Something `tabula up`/`serve` was asked to serve.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A directory with a `tabula.toml`, to be built.
+    Project { dir: PathBuf, manifest: Manifest },
+    /// A ready component, served at `route`.
+    Component {
+        name: String,
+        route: String,
+        path: PathBuf,
+    },
+}
+
+/// An app ready to load: a name, a route and a component file.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub name: String,
+    pub route: String,
+    pub wasm: PathBuf,
+}
+
+/// Expands command-line paths into sources.
+///
+/// An argument is one of: a project directory (it has a `tabula.toml`); a directory of
+/// projects (each subdirectory with a `tabula.toml`); a `.wasm` component, served at `/`; or
+/// `ROUTE=FILE.wasm` to serve a component elsewhere (e.g. `/api=api.wasm`).
+pub fn discover(args: &[String]) -> Result<Vec<Source>> {
+    let mut sources = Vec::new();
+    for arg in args {
+        let (route, path) = match arg.split_once('=') {
+            Some((route, path)) if route.starts_with('/') => (Some(route), Path::new(path)),
+            _ => (None, Path::new(arg.as_str())),
+        };
+        if path.is_file() {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "app".into());
+            sources.push(Source::Component {
+                name,
+                route: route.unwrap_or("/").to_string(),
+                path: path.to_path_buf(),
+            });
+        } else if route.is_some() {
+            bail!(
+                "`{arg}`: `ROUTE=PATH` takes a .wasm file, and {} is not one",
+                path.display()
+            );
+        } else if path.join(manifest::FILE_NAME).is_file() {
+            sources.push(project(path)?);
+        } else if path.is_dir() {
+            let found = projects_in(path)?;
+            if found.is_empty() {
+                bail!(
+                    "{} has no {} and no subdirectory with one: point at a handler project, \
+                     a directory of projects, or a .wasm component",
+                    path.display(),
+                    manifest::FILE_NAME
+                );
+            }
+            sources.extend(found);
+        } else {
+            bail!("{}: no such file or directory", path.display());
+        }
+    }
+    Ok(sources)
+}
+
+fn project(dir: &Path) -> Result<Source> {
+    Ok(Source::Project {
+        dir: dir.to_path_buf(),
+        manifest: Manifest::read(dir)?,
+    })
+}
+
+fn projects_in(dir: &Path) -> Result<Vec<Source>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.join(manifest::FILE_NAME).is_file())
+        .collect();
+    dirs.sort();
+    dirs.iter().map(|d| project(d)).collect()
+}
+
+/// Options for building projects.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Cargo's `--target-dir`; `None` uses the project's own.
+    pub target_dir: Option<PathBuf>,
+}
+
+/// Builds every project among `sources` (components pass through) and returns what to load.
+pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<Built>> {
+    if sources.iter().any(|s| matches!(s, Source::Project { .. })) {
+        ensure_wasm_target()?;
+    }
+    sources
+        .iter()
+        .map(|source| match source {
+            Source::Component { name, route, path } => Ok(Built {
+                name: name.clone(),
+                route: route.clone(),
+                wasm: path.clone(),
+            }),
+            Source::Project { dir, manifest } => Ok(Built {
+                name: manifest.name.clone(),
+                route: manifest.route.clone(),
+                wasm: build(dir, &manifest.name, options)?,
+            }),
+        })
+        .collect()
+}
+
+/// Makes sure the `wasm32-wasip2` standard library is installed, installing it with rustup
+/// when it is not (machines may set `RUSTUP_AUTO_INSTALL=0`, so nothing else will).
+pub fn ensure_wasm_target() -> Result<()> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("running `rustc --print sysroot`: is Rust installed (https://rustup.rs)?")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
+        return Ok(());
+    }
+    eprintln!(
+        "tabula: the {WASM_TARGET} target is missing; running `rustup target add {WASM_TARGET}`"
+    );
+    let status = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status()
+        .context("running rustup: install the target with `rustup target add wasm32-wasip2`")?;
+    if !status.success() {
+        bail!("`rustup target add {WASM_TARGET}` failed ({status}); run it by hand and retry");
+    }
+    Ok(())
+}
+
+/// One line of `cargo build --message-format=json`, the parts we read.
+#[derive(Deserialize)]
+struct CargoMessage {
+    reason: String,
+    #[serde(default)]
+    manifest_path: Option<PathBuf>,
+    #[serde(default)]
+    filenames: Vec<PathBuf>,
+}
+
+/// Builds the project in `dir` and returns the path of its component.
+fn build(dir: &Path, name: &str, options: &BuildOptions) -> Result<PathBuf> {
+    let manifest_path = dir
+        .join("Cargo.toml")
+        .canonicalize()
+        .with_context(|| format!("{} has a tabula.toml but no Cargo.toml", dir.display()))?;
+    eprintln!(
+        "tabula: building {name} ({}) for {WASM_TARGET}",
+        dir.display()
+    );
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .args(["build", "--release", "--target", WASM_TARGET])
+        .arg("--manifest-path")
+        .arg(&manifest_path)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(target_dir) = &options.target_dir {
+        cargo.arg("--target-dir").arg(target_dir);
+    }
+    let output = cargo
+        .spawn()
+        .context("running cargo: is Rust installed (https://rustup.rs)?")?
+        .wait_with_output()?;
+    if !output.status.success() {
+        bail!("building {name} failed: cargo's errors are above");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<CargoMessage>(line).ok())
+        .filter(|m| m.reason == "compiler-artifact")
+        .filter(|m| m.manifest_path.as_deref() == Some(manifest_path.as_path()))
+        .flat_map(|m| m.filenames)
+        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .with_context(|| {
+            format!(
+                "building {name} produced no .wasm: its Cargo.toml needs \
+                 `[lib] crate-type = [\"cdylib\"]`"
+            )
+        })
+}

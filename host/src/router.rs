@@ -1,0 +1,75 @@
+//! Picks the app for a request by path prefix: the longest route that matches wins.
+//!
+//! A route matches its own path and everything below it (`/hello` serves `/hello` and
+//! `/hello/x`, not `/helloworld`); the route `/` matches every path.
+
+use anyhow::{Result, bail};
+
+use crate::app::App;
+
+#[derive(Default)]
+pub struct Router {
+    /// Longest route first, so the first match is the most specific one.
+    apps: Vec<App>,
+}
+
+impl Router {
+    /// Builds a router, refusing two apps on one route or a route that is not a path.
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Result<Router> {
+        let mut apps: Vec<App> = apps.into_iter().collect();
+        for app in &apps {
+            let route = app.route();
+            if !route.starts_with('/') || (route.len() > 1 && route.ends_with('/')) {
+                bail!(
+                    "app `{}` has route `{route}`: a route starts with `/` and does not end with one \
+                     (e.g. `/hello`, or `/` for everything)",
+                    app.name()
+                );
+            }
+        }
+        apps.sort_by_key(|app| std::cmp::Reverse(app.route().len()));
+        for pair in apps.windows(2) {
+            if pair[0].route() == pair[1].route() {
+                bail!(
+                    "apps `{}` and `{}` both want route `{}`",
+                    pair[0].name(),
+                    pair[1].name(),
+                    pair[0].route()
+                );
+            }
+        }
+        Ok(Router { apps })
+    }
+
+    /// The app serving `path`, if any.
+    pub fn route(&self, path: &str) -> Option<&App> {
+        self.apps.iter().find(|app| matches(app.route(), path))
+    }
+
+    pub fn apps(&self) -> &[App] {
+        &self.apps
+    }
+}
+
+fn matches(route: &str, path: &str) -> bool {
+    route == "/"
+        || path
+            .strip_prefix(route)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn prefix_matching_respects_segments() {
+        assert!(matches("/hello", "/hello"));
+        assert!(matches("/hello", "/hello/there"));
+        assert!(!matches("/hello", "/helloworld"));
+        assert!(!matches("/hello", "/"));
+        assert!(matches("/", "/anything/at/all"));
+        assert!(matches("/a/b", "/a/b/c"));
+        assert!(!matches("/a/b", "/a"));
+    }
+}

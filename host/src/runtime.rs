@@ -1,0 +1,147 @@
+//! The parts of the host that are built once and shared by every request: the wasmtime
+//! [`Engine`] and the [`Linker`] that decides what a guest may import.
+//!
+//! Per-request work is kept to a new `Store` and an instantiation (see [`crate::instance`]);
+//! everything that can be prepared ahead of time is prepared here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::component::Linker;
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::instance::RequestCtx;
+
+/// How often the epoch ticks. Deadlines are measured in ticks, so this is their resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits that apply to every instance the runtime creates.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Instances alive at once, across all apps. The pooling allocator reserves this many slots.
+    pub max_instances: u32,
+    /// Largest linear memory one instance may grow to.
+    pub max_memory_bytes: usize,
+    /// Wall-clock time a request may run before its instance is stopped.
+    pub request_timeout: Duration,
+    /// How instance memory is allocated.
+    pub allocator: Allocator,
+}
+
+/// Where instances get their memory, tables and stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Allocator {
+    /// Slots reserved up front and recycled: instantiation is a few microseconds, at the cost
+    /// of a large virtual-address reservation. The default.
+    #[default]
+    Pooling,
+    /// wasmtime's default: map memory per instance. For hosts that limit virtual memory
+    /// (`ulimit -v`), and the baseline the benchmarks compare against.
+    OnDemand,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instances: 1000,
+            // Large enough for a componentize-py interpreter; small enough that a pool of a
+            // thousand slots stays a cheap virtual reservation.
+            max_memory_bytes: 256 << 20,
+            request_timeout: Duration::from_secs(30),
+            allocator: Allocator::Pooling,
+        }
+    }
+}
+
+/// The shared engine and linker. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<RequestCtx>,
+    limits: Limits,
+}
+
+impl Runtime {
+    /// Builds the engine, starts its epoch ticker and fills the linker.
+    pub fn new(limits: Limits) -> Result<Runtime> {
+        let engine = Engine::new(&engine_config(&limits))
+            .map_err(anyhow::Error::from)
+            .context("configuring wasmtime")?;
+        spawn_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        // All of WASI 0.2 that toolchains link (cli, clocks, random, io, filesystem, sockets),
+        // each denied or emptied by `RequestCtx`, plus wasi:http with outbound requests denied.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                limits,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn linker(&self) -> &Linker<RequestCtx> {
+        &self.inner.linker
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The epoch deadline, in ticks, that a request's store gets.
+    pub fn deadline_ticks(&self) -> u64 {
+        let ticks = self.inner.limits.request_timeout.as_millis() / EPOCH_TICK.as_millis();
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+fn engine_config(limits: &Limits) -> Config {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(limits.max_instances)
+        // A component made by a toolchain holds several core modules (the program, the WASI
+        // adapter, shims); each takes a core-instance, memory and table slot.
+        .total_core_instances(limits.max_instances.saturating_mul(4))
+        .total_memories(limits.max_instances.saturating_mul(2))
+        .total_tables(limits.max_instances.saturating_mul(4))
+        .total_stacks(limits.max_instances)
+        .max_memory_size(limits.max_memory_bytes)
+        // Reset memory by rewriting only the pages a request dirtied, and keep them mapped:
+        // unmapping is what costs fresh-instance hosts their time (TLB-shootdown IPIs).
+        .linear_memory_keep_resident(4 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
+
+    let mut config = Config::new();
+    config.epoch_interruption(true).memory_init_cow(true);
+    if limits.allocator == Allocator::Pooling {
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives. A plain
+/// thread, not a tokio task, so a busy runtime cannot delay the deadlines that protect it.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tabula-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

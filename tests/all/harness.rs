@@ -1,0 +1,222 @@
+//! Starting the real thing: guest components are built once per test run with `tabula build`
+//! (into `target/guests`, since the outer `cargo test` holds the lock on `target/`), and each
+//! test starts its own `tabula serve` on a free loopback port.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub const TABULA: &str = env!("CARGO_BIN_EXE_tabula");
+
+/// The workspace root, where `examples/` and `tests/` live.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// Built components by app name: `hello`, `stateless`, `plain`, `trap`.
+pub fn guests() -> &'static HashMap<String, Guest> {
+    static GUESTS: OnceLock<HashMap<String, Guest>> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let target_dir = root().join("target/guests");
+        let output = Command::new(TABULA)
+            .current_dir(root())
+            .args(["build", "examples", "tests/guests", "--target-dir"])
+            .arg(&target_dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running `tabula build`");
+        assert!(
+            output.status.success(),
+            "`tabula build examples tests/guests` failed (see cargo's output above). Guests need \
+             the wasm32-wasip2 target: `rustup target add wasm32-wasip2`"
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let mut fields = line.split('\t');
+                let name = fields.next().unwrap().to_string();
+                let route = fields.next().expect("route").to_string();
+                let wasm = PathBuf::from(fields.next().expect("path"));
+                (name, Guest { route, wasm })
+            })
+            .collect()
+    })
+}
+
+pub struct Guest {
+    pub route: String,
+    pub wasm: PathBuf,
+}
+
+/// `ROUTE=PATH` arguments serving the named guests at their own routes.
+pub fn app_args(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .map(|name| {
+            let guest = guests()
+                .get(*name)
+                .unwrap_or_else(|| panic!("no guest named {name} was built"));
+            format!("{}={}", guest.route, guest.wasm.display())
+        })
+        .collect()
+}
+
+/// A running `tabula` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// `tabula serve` with the named guests on a free loopback port.
+    pub fn serve(names: &[&str]) -> Server {
+        Server::start(
+            ["serve"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(app_args(names)),
+        )
+    }
+
+    /// Runs `tabula ARGS... --listen 127.0.0.1:0` and waits until it says where it listens.
+    pub fn start(args: impl IntoIterator<Item = String>) -> Server {
+        let mut child = Command::new(TABULA)
+            .current_dir(root())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("TABULA_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tabula");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let base = loop {
+            line.clear();
+            let read = stdout.read_line(&mut line).unwrap_or(0);
+            if let Some(addr) = line.trim().strip_prefix("tabula: serving on ") {
+                break addr.to_string();
+            }
+            if read == 0 || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("tabula did not start; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        Server { child, base, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the log contains `needle` within a few seconds: lines arrive through a pipe
+    /// and a reader thread, so a line may trail the response it belongs to.
+    pub fn logged(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- tabula log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A status and body read in full.
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A client that speaks HTTP/2 without upgrade (prior knowledge).
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Reply {
+    let req = hyper::Request::get(url).body(Full::default()).unwrap();
+    send(client, req).await
+}
+
+pub async fn send(client: &HttpClient, req: hyper::Request<Full<Bytes>>) -> Reply {
+    let what = format!("{} {}", req.method(), req.uri());
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no response within 30 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.expect("reading body");
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    }
+}
+
+/// Runs `tabula ARGS...` to completion and returns its exit status and stderr.
+pub fn run_tabula(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let output = Command::new(TABULA)
+        .current_dir(root())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tabula");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

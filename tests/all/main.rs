@@ -1,0 +1,5 @@
+//! Integration tests: the real `tabula` binary, real components built from `examples/` and
+//! `tests/guests/`, real HTTP over loopback. One test binary, many modules, to keep links few.
+
+mod harness;
+mod serving;

@@ -1,0 +1,202 @@
+//! Serving components: routing, a fresh instance per request, failures that stay contained.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::task::JoinSet;
+
+use crate::harness::{Server, client, get, guests, h2_client, run_tabula, send};
+
+#[tokio::test]
+async fn hello_answers_with_and_without_a_name() {
+    let server = Server::serve(&["hello"]);
+    let client = client();
+    let reply = get(&client, &server.url("/hello")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "Hello, world!\n");
+    assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
+    let reply = get(&client, &server.url("/hello?name=Ada")).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, Ada!\n"));
+}
+
+const FRESH: &str = "{\"counter\":1,\"vec_len\":1}\n";
+
+#[tokio::test]
+async fn every_sequential_request_sees_a_fresh_instance() {
+    let server = Server::serve(&["stateless"]);
+    let client = client();
+    for i in 0..200 {
+        let reply = get(&client, &server.url("/stateless")).await;
+        assert_eq!(reply.status, 200, "request {i}");
+        assert_eq!(
+            reply.body, FRESH,
+            "request {i} saw memory of an earlier one"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_concurrent_request_sees_a_fresh_instance() {
+    let server = Server::serve(&["stateless"]);
+    let client = client();
+    let mut requests = JoinSet::new();
+    for _ in 0..200 {
+        let (client, url) = (client.clone(), server.url("/stateless"));
+        requests.spawn(async move { get(&client, &url).await });
+    }
+    let mut fresh = 0;
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (200, FRESH));
+        fresh += 1;
+    }
+    assert_eq!(fresh, 200);
+}
+
+#[tokio::test]
+async fn http2_is_served_too() {
+    let server = Server::serve(&["hello", "stateless"]);
+    let client = h2_client();
+    let mut requests = JoinSet::new();
+    for _ in 0..50 {
+        let (client, url) = (client.clone(), server.url("/stateless"));
+        requests.spawn(async move { get(&client, &url).await });
+    }
+    while let Some(reply) = requests.join_next().await {
+        assert_eq!(reply.unwrap().body, FRESH);
+    }
+    assert_eq!(
+        get(&client, &server.url("/hello")).await.body,
+        "Hello, world!\n"
+    );
+}
+
+#[tokio::test]
+async fn a_trapping_guest_gets_500_and_the_server_keeps_serving() {
+    let server = Server::serve(&["trap", "hello"]);
+    let client = client();
+    for path in ["/trap/panic", "/trap/unreachable"] {
+        let reply = get(&client, &server.url(path)).await;
+        assert_eq!(reply.status, 500, "{path}");
+        let reply = get(&client, &server.url("/trap/fine")).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "still here\n"));
+    }
+    assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
+    assert!(
+        server.logged("this guest panics on purpose"),
+        "the panic message is logged:\n{}",
+        server.log()
+    );
+    assert!(
+        server.logged("guest failed"),
+        "the trap is logged:\n{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_get_404() {
+    let server = Server::serve(&["hello"]);
+    let client = client();
+    for path in ["/", "/nope", "/helloworld"] {
+        assert_eq!(get(&client, &server.url(path)).await.status, 404, "{path}");
+    }
+    assert_eq!(
+        get(&client, &server.url("/hello/sub/path")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_plain_wasi_component_without_our_sdk_runs_unmodified() {
+    let server = Server::serve(&["plain"]);
+    let client = client();
+    let req = hyper::Request::post(server.url("/plain/x?y=1"))
+        .header("user-agent", "tabula-test")
+        .body(Full::new(Bytes::from_static(b"ignored")))
+        .unwrap();
+    let reply = send(&client, req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.body,
+        "plain wasi: Method::Post /plain/x?y=1 agent=tabula-test\n"
+    );
+    assert!(
+        server.logged("plain guest handling /plain/x?y=1"),
+        "guest stdout reaches the host log:\n{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn outbound_http_is_denied_with_the_standard_error() {
+    let server = Server::serve(&["plain"]);
+    let reply = get(&client(), &server.url("/plain/outbound")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "outbound: ErrorCode::HttpRequestDenied\n");
+}
+
+#[tokio::test]
+async fn a_guest_that_never_answers_gets_500() {
+    let server = Server::serve(&["plain"]);
+    let client = client();
+    assert_eq!(
+        get(&client, &server.url("/plain/noresponse")).await.status,
+        500
+    );
+    assert_eq!(get(&client, &server.url("/plain/ok")).await.status, 200);
+    assert!(
+        server.logged("without setting a response"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn malformed_components_are_refused_at_start_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("tabula-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm").unwrap();
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+
+    let (status, stderr) = run_tabula(&["serve", garbage.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(stderr.contains("compiling the component"), "{stderr}");
+
+    let (status, stderr) = run_tabula(&["serve", core.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("not a component") && stderr.contains("wasm32-wasip2"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = run_tabula(&["serve", "/nowhere/at/all"]);
+    assert!(!status.success());
+    assert!(stderr.contains("no such file or directory"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_apps_on_one_route_are_refused() {
+    let hello = guests()["hello"].wasm.display().to_string();
+    let (status, stderr) = run_tabula(&["serve", &format!("/a={hello}"), &format!("/a={hello}")]);
+    assert!(!status.success());
+    assert!(stderr.contains("both want route `/a`"), "{stderr}");
+}
+
+#[tokio::test]
+async fn up_builds_a_project_directory_and_serves_it() {
+    let target = crate::harness::root().join("target/guests");
+    let server = Server::start(
+        ["up", "examples", "--target-dir", target.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let client = client();
+    assert_eq!(
+        get(&client, &server.url("/hello?name=up")).await.body,
+        "Hello, up!\n"
+    );
+    assert_eq!(get(&client, &server.url("/stateless")).await.body, FRESH);
+}
