@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tracing::{Instrument, debug, warn};
-use wasmtime::Store;
 use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -122,8 +122,26 @@ where
 {
     let started = Instant::now();
     let runtime = app.runtime();
+    let timeout = runtime.limits().request_timeout;
     let mut store = Store::new(runtime.engine(), RequestCtx::new(app));
-    store.set_epoch_deadline(runtime.deadline_ticks());
+    // Every epoch tick the guest yields to tokio, so a busy guest cannot hold a worker thread
+    // from other requests; once the deadline has passed, the next tick traps it. tokio's own
+    // `yield_now` lets the worker poll the I/O driver first; a plain self-wake would let busy
+    // guests starve the sockets of everyone else.
+    let deadline = started + timeout;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(wasmtime::Error::msg(format!(
+                "request exceeded its deadline of {timeout:?}"
+            )))
+        } else {
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        }
+    });
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (req, out) = {
@@ -138,7 +156,6 @@ where
     };
 
     let pre = app.pre().clone();
-    let timeout = runtime.limits().request_timeout;
     let task = tokio::spawn(
         async move {
             let run = async {
@@ -161,7 +178,8 @@ where
                     .await
                     .map_err(|e| Failure::Guest(e.into()))
             };
-            // Epochs stop guest code; this also stops a guest parked in a host call.
+            // The epoch callback stops guest code; this also stops a guest parked in a host
+            // call, dropping the instance wherever it is.
             match tokio::time::timeout(timeout, run).await {
                 Ok(result) => result,
                 Err(_) => Err(Failure::Guest(anyhow!(

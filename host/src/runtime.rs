@@ -13,7 +13,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::instance::RequestCtx;
 
-/// How often the epoch ticks. Deadlines are measured in ticks, so this is their resolution.
+/// How often the epoch ticks: how long guest code runs before it yields to other requests,
+/// and so the resolution of request deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Limits that apply to every instance the runtime creates.
@@ -97,12 +98,6 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
-    }
-
-    /// The epoch deadline, in ticks, that a request's store gets.
-    pub fn deadline_ticks(&self) -> u64 {
-        let ticks = self.inner.limits.request_timeout.as_millis() / EPOCH_TICK.as_millis();
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
     }
 }
 

@@ -200,3 +200,55 @@ async fn up_builds_a_project_directory_and_serves_it() {
     );
     assert_eq!(get(&client, &server.url("/stateless")).await.body, FRESH);
 }
+
+#[tokio::test]
+async fn an_endless_loop_is_stopped_at_the_deadline() {
+    let server = Server::start(
+        ["serve", "--request-timeout", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(crate::harness::app_args(&["trap", "hello"])),
+    );
+    let client = client();
+    let started = std::time::Instant::now();
+    // More spinning guests than the server has worker threads.
+    let looping: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/trap/loop"));
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // While they spin, others are served: guests yield to the host every epoch tick.
+    for _ in 0..20 {
+        assert_eq!(get(&client, &server.url("/hello")).await.status, 200);
+    }
+    assert!(
+        looping.iter().all(|l| !l.is_finished()),
+        "hello was only served after the loops were stopped"
+    );
+    for l in looping {
+        assert_eq!(l.await.unwrap().status, 500);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "the loops ran {took:?}"
+    );
+    assert!(
+        server.logged("exceeded its deadline of 1s"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::serve(&["hello"]);
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "tabula exited with {status} after SIGTERM"
+    );
+    assert!(server.logged("shutting down"), "{}", server.log());
+}

@@ -1,5 +1,5 @@
 //! A guest that fails on purpose, for the host's fault tests: `/trap/panic` panics,
-//! `/trap/unreachable` executes `unreachable`, anything else answers 200 so a test can see the host is still serving.
+//! `/trap/unreachable` executes `unreachable`, `/trap/loop` spins forever, anything else answers 200 so a test can see the host is still serving.
 
 use tabula_sdk::{Request, Response, handler};
 
@@ -12,6 +12,12 @@ fn trap(req: Request) -> Response {
             core::arch::wasm32::unreachable();
             #[cfg(not(target_arch = "wasm32"))]
             unreachable!()
+        }
+        "/trap/loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
         }
         _ => Response::text("still here\n"),
     }
