@@ -11,6 +11,7 @@
 //! `TABULA_BENCH_ITERS` sets the number of timed requests per runtime (default 20000).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use tabula::app::App;
 use tabula::instance;
 use tabula::project::{self, BuildOptions};
 use tabula::runtime::{Allocator, Limits, Runtime};
+use tabula::storage::memory::MemoryStorage;
 
 fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("TABULA_BENCH_ITERS")
@@ -40,10 +42,13 @@ fn main() -> anyhow::Result<()> {
         ("baseline", Allocator::OnDemand),
         ("tabula", Allocator::Pooling),
     ] {
-        let runtime = Runtime::new(Limits {
-            allocator,
-            ..Limits::default()
-        })?;
+        let runtime = Runtime::new(
+            Limits {
+                allocator,
+                ..Limits::default()
+            },
+            Arc::new(MemoryStorage::new()),
+        )?;
         let app = App::load(&runtime, "hello", "/hello", &wasm)?;
         let samples = rt.block_on(measure(&app, iters))?;
         results.push((label, Stats::of(samples)));

@@ -15,17 +15,33 @@
 //! assert_eq!(res.body_text(), "Hello, Ada!\n");
 //! ```
 //!
+//! A handler may also return `Result<impl IntoResponse, tabula_sdk::Error>`: `?` works on
+//! any error, which becomes a logged `500`, except that an unavailable store ([`kv::Error`])
+//! becomes a `503` and [`Error::new`] picks its own status.
+//!
 //! Compiled for `wasm32-wasip2`, `#[handler]` also exports the function as the component's
 //! `wasi:http/incoming-handler`, so the result is a standard `wasi:http/proxy` component.
 //! Each request runs in a fresh instance: `static`s and globals start over every time, and
 //! nothing survives a request except what the host's state APIs keep.
 
+mod error;
+pub mod kv;
 mod request;
 mod response;
 
+pub use error::Error;
 pub use request::{Method, Request};
 pub use response::{IntoResponse, Response};
 pub use tabula_sdk_macro::handler;
+
+/// Bindings to the host's own interfaces (`tabula:host`). Not a public API: use [`kv`].
+#[cfg(target_arch = "wasm32")]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "tabula:host/guest",
+    });
+}
 
 /// What `#[handler]` expands to. Not a public API.
 #[doc(hidden)]

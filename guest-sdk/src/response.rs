@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::Error;
+
 /// An outgoing response: status, headers and a body held in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -126,20 +128,18 @@ impl IntoResponse for &'static str {
     }
 }
 
-/// `Err` becomes a `500` whose body says only that the handler failed; the error itself goes
-/// to stderr, which the host writes to its log with the request's id.
-impl<R: IntoResponse, E: fmt::Display> IntoResponse for Result<R, E> {
+/// `Err` becomes the error's own response: see [`Error`].
+impl<R: IntoResponse, E: Into<Error>> IntoResponse for Result<R, E> {
     fn into_response(self) -> Response {
         match self {
             Ok(r) => r.into_response(),
-            Err(e) => internal_error(&e),
+            Err(e) => e.into().into_response(),
         }
     }
 }
 
 fn internal_error(e: &dyn fmt::Display) -> Response {
-    eprintln!("handler error: {e}");
-    Response::text("internal server error\n").with_status(500)
+    Error::new(500, e.to_string()).into_response()
 }
 
 #[cfg(test)]
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn errors_become_500() {
-        let r: Result<Response, String> = Err("boom".into());
+        let r: Result<Response, std::io::Error> = Err(std::io::Error::other("boom"));
         let r = r.into_response();
         assert_eq!(r.status(), 500);
         assert!(

@@ -12,6 +12,7 @@ use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::instance::RequestCtx;
+use crate::kv::Namespace;
 use crate::runtime::Runtime;
 
 /// Interface packages a guest may import. Anything else is refused at load time.
@@ -23,6 +24,8 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:io/",
     "wasi:random/",
     "wasi:sockets/",
+    "wasi:keyvalue/",
+    "tabula:host/",
 ];
 
 /// A loaded app, shared by every request routed to it. Cheap to clone.
@@ -36,6 +39,7 @@ struct AppInner {
     route: String,
     pre: ProxyPre<RequestCtx>,
     runtime: Runtime,
+    namespace: Arc<Namespace>,
 }
 
 impl App {
@@ -48,6 +52,7 @@ impl App {
 
     /// Like [`App::load`], from bytes already in memory.
     pub fn from_bytes(runtime: &Runtime, name: &str, route: &str, bytes: &[u8]) -> Result<App> {
+        validate_name(name)?;
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
@@ -73,6 +78,11 @@ impl App {
                 route: route.to_string(),
                 pre,
                 runtime: runtime.clone(),
+                namespace: Arc::new(Namespace::new(
+                    runtime.storage().clone(),
+                    name,
+                    runtime.limits().kv,
+                )),
             }),
         })
     }
@@ -92,6 +102,23 @@ impl App {
     pub fn runtime(&self) -> &Runtime {
         &self.inner.runtime
     }
+
+    /// The app's own slice of the store.
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.inner.namespace
+    }
+}
+
+/// App names become key namespaces and log fields, so they are kept to `[A-Za-z0-9_-]`.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("app name {name:?} must be made of letters, digits, `-` and `_`");
+    }
+    Ok(())
 }
 
 /// Refuses imports outside [`ALLOWED_IMPORTS`], naming all of them in one error.

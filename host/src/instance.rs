@@ -5,6 +5,7 @@
 //! globals and tables, and every WASI resource) is created for the request and dropped when
 //! the guest has finished, so nothing a guest does can reach the next request.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -20,6 +21,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 
 use crate::app::App;
 use crate::guest_log::GuestLog;
+use crate::kv::{KvView, Namespace};
 
 /// The body type of every response the host sends, whether the guest made it or the host did.
 pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
@@ -30,6 +32,7 @@ pub struct RequestCtx {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: DenyOutbound,
+    namespace: Arc<Namespace>,
 }
 
 impl RequestCtx {
@@ -48,7 +51,13 @@ impl RequestCtx {
             wasi,
             http: WasiHttpCtx::new(),
             hooks: DenyOutbound,
+            namespace: app.namespace().clone(),
         }
+    }
+
+    /// The view the kv host functions work through.
+    pub(crate) fn kv(&mut self) -> KvView<'_> {
+        KvView::new(&self.namespace, &mut self.table)
     }
 }
 

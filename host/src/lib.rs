@@ -9,6 +9,8 @@
 //! - [`instance`] runs one request: a new `Store` with a fresh [`instance::RequestCtx`], a new
 //!   instance of the app's pre-instantiated component, the guest's `handle` call, and the drop
 //!   of all of it once the response is done. Nothing outlives the request.
+//! - [`kv`] serves `tabula:host/kv` and `wasi:keyvalue` to guests, each app in its own
+//!   namespace of the [`storage`] backend (Redis, or in-memory for development).
 //! - [`guest_log`] carries guest stdout/stderr into the host's `tracing` log.
 //! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
 //!
@@ -17,8 +19,10 @@
 pub mod app;
 pub mod guest_log;
 pub mod instance;
+pub mod kv;
 pub mod manifest;
 pub mod project;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod storage;

@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::app::App;
 use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
 use tabula::runtime::{Allocator, Limits, Runtime};
+use tabula::storage;
+use tracing::{error, info};
 use tokio::net::TcpListener;
 
 /// Run HTTP handlers as WebAssembly components, each request in a fresh instance.
@@ -77,6 +79,11 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_REQUEST_TIMEOUT", default_value_t = Limits::default().request_timeout.as_secs_f64())]
     request_timeout: f64,
 
+    /// Where apps keep state: `memory` (this process only; the default for `up`),
+    /// `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or `redis+cluster://HOST:PORT,HOST:PORT`.
+    #[arg(long, env = "TABULA_STORE")]
+    store: Option<String>,
+
     /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
     #[arg(long, env = "TABULA_ALLOCATOR", default_value = "pooling")]
     allocator: Allocator,
@@ -92,7 +99,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = init_logging(cli.log_format, &cli.log).and_then(|()| match cli.command {
         Commands::Build(args) => build(&args),
-        Commands::Up(args) | Commands::Serve(args) => serve(args),
+        Commands::Up(args) => serve(args, Mode::Up),
+        Commands::Serve(args) => serve(args, Mode::Serve),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,13 +136,29 @@ fn build(args: &BuildArgs) -> Result<()> {
     Ok(())
 }
 
-fn serve(args: ServeArgs) -> Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Up,
+    Serve,
+}
+
+fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
     let limits = Limits {
         max_instances: args.max_instances,
         max_memory_bytes: args.max_memory_mib << 20,
         request_timeout: Duration::try_from_secs_f64(args.request_timeout)
             .context("--request-timeout must be a positive number of seconds")?,
         allocator: args.allocator,
+        ..Limits::default()
+    };
+    // Local development may keep state in memory; production must say where state lives.
+    let store = match (args.store.as_deref(), mode) {
+        (Some(store), _) => store.to_string(),
+        (None, Mode::Up) => "memory".to_string(),
+        (None, Mode::Serve) => bail!(
+            "tabula serve needs --store (or TABULA_STORE): e.g. `--store redis://127.0.0.1:6379`, \
+             or `--store memory` for one process whose state dies with it"
+        ),
     };
     let sources = project::discover(&args.build.paths)?;
     let options = BuildOptions {
@@ -142,19 +166,25 @@ fn serve(args: ServeArgs) -> Result<()> {
     };
     let built = project::build_all(&sources, &options)?;
 
-    let runtime = Runtime::new(limits)?;
-    let apps = built
-        .iter()
-        .map(|b| App::load(&runtime, &b.name, &b.route, &b.wasm))
-        .collect::<Result<Vec<_>>>()?;
-    let router = Arc::new(Router::new(apps)?);
-
     tokio::runtime::Runtime::new()?.block_on(async move {
+        let storage = storage::open(&store).await?;
+        match storage.ping().await {
+            Ok(()) => info!(store = storage.describe(), "store ready"),
+            Err(e) => error!(
+                store = storage.describe(),
+                error = %e,
+                "the store does not answer yet; kv calls will fail as unavailable until it does"
+            ),
+        }
+        let runtime = Runtime::new(limits, storage)?;
+        let apps = built
+            .iter()
+            .map(|b| App::load(&runtime, &b.name, &b.route, &b.wasm))
+            .collect::<Result<Vec<_>>>()?;
+        let router = Arc::new(Router::new(apps)?);
+
         let listener = TcpListener::bind(args.listen).await.with_context(|| {
-            format!(
-                "listening on {} (is the port in use? try --listen)",
-                args.listen
-            )
+            format!("listening on {} (is the port in use? try --listen)", args.listen)
         })?;
         let addr = listener.local_addr()?;
         println!("tabula: serving on http://{addr}");

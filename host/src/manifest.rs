@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 pub const FILE_NAME: &str = "tabula.toml";
@@ -43,13 +43,7 @@ impl Manifest {
     fn parse(text: &str, dir_name: &str) -> Result<Manifest> {
         let raw: Raw = toml::from_str(text)?;
         let name = raw.name.unwrap_or_else(|| dir_name.to_string());
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bail!("`name = {name:?}`: use letters, digits, `-` and `_`");
-        }
+        crate::app::validate_name(&name)?;
         let route = raw.route.unwrap_or_else(|| format!("/{name}"));
         Ok(Manifest { name, route })
     }

@@ -36,8 +36,9 @@ pub struct Built {
 /// Expands command-line paths into sources.
 ///
 /// An argument is one of: a project directory (it has a `tabula.toml`); a directory of
-/// projects (each subdirectory with a `tabula.toml`); a `.wasm` component, served at `/`; or
-/// `ROUTE=FILE.wasm` to serve a component elsewhere (e.g. `/api=api.wasm`).
+/// projects (each subdirectory with a `tabula.toml`); a `.wasm` component, served at `/` and
+/// named after the file; or `ROUTE=FILE.wasm` to serve a component elsewhere, named after the
+/// route (`/api/v1=api.wasm` is app `api-v1`).
 pub fn discover(args: &[String]) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     for arg in args {
@@ -46,10 +47,15 @@ pub fn discover(args: &[String]) -> Result<Vec<Source>> {
             _ => (None, Path::new(arg.as_str())),
         };
         if path.is_file() {
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "app".into());
+            // The name keys the app's state, so it follows the route when one is given:
+            // the same component at `/a` and `/b` is two apps with two namespaces.
+            let name = match route {
+                Some(route) if route != "/" => route.trim_matches('/').replace('/', "-"),
+                _ => path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().replace(['.', ' '], "_"))
+                    .unwrap_or_else(|| "app".into()),
+            };
             sources.push(Source::Component {
                 name,
                 route: route.unwrap_or("/").to_string(),

@@ -27,6 +27,15 @@ impl Router {
                 );
             }
         }
+        let mut names: Vec<&str> = apps.iter().map(|a| &**a.name()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            bail!(
+                "two apps are named `{}`: names must be unique, since each names its own \
+                 key-value namespace",
+                pair[0]
+            );
+        }
         apps.sort_by_key(|app| std::cmp::Reverse(app.route().len()));
         for pair in apps.windows(2) {
             if pair[0].route() == pair[1].route() {

@@ -12,6 +12,8 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::instance::RequestCtx;
+use crate::kv::KvLimits;
+use crate::storage::Storage;
 
 /// How often the epoch ticks: how long guest code runs before it yields to other requests,
 /// and so the resolution of request deadlines.
@@ -28,6 +30,8 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// How instance memory is allocated.
     pub allocator: Allocator,
+    /// Key and value sizes for `kv`.
+    pub kv: KvLimits,
 }
 
 /// Where instances get their memory, tables and stacks.
@@ -51,6 +55,7 @@ impl Default for Limits {
             max_memory_bytes: 256 << 20,
             request_timeout: Duration::from_secs(30),
             allocator: Allocator::Pooling,
+            kv: KvLimits::default(),
         }
     }
 }
@@ -65,11 +70,13 @@ struct RuntimeInner {
     engine: Engine,
     linker: Linker<RequestCtx>,
     limits: Limits,
+    storage: Arc<dyn Storage>,
 }
 
 impl Runtime {
-    /// Builds the engine, starts its epoch ticker and fills the linker.
-    pub fn new(limits: Limits) -> Result<Runtime> {
+    /// Builds the engine, starts its epoch ticker and fills the linker. Apps keep their state
+    /// in `storage`.
+    pub fn new(limits: Limits, storage: Arc<dyn Storage>) -> Result<Runtime> {
         let engine = Engine::new(&engine_config(&limits))
             .map_err(anyhow::Error::from)
             .context("configuring wasmtime")?;
@@ -79,11 +86,14 @@ impl Runtime {
         // each denied or emptied by `RequestCtx`, plus wasi:http with outbound requests denied.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // tabula:host/kv and wasi:keyvalue, on the app's namespace.
+        crate::kv::add_to_linker(&mut linker)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
                 limits,
+                storage,
             }),
         })
     }
@@ -98,6 +108,10 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
     }
 }
 

@@ -136,6 +136,15 @@ async fn outbound_http_is_denied_with_the_standard_error() {
 }
 
 #[tokio::test]
+async fn guests_get_no_ambient_authority() {
+    // The host process has environment variables and arguments; the guest must see none.
+    let server = Server::serve(&["plain"]);
+    let reply = get(&client(), &server.url("/plain/ambient")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "env=0 args=0 preopens=0 stdin=closed\n");
+}
+
+#[tokio::test]
 async fn a_guest_that_never_answers_gets_500() {
     let server = Server::serve(&["plain"]);
     let client = client();
@@ -160,18 +169,18 @@ fn malformed_components_are_refused_at_start_with_a_clear_error() {
     let core = dir.join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
 
-    let (status, stderr) = run_tabula(&["serve", garbage.to_str().unwrap()]);
+    let (status, stderr) = run_tabula(&["serve", "--store", "memory", garbage.to_str().unwrap()]);
     assert!(!status.success());
     assert!(stderr.contains("compiling the component"), "{stderr}");
 
-    let (status, stderr) = run_tabula(&["serve", core.to_str().unwrap()]);
+    let (status, stderr) = run_tabula(&["serve", "--store", "memory", core.to_str().unwrap()]);
     assert!(!status.success());
     assert!(
         stderr.contains("not a component") && stderr.contains("wasm32-wasip2"),
         "{stderr}"
     );
 
-    let (status, stderr) = run_tabula(&["serve", "/nowhere/at/all"]);
+    let (status, stderr) = run_tabula(&["serve", "--store", "memory", "/nowhere/at/all"]);
     assert!(!status.success());
     assert!(stderr.contains("no such file or directory"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -180,9 +189,15 @@ fn malformed_components_are_refused_at_start_with_a_clear_error() {
 #[test]
 fn two_apps_on_one_route_are_refused() {
     let hello = guests()["hello"].wasm.display().to_string();
-    let (status, stderr) = run_tabula(&["serve", &format!("/a={hello}"), &format!("/a={hello}")]);
+    let (status, stderr) = run_tabula(&[
+        "serve",
+        "--store",
+        "memory",
+        &format!("/a={hello}"),
+        &format!("/a={hello}"),
+    ]);
     assert!(!status.success());
-    assert!(stderr.contains("both want route `/a`"), "{stderr}");
+    assert!(stderr.contains("two apps are named `a`"), "{stderr}");
 }
 
 #[tokio::test]
@@ -204,7 +219,7 @@ async fn up_builds_a_project_directory_and_serves_it() {
 #[tokio::test]
 async fn an_endless_loop_is_stopped_at_the_deadline() {
     let server = Server::start(
-        ["serve", "--request-timeout", "1"]
+        ["serve", "--store", "memory", "--request-timeout", "1"]
             .iter()
             .map(|s| s.to_string())
             .chain(crate::harness::app_args(&["trap", "hello"])),
@@ -251,4 +266,12 @@ fn sigterm_stops_the_server_cleanly() {
         "tabula exited with {status} after SIGTERM"
     );
     assert!(server.logged("shutting down"), "{}", server.log());
+}
+
+#[test]
+fn serve_insists_on_a_store() {
+    let hello = guests()["hello"].wasm.display().to_string();
+    let (status, stderr) = run_tabula(&["serve", &hello]);
+    assert!(!status.success());
+    assert!(stderr.contains("needs --store"), "{stderr}");
 }

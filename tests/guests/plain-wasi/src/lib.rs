@@ -3,7 +3,8 @@
 //!
 //! `GET /plain` answers with the method, path and a header; `GET /plain/outbound` tries an
 //! outbound request and reports the error code the host gave; `GET /plain/noresponse` returns
-//! without ever answering. Every request prints a line to stdout, which the host logs.
+//! without ever answering; `GET /plain/ambient` reports what environment, arguments,
+//! preopened directories and stdin the host gave it. Every request prints a line to stdout, which the host logs.
 
 use std::io::Write;
 
@@ -22,7 +23,18 @@ impl wasi::exports::http::incoming_handler::Guest for Plain {
         if path.starts_with("/plain/noresponse") {
             return;
         }
-        let text = if path.starts_with("/plain/outbound") {
+        let text = if path.starts_with("/plain/ambient") {
+            // What ambient authority the host handed over: there should be none.
+            format!(
+                "env={} args={} preopens={} stdin={}\n",
+                wasi::cli::environment::get_environment().len(),
+                wasi::cli::environment::get_arguments().len(),
+                wasi::filesystem::preopens::get_directories().len(),
+                wasi::cli::stdin::get_stdin()
+                    .blocking_read(1)
+                    .map_or("closed".to_string(), |b| format!("{} bytes", b.len())),
+            )
+        } else if path.starts_with("/plain/outbound") {
             let req = OutgoingRequest::new(Fields::new());
             let _ = req.set_scheme(Some(&Scheme::Http));
             let _ = req.set_authority(Some("127.0.0.1:9"));

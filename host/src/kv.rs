@@ -1,0 +1,487 @@
+//! The guest-facing key-value interfaces, `tabula:host/kv` and the standard
+//! `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`, `batch`), both served from one
+//! [`Namespace`] per app over the host's [`Storage`].
+//!
+//! Isolation lives here. Every key a guest names is placed under its app's prefix,
+//! `tabula:{APP}:`, before it reaches the store, and every key listed back has that prefix
+//! removed; app names cannot contain `}` or `:`, so no key string of one app can land in
+//! another's space. The braces are a Redis Cluster hash tag: one app's keys share a slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+use crate::instance::RequestCtx;
+use crate::storage::{Storage, StorageError, Ttl};
+
+mod generated {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "tabula:host/host",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::Bucket,
+            "wasi:keyvalue/atomics.cas": super::Cas,
+        },
+    });
+}
+
+use generated::tabula::host::kv;
+use generated::wasi::keyvalue::{atomics, batch, store};
+
+/// Size limits on what a guest may store.
+#[derive(Debug, Clone, Copy)]
+pub struct KvLimits {
+    pub max_key_bytes: u32,
+    pub max_value_bytes: u32,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Keys listed per `wasi:keyvalue` `list-keys` page, which takes no size of its own.
+const WASI_PAGE: u32 = 1000;
+
+/// One app's view of the store. Built once per app, shared by its requests.
+pub struct Namespace {
+    storage: Arc<dyn Storage>,
+    prefix: String,
+    limits: KvLimits,
+}
+
+impl Namespace {
+    /// The namespace of app `app`, whose name the router has checked is made of
+    /// `[A-Za-z0-9_-]`.
+    pub fn new(storage: Arc<dyn Storage>, app: &str, limits: KvLimits) -> Namespace {
+        debug_assert!(!app.contains(['{', '}', ':']));
+        Namespace {
+            storage,
+            prefix: format!("tabula:{{{app}}}:"),
+            limits,
+        }
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+}
+
+/// A key space inside a namespace: `kv:` for `tabula:host/kv` (and the `default`
+/// wasi:keyvalue bucket), `b:NAME:` for other buckets.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    space: String,
+}
+
+/// A `wasi:keyvalue/atomics` compare-and-swap handle: the key and the value it saw.
+#[derive(Debug)]
+pub struct Cas {
+    bucket: Bucket,
+    key: String,
+    seen: Option<Vec<u8>>,
+}
+
+/// Why a kv call was refused. Converted into each interface's own error type.
+#[derive(Debug)]
+enum KvError {
+    KeyTooLarge(u32),
+    ValueTooLarge(u32),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for KvError {
+    fn from(e: StorageError) -> Self {
+        KvError::Storage(e)
+    }
+}
+
+type KvResult<T> = Result<T, KvError>;
+
+impl Namespace {
+    fn full_key(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
+        if key.len() > self.limits.max_key_bytes as usize {
+            return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
+        }
+        Ok(format!("{}{}{key}", self.prefix, bucket.space))
+    }
+
+    fn check_value(&self, value: &[u8]) -> KvResult<()> {
+        if value.len() > self.limits.max_value_bytes as usize {
+            return Err(KvError::ValueTooLarge(self.limits.max_value_bytes));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, b: &Bucket, key: &str) -> KvResult<Option<Vec<u8>>> {
+        Ok(self.storage.get(&self.full_key(b, key)?).await?)
+    }
+
+    async fn set(&self, b: &Bucket, key: &str, value: &[u8], ttl: Option<Duration>) -> KvResult<()> {
+        let key = self.full_key(b, key)?;
+        self.check_value(value)?;
+        Ok(self.storage.set(&key, value, ttl).await?)
+    }
+
+    async fn delete(&self, b: &Bucket, key: &str) -> KvResult<bool> {
+        Ok(self.storage.delete(&self.full_key(b, key)?).await?)
+    }
+
+    async fn exists(&self, b: &Bucket, key: &str) -> KvResult<bool> {
+        Ok(self.storage.exists(&self.full_key(b, key)?).await?)
+    }
+
+    async fn increment(&self, b: &Bucket, key: &str, delta: i64) -> KvResult<i64> {
+        Ok(self.storage.increment(&self.full_key(b, key)?, delta).await?)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        b: &Bucket,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> KvResult<bool> {
+        let key = self.full_key(b, key)?;
+        self.check_value(new)?;
+        Ok(self.storage.compare_and_swap(&key, expected, new, ttl).await?)
+    }
+
+    /// Lists keys of bucket `b` starting with `prefix`, with the namespace removed.
+    async fn list(
+        &self,
+        b: &Bucket,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> KvResult<(Vec<String>, Option<String>)> {
+        let full_prefix = self.full_key(b, prefix)?;
+        let strip = full_prefix.len() - prefix.len();
+        let page = self.storage.list(&full_prefix, cursor, limit).await?;
+        let keys = page.keys.into_iter().map(|k| k[strip..].to_string()).collect();
+        Ok((keys, page.cursor))
+    }
+
+    async fn expire(&self, b: &Bucket, key: &str, ttl: Option<Duration>) -> KvResult<bool> {
+        Ok(self.storage.expire(&self.full_key(b, key)?, ttl).await?)
+    }
+
+    async fn ttl(&self, b: &Bucket, key: &str) -> KvResult<Ttl> {
+        Ok(self.storage.ttl(&self.full_key(b, key)?).await?)
+    }
+}
+
+/// The bucket behind `tabula:host/kv`.
+fn kv_bucket() -> Bucket {
+    Bucket { space: "kv:".into() }
+}
+
+fn ttl_from_ms(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+/// What the kv host functions borrow from a request's store.
+pub struct KvView<'a> {
+    ns: &'a Namespace,
+    table: &'a mut ResourceTable,
+}
+
+impl<'a> KvView<'a> {
+    pub fn new(ns: &'a Namespace, table: &'a mut ResourceTable) -> KvView<'a> {
+        KvView { ns, table }
+    }
+}
+
+struct KvData;
+
+impl HasData for KvData {
+    type Data<'a> = KvView<'a>;
+}
+
+/// Adds `tabula:host/kv` and `wasi:keyvalue` to the linker.
+pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
+    generated::Host_::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)
+}
+
+fn log_unavailable(e: &KvError) {
+    if let KvError::Storage(StorageError::Unavailable(why)) = e {
+        tracing::warn!(error = %why, "kv call failed: the store is unavailable");
+    }
+}
+
+impl From<KvError> for kv::Error {
+    fn from(e: KvError) -> Self {
+        log_unavailable(&e);
+        match e {
+            KvError::KeyTooLarge(max) => kv::Error::KeyTooLarge(max),
+            KvError::ValueTooLarge(max) => kv::Error::ValueTooLarge(max),
+            KvError::Storage(StorageError::Unavailable(why)) => kv::Error::Unavailable(why),
+            KvError::Storage(e) => kv::Error::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<KvError> for store::Error {
+    fn from(e: KvError) -> Self {
+        log_unavailable(&e);
+        store::Error::Other(match e {
+            KvError::KeyTooLarge(max) => format!("key too large: the limit is {max} bytes"),
+            KvError::ValueTooLarge(max) => format!("value too large: the limit is {max} bytes"),
+            KvError::Storage(e) => e.to_string(),
+        })
+    }
+}
+
+/// The guest's answer: `Ok(Ok(_))` or `Ok(Err(_))`. Host-side failures never trap here;
+/// every storage problem is the guest's to handle.
+fn answer<T, E: From<KvError>>(result: KvResult<T>) -> wasmtime::Result<Result<T, E>> {
+    Ok(result.map_err(E::from))
+}
+
+impl kv::Host for KvView<'_> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+        answer(self.ns.get(&kv_bucket(), &key).await)
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), kv::Error>> {
+        answer(self.ns.set(&kv_bucket(), &key, &value, ttl_from_ms(ttl_ms)).await)
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
+        answer(self.ns.delete(&kv_bucket(), &key).await)
+    }
+
+    async fn exists(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
+        answer(self.ns.exists(&kv_bucket(), &key).await)
+    }
+
+    async fn increment(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, kv::Error>> {
+        answer(self.ns.increment(&kv_bucket(), &key, delta).await)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, kv::Error>> {
+        let b = kv_bucket();
+        answer(
+            self.ns
+                .compare_and_swap(&b, &key, expected.as_deref(), &new, ttl_from_ms(ttl_ms))
+                .await,
+        )
+    }
+
+    async fn list_keys(
+        &mut self,
+        prefix: String,
+        cursor: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<kv::Page, kv::Error>> {
+        let listed = self.ns.list(&kv_bucket(), &prefix, cursor.as_deref(), limit).await;
+        answer(listed.map(|(keys, cursor)| kv::Page { keys, cursor }))
+    }
+
+    async fn expire(
+        &mut self,
+        key: String,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, kv::Error>> {
+        answer(self.ns.expire(&kv_bucket(), &key, ttl_from_ms(ttl_ms)).await)
+    }
+
+    async fn ttl(&mut self, key: String) -> wasmtime::Result<Result<kv::Expiry, kv::Error>> {
+        let ttl = self.ns.ttl(&kv_bucket(), &key).await.map(|t| match t {
+            Ttl::Missing => kv::Expiry::Missing,
+            Ttl::Persistent => kv::Expiry::Persistent,
+            Ttl::ExpiresIn(d) => kv::Expiry::ExpiresInMs(d.as_millis() as u64),
+        });
+        answer(ttl)
+    }
+}
+
+impl KvView<'_> {
+    fn bucket(&self, b: &Resource<Bucket>) -> wasmtime::Result<Bucket> {
+        Ok(self.table.get(b)?.clone())
+    }
+}
+
+impl store::Host for KvView<'_> {
+    async fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+        let space = match identifier.as_str() {
+            "" | "default" => "kv:".to_string(),
+            name if name.contains(':') => {
+                return Ok(Err(store::Error::Other(
+                    "a bucket identifier may not contain `:`".into(),
+                )));
+            }
+            name => format!("b:{name}:"),
+        };
+        Ok(Ok(self.table.push(Bucket { space })?))
+    }
+}
+
+impl store::HostBucket for KvView<'_> {
+    async fn get(
+        &mut self,
+        b: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        let b = self.bucket(&b)?;
+        answer(self.ns.get(&b, &key).await)
+    }
+
+    async fn set(
+        &mut self,
+        b: Resource<Bucket>,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let b = self.bucket(&b)?;
+        answer(self.ns.set(&b, &key, &value, None).await)
+    }
+
+    async fn delete(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
+        let b = self.bucket(&b)?;
+        answer(self.ns.delete(&b, &key).await.map(drop))
+    }
+
+    async fn exists(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
+        let b = self.bucket(&b)?;
+        answer(self.ns.exists(&b, &key).await)
+    }
+
+    async fn list_keys(
+        &mut self,
+        b: Resource<Bucket>,
+        cursor: Option<String>,
+    ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+        let b = self.bucket(&b)?;
+        let listed = self.ns.list(&b, "", cursor.as_deref(), WASI_PAGE).await;
+        answer(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }))
+    }
+
+    async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(b)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for KvView<'_> {
+    async fn increment(
+        &mut self,
+        b: Resource<Bucket>,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, store::Error>> {
+        let b = self.bucket(&b)?;
+        answer(self.ns.increment(&b, &key, delta).await)
+    }
+
+    async fn swap(
+        &mut self,
+        cas: Resource<Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let cas = self.table.delete(cas)?;
+        let swapped = self
+            .ns
+            .compare_and_swap(&cas.bucket, &cas.key, cas.seen.as_deref(), &value, None)
+            .await;
+        match swapped {
+            Ok(true) => Ok(Ok(())),
+            // Someone else wrote first: hand back a fresh handle holding what they wrote.
+            Ok(false) => match self.ns.get(&cas.bucket, &cas.key).await {
+                Ok(seen) => {
+                    let fresh = self.table.push(Cas { seen, ..cas })?;
+                    Ok(Err(atomics::CasError::CasFailed(fresh)))
+                }
+                Err(e) => Ok(Err(atomics::CasError::StoreError(e.into()))),
+            },
+            Err(e) => Ok(Err(atomics::CasError::StoreError(e.into()))),
+        }
+    }
+}
+
+impl atomics::HostCas for KvView<'_> {
+    async fn new(
+        &mut self,
+        b: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
+        let bucket = self.bucket(&b)?;
+        match self.ns.get(&bucket, &key).await {
+            Ok(seen) => Ok(Ok(self.table.push(Cas { bucket, key, seen })?)),
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    async fn current(&mut self, cas: Resource<Cas>) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+        Ok(Ok(self.table.get(&cas)?.seen.clone()))
+    }
+
+    async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        b: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
+        let b = self.bucket(&b)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.ns.get(&b, &key).await {
+                Ok(value) => out.push((key, value)),
+                Err(e) => return answer(Err(e)),
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    async fn set_many(
+        &mut self,
+        b: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let b = self.bucket(&b)?;
+        for (key, value) in key_values {
+            if let Err(e) = self.ns.set(&b, &key, &value, None).await {
+                return answer(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn delete_many(
+        &mut self,
+        b: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let b = self.bucket(&b)?;
+        for key in keys {
+            if let Err(e) = self.ns.delete(&b, &key).await {
+                return answer(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+}

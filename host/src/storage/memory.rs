@@ -1,0 +1,205 @@
+//! The embedded store: a sorted map in this process, with real expiry.
+//!
+//! Expired keys are invisible at once (every read checks the deadline) and are swept from
+//! memory at most once a second, on writes, so an idle host does no work.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Page, Storage, StorageError, StorageResult, Ttl};
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires.is_none_or(|at| at > now)
+    }
+}
+
+#[derive(Debug)]
+struct Map {
+    entries: BTreeMap<String, Entry>,
+    last_sweep: Instant,
+}
+
+/// An in-process [`Storage`]. A std `Mutex`, because no `.await` happens while it is held.
+#[derive(Debug)]
+pub struct MemoryStorage {
+    map: Mutex<Map>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        MemoryStorage::new()
+    }
+}
+
+impl MemoryStorage {
+    pub fn new() -> MemoryStorage {
+        MemoryStorage {
+            map: Mutex::new(Map {
+                entries: BTreeMap::new(),
+                last_sweep: Instant::now(),
+            }),
+        }
+    }
+
+    /// Runs `f` on the map with expired entries already out of sight.
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Entry>, Instant) -> R) -> R {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(map.last_sweep) >= SWEEP_EVERY {
+            map.entries.retain(|_, e| e.live(now));
+            map.last_sweep = now;
+        }
+        f(&mut map.entries, now)
+    }
+}
+
+/// The live entry at `key`, removing it if it has expired.
+fn live<'a>(
+    entries: &'a mut BTreeMap<String, Entry>,
+    key: &str,
+    now: Instant,
+) -> Option<&'a mut Entry> {
+    if entries.get(key).is_some_and(|e| !e.live(now)) {
+        entries.remove(key);
+    }
+    entries.get_mut(key)
+}
+
+#[async_trait::async_trait]
+impl Storage for MemoryStorage {
+    fn describe(&self) -> String {
+        "the embedded in-memory store (not shared between processes; lost on exit)".into()
+    }
+
+    async fn ping(&self) -> StorageResult<()> {
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>> {
+        Ok(self.with(|m, now| live(m, key, now).map(|e| e.value.clone())))
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()> {
+        self.with(|m, now| {
+            let entry = Entry {
+                value: value.to_vec(),
+                expires: ttl.map(|t| now + t),
+            };
+            m.insert(key.to_string(), entry);
+        });
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> StorageResult<bool> {
+        Ok(self.with(|m, now| m.remove(key).is_some_and(|e| e.live(now))))
+    }
+
+    async fn exists(&self, key: &str) -> StorageResult<bool> {
+        Ok(self.with(|m, now| live(m, key, now).is_some()))
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64> {
+        self.with(|m, now| {
+            let current = match live(m, key, now) {
+                Some(e) => std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or(StorageError::NotAnInteger)?,
+                None => 0,
+            };
+            let next = current
+                .checked_add(delta)
+                .ok_or(StorageError::NotAnInteger)?;
+            let expires = m.get(key).and_then(|e| e.expires);
+            m.insert(
+                key.to_string(),
+                Entry {
+                    value: next.to_string().into_bytes(),
+                    expires,
+                },
+            );
+            Ok(next)
+        })
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> StorageResult<bool> {
+        Ok(self.with(|m, now| {
+            let current = live(m, key, now).map(|e| e.value.as_slice());
+            if current != expected {
+                return false;
+            }
+            let entry = Entry {
+                value: new.to_vec(),
+                expires: ttl.map(|t| now + t),
+            };
+            m.insert(key.to_string(), entry);
+            true
+        }))
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page> {
+        let limit = limit.max(1) as usize;
+        Ok(self.with(|m, now| {
+            // The cursor is the last key of the previous page. One from elsewhere (a guest can
+            // pass anything) is clamped to the prefix's range.
+            let start = match cursor {
+                Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
+                _ => Bound::Included(prefix.to_string()),
+            };
+            let mut keys = Vec::with_capacity(limit.min(1024));
+            let mut more = false;
+            for (key, entry) in m.range((start, Bound::Unbounded)) {
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                if !entry.live(now) {
+                    continue;
+                }
+                if keys.len() == limit {
+                    more = true;
+                    break;
+                }
+                keys.push(key.clone());
+            }
+            let cursor = if more { keys.last().cloned() } else { None };
+            Page { keys, cursor }
+        }))
+    }
+
+    async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool> {
+        Ok(self.with(|m, now| match live(m, key, now) {
+            Some(e) => {
+                e.expires = ttl.map(|t| now + t);
+                true
+            }
+            None => false,
+        }))
+    }
+
+    async fn ttl(&self, key: &str) -> StorageResult<Ttl> {
+        Ok(self.with(|m, now| match live(m, key, now) {
+            None => Ttl::Missing,
+            Some(Entry { expires: None, .. }) => Ttl::Persistent,
+            Some(Entry {
+                expires: Some(at), ..
+            }) => Ttl::ExpiresIn(at.duration_since(now)),
+        }))
+    }
+}

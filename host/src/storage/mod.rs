@@ -1,0 +1,112 @@
+//! The backing store behind `kv` (and later sessions): one [`Storage`] trait, two backends.
+//!
+//! - [`memory::MemoryStorage`]: in-process, with real TTL expiry. The default for `tabula up`,
+//!   so examples run with no Redis installed. Not shared between processes.
+//! - [`redis::RedisStorage`]: Redis, standalone or Cluster, for production and for many
+//!   replicas sharing one state.
+//!
+//! The trait speaks in full keys. Namespacing (which app owns which keys) is the caller's
+//! business: see [`crate::kv::Namespace`]. The same conformance tests run against both
+//! backends (`tests/all/kv_conformance.rs`).
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+/// Why a storage call failed. Callers branch on this: `Unavailable` becomes a 503.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    /// The store could not be reached or did not answer in time.
+    Unavailable(String),
+    /// `increment` on a value that is not a decimal integer, or that would overflow.
+    NotAnInteger,
+    /// Anything else the store reported.
+    Other(String),
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Unavailable(why) => write!(f, "the store is unavailable: {why}"),
+            StorageError::NotAnInteger => f.write_str("the value is not an integer"),
+            StorageError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// The expiry state of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    Missing,
+    Persistent,
+    ExpiresIn(Duration),
+}
+
+/// One page of a key listing. `cursor` is `None` when the listing is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub keys: Vec<String>,
+    pub cursor: Option<String>,
+}
+
+/// A key-value store with expiry and atomic operations. Every method is one atomic step.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// For start-up logs, e.g. "Redis at 127.0.0.1:6379".
+    fn describe(&self) -> String;
+    /// Whether the store answers right now.
+    async fn ping(&self) -> StorageResult<()>;
+    async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>>;
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()>;
+    async fn delete(&self, key: &str) -> StorageResult<bool>;
+    async fn exists(&self, key: &str) -> StorageResult<bool>;
+    /// Adds `delta` to the decimal integer at `key` (0 when missing), keeping its expiry.
+    async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64>;
+    /// Sets `new` if the current value equals `expected` (`None`: the key is missing).
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> StorageResult<bool>;
+    /// Keys starting with `prefix`; `limit` is a hint for the page size.
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page>;
+    /// Sets or clears a key's expiry; whether the key exists.
+    async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool>;
+    async fn ttl(&self, key: &str) -> StorageResult<Ttl>;
+}
+
+/// Opens the store named by a `--store` value:
+/// `memory`, `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
+/// `redis+cluster://HOST:PORT,HOST:PORT,…` (and `rediss+cluster://…`) for Redis Cluster.
+pub async fn open(spec: &str) -> Result<Arc<dyn Storage>> {
+    if spec == "memory" {
+        return Ok(Arc::new(memory::MemoryStorage::new()));
+    }
+    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        return Ok(Arc::new(redis::RedisStorage::standalone(spec).await?));
+    }
+    for (scheme, node_scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+        if let Some(nodes) = spec.strip_prefix(scheme) {
+            let nodes: Vec<String> = nodes
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("{node_scheme}{n}"))
+                .collect();
+            return Ok(Arc::new(redis::RedisStorage::cluster(&nodes).await?));
+        }
+    }
+    bail!(
+        "unknown store `{spec}`: use `memory`, `redis://HOST:PORT`, `rediss://HOST:PORT` or \
+         `redis+cluster://HOST:PORT,HOST:PORT,...`"
+    )
+}

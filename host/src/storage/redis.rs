@@ -1,0 +1,339 @@
+//! Redis as the backing store: standalone (one multiplexed connection that reconnects by
+//! itself) or Redis Cluster (slot-aware routing, topology refresh on errors).
+//!
+//! Every call has a deadline, and connection trouble is reported as
+//! [`StorageError::Unavailable`] straight away rather than queued, so a Redis that goes away
+//! costs each request a quick 503 and never a hang; when it returns, the next calls succeed
+//! without a restart.
+//!
+//! Cluster note: keys are expected to carry a hash tag per namespace (`…{app}…`, see
+//! [`crate::kv::Namespace`]), so one app's keys share a slot. That is what makes a prefix
+//! listing a single-node `SCAN` and keeps every operation on one node.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{Cmd, FromRedisValue, RedisError, RedisFuture, Script, Value};
+
+use super::{Page, Storage, StorageError, StorageResult, Ttl};
+
+/// How long connecting may take before a call gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long one call may take, end to end.
+const CALL_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Sets a key only if its current value is the expected one (or it is missing, when
+/// ARGV[1] is "0"); ARGV[4] is an expiry in milliseconds or "".
+const CAS_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+"#;
+
+/// A connection of either kind, so every command is written once.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A [`Storage`] on Redis.
+pub struct RedisStorage {
+    conn: Conn,
+    description: String,
+    cas: Script,
+}
+
+impl RedisStorage {
+    /// Connects to a standalone Redis at `url` (`redis://` or `rediss://`). The connection is
+    /// made lazily and remade in the background whenever it breaks, so the host starts (and
+    /// keeps serving everything else) while Redis is down.
+    pub async fn standalone(url: &str) -> Result<RedisStorage> {
+        let client = redis::Client::open(url)
+            .with_context(|| format!("`{url}` is not a valid Redis URL"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = client
+            .get_connection_manager_lazy(config)
+            .context("setting up the Redis connection")?;
+        Ok(RedisStorage {
+            conn: Conn::Single(manager),
+            description: format!("Redis at {}", redact(url)),
+            cas: Script::new(CAS_SCRIPT),
+        })
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes`.
+    pub async fn cluster(nodes: &[String]) -> Result<RedisStorage> {
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(CALL_TIMEOUT)
+            .retries(1)
+            .build()
+            .context("invalid Redis Cluster node list")?;
+        let conn = tokio::time::timeout(CALL_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| {
+                format!("connecting to the Redis Cluster at {}", nodes.join(", "))
+            })?;
+        Ok(RedisStorage {
+            conn: Conn::Cluster(conn),
+            description: format!(
+                "Redis Cluster via {}",
+                nodes.iter().map(|n| redact(n)).collect::<Vec<_>>().join(", ")
+            ),
+            cas: Script::new(CAS_SCRIPT),
+        })
+    }
+
+    /// Runs `cmd` within [`CALL_TIMEOUT`].
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StorageResult<T> {
+        let mut conn = self.conn.clone();
+        deadline(cmd.query_async(&mut conn)).await
+    }
+}
+
+/// Bounds a call by [`CALL_TIMEOUT`] and classifies its error.
+async fn deadline<T>(call: impl Future<Output = Result<T, RedisError>>) -> StorageResult<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => Err(StorageError::Unavailable(format!(
+            "Redis did not answer within {CALL_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn classify(e: RedisError) -> StorageError {
+    if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_cluster_error()
+        || e.is_unrecoverable_error()
+    {
+        StorageError::Unavailable(e.to_string())
+    } else if e.to_string().contains("not an integer") {
+        StorageError::NotAnInteger
+    } else {
+        StorageError::Other(e.to_string())
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Escapes `*`, `?`, `[`, `]` and `\` so a key prefix matches itself in a `SCAN MATCH`.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn millis(ttl: Duration) -> u64 {
+    // Redis rejects 0 as an expiry; the shortest it takes is 1 ms.
+    (ttl.as_millis() as u64).max(1)
+}
+
+#[async_trait::async_trait]
+impl Storage for RedisStorage {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn ping(&self) -> StorageResult<()> {
+        self.query::<String>(&redis::cmd("PING")).await.map(drop)
+    }
+
+    async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(millis(ttl));
+        }
+        self.query(&cmd).await
+    }
+
+    async fn delete(&self, key: &str) -> StorageResult<bool> {
+        self.query::<u64>(redis::cmd("DEL").arg(key))
+            .await
+            .map(|n| n > 0)
+    }
+
+    async fn exists(&self, key: &str) -> StorageResult<bool> {
+        self.query::<u64>(redis::cmd("EXISTS").arg(key))
+            .await
+            .map(|n| n > 0)
+    }
+
+    async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64> {
+        self.query(redis::cmd("INCRBY").arg(key).arg(delta)).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> StorageResult<bool> {
+        let mut invocation = self.cas.key(key);
+        invocation
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(new)
+            .arg(ttl.map(|t| millis(t).to_string()).unwrap_or_default());
+        let mut conn = self.conn.clone();
+        deadline(invocation.invoke_async::<i64>(&mut conn))
+            .await
+            .map(|n| n == 1)
+    }
+
+    async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page> {
+        let mut scan_cursor: u64 = match cursor {
+            Some(c) => c
+                .parse()
+                .map_err(|_| StorageError::Other(format!("`{c}` is not a listing cursor")))?,
+            None => 0,
+        };
+        let pattern = format!("{}*", glob_escape(prefix));
+        let limit = limit.max(1) as usize;
+        let mut keys: Vec<String> = Vec::new();
+        // SCAN's COUNT is a hint and pages can come back empty: go on until the page is full
+        // or the scan is complete.
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(scan_cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(limit.max(100));
+            let (next, batch): (u64, Vec<String>) = match &self.conn {
+                Conn::Single(_) => self.query(&cmd).await?,
+                // SCAN names no key, so it goes to the node owning the namespace's slot.
+                Conn::Cluster(c) => {
+                    let route = Route::with_slot(Slot::for_key(prefix), SlotAddr::Master);
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    let value = deadline(c.clone().route_command(cmd, routing)).await?;
+                    <(u64, Vec<String>)>::from_redis_value(value)
+                        .map_err(|e| StorageError::Other(e.to_string()))?
+                }
+            };
+            for key in batch {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            scan_cursor = next;
+            if scan_cursor == 0 || keys.len() >= limit {
+                break;
+            }
+        }
+        Ok(Page {
+            keys,
+            cursor: (scan_cursor != 0).then(|| scan_cursor.to_string()),
+        })
+    }
+
+    async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool> {
+        match ttl {
+            Some(ttl) => self
+                .query::<u64>(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl)))
+                .await
+                .map(|n| n == 1),
+            // PERSIST answers 0 both for a missing key and for one without expiry.
+            None => {
+                self.query::<u64>(redis::cmd("PERSIST").arg(key)).await?;
+                self.exists(key).await
+            }
+        }
+    }
+
+    async fn ttl(&self, key: &str) -> StorageResult<Ttl> {
+        let ms: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
+        Ok(match ms {
+            -2 => Ttl::Missing,
+            -1 => Ttl::Persistent,
+            ms => Ttl::ExpiresIn(Duration::from_millis(ms.max(0) as u64)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{glob_escape, redact};
+
+    #[test]
+    fn prefixes_match_literally() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redact("redis://u:pw@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}
