@@ -1,5 +1,8 @@
 //! Integration tests: the real `tabula` binary, real components built from `examples/` and
-//! `tests/guests/`, real HTTP over loopback. One test binary, many modules, to keep links few.
+//! `tests/guests/`, real HTTP over loopback, real Redis. One test binary, many modules, to
+//! keep links few.
 
 mod harness;
+mod kv_conformance;
+mod redis_server;
 mod serving;

@@ -1,0 +1,205 @@
+//! One conformance suite for every storage backend: the embedded store, a real
+//! `redis-server`, and a real three-master Redis Cluster run exactly the same checks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tabula::storage::{self, Storage, StorageError, Ttl};
+
+use crate::redis_server::{RedisCluster, RedisServer};
+
+/// Keys carry a hash tag, as app namespaces do, so one listing is one slot in a cluster.
+fn k(name: &str) -> String {
+    format!("tabula:{{conformance}}:{name}")
+}
+
+async fn suite(s: Arc<dyn Storage>) {
+    s.ping().await.expect("ping");
+    basic_operations(&*s).await;
+    binary_values(&*s).await;
+    increments(&*s).await;
+    expiry(&*s).await;
+    compare_and_swap(&*s).await;
+    compare_and_swap_under_contention(s.clone()).await;
+    paging_through_thousands_of_keys(&*s).await;
+}
+
+async fn basic_operations(s: &dyn Storage) {
+    let key = k("basic");
+    assert_eq!(s.get(&key).await.unwrap(), None, "missing key reads as None");
+    assert!(!s.exists(&key).await.unwrap());
+    s.set(&key, b"one", None).await.unwrap();
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(s.exists(&key).await.unwrap());
+    s.set(&key, b"two", None).await.unwrap();
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"two"[..]), "set overwrites");
+    assert!(s.delete(&key).await.unwrap(), "delete reports an existing key");
+    assert!(!s.delete(&key).await.unwrap(), "delete reports a missing key");
+    assert_eq!(s.get(&key).await.unwrap(), None);
+}
+
+async fn binary_values(s: &dyn Storage) {
+    let key = k("binary");
+    let value: Vec<u8> = (0..=255u8).chain([0, 0, 0xff, 0xfe]).collect();
+    s.set(&key, &value, None).await.unwrap();
+    assert_eq!(s.get(&key).await.unwrap(), Some(value), "bytes round-trip exactly");
+    s.set(&key, b"", None).await.unwrap();
+    assert_eq!(s.get(&key).await.unwrap(), Some(vec![]), "an empty value is a value");
+    s.delete(&key).await.unwrap();
+}
+
+async fn increments(s: &dyn Storage) {
+    let key = k("counter");
+    assert_eq!(s.increment(&key, 5).await.unwrap(), 5, "missing counts as 0");
+    assert_eq!(s.increment(&key, -7).await.unwrap(), -2);
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"-2"[..]), "decimal text");
+    s.set(&key, b"41", None).await.unwrap();
+    assert_eq!(s.increment(&key, 1).await.unwrap(), 42, "counts on a set value");
+    s.set(&key, b"forty", None).await.unwrap();
+    assert_eq!(s.increment(&key, 1).await, Err(StorageError::NotAnInteger));
+    s.set(&key, b"1", Some(Duration::from_secs(60))).await.unwrap();
+    s.increment(&key, 1).await.unwrap();
+    assert!(
+        matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
+        "increment keeps the expiry"
+    );
+    s.delete(&key).await.unwrap();
+}
+
+async fn expiry(s: &dyn Storage) {
+    let key = k("ttl");
+    s.set(&key, b"soon gone", Some(Duration::from_millis(300))).await.unwrap();
+    match s.ttl(&key).await.unwrap() {
+        Ttl::ExpiresIn(left) => assert!(left <= Duration::from_millis(300), "{left:?}"),
+        other => panic!("expected an expiry, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(s.get(&key).await.unwrap(), None, "the value expired");
+    assert!(!s.exists(&key).await.unwrap());
+    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Missing);
+
+    assert!(!s.expire(&key, Some(Duration::from_secs(1))).await.unwrap(), "missing key");
+    s.set(&key, b"v", None).await.unwrap();
+    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
+    assert!(s.expire(&key, Some(Duration::from_millis(200))).await.unwrap());
+    assert!(matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)));
+    assert!(s.expire(&key, None).await.unwrap(), "persist an existing key");
+    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.exists(&key).await.unwrap(), "a persisted key does not expire");
+
+    s.set(&key, b"v", Some(Duration::from_millis(100))).await.unwrap();
+    s.set(&key, b"w", None).await.unwrap();
+    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent, "set replaces the expiry");
+    s.delete(&key).await.unwrap();
+}
+
+async fn compare_and_swap(s: &dyn Storage) {
+    let key = k("cas");
+    assert!(s.compare_and_swap(&key, None, b"a", None).await.unwrap(), "create if absent");
+    assert!(!s.compare_and_swap(&key, None, b"b", None).await.unwrap(), "exists now");
+    assert!(!s.compare_and_swap(&key, Some(b"x"), b"b", None).await.unwrap(), "wrong value");
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"a"[..]), "unchanged");
+    assert!(s.compare_and_swap(&key, Some(b"a"), b"b", None).await.unwrap());
+    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"b"[..]));
+    let ttl = Some(Duration::from_millis(200));
+    assert!(s.compare_and_swap(&key, Some(b"b"), b"c", ttl).await.unwrap());
+    assert!(matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)), "CAS sets the expiry");
+    s.delete(&key).await.unwrap();
+}
+
+/// Many tasks add one at a time with read-then-CAS: no update may be lost.
+async fn compare_and_swap_under_contention(s: Arc<dyn Storage>) {
+    const TASKS: u64 = 16;
+    const EACH: u64 = 25;
+    let key = k("contended");
+    s.set(&key, b"0", None).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (s, key) = (s.clone(), key.clone());
+        tasks.spawn(async move {
+            let mut conflicts = 0u64;
+            for _ in 0..EACH {
+                loop {
+                    let current = s.get(&key).await.unwrap().unwrap();
+                    let n: u64 = std::str::from_utf8(&current).unwrap().parse().unwrap();
+                    let next = (n + 1).to_string();
+                    if s.compare_and_swap(&key, Some(&current), next.as_bytes(), None).await.unwrap() {
+                        break;
+                    }
+                    conflicts += 1;
+                }
+            }
+            conflicts
+        });
+    }
+    let mut conflicts = 0;
+    while let Some(result) = tasks.join_next().await {
+        conflicts += result.unwrap();
+    }
+    let total = String::from_utf8(s.get(&key).await.unwrap().unwrap()).unwrap();
+    assert_eq!(total, (TASKS * EACH).to_string(), "no increment lost ({conflicts} retries)");
+    s.delete(&key).await.unwrap();
+}
+
+async fn paging_through_thousands_of_keys(s: &dyn Storage) {
+    const N: usize = 3000;
+    let prefix = k("page:");
+    let mut expected = BTreeSet::new();
+    for i in 0..N {
+        let key = format!("{prefix}{i:05}");
+        s.set(&key, b"x", None).await.unwrap();
+        expected.insert(key);
+    }
+    // Neighbours that must not be listed: a sibling prefix and a glob-looking one.
+    s.set(&k("pagez"), b"x", None).await.unwrap();
+    s.set(&k("pa*e:1"), b"x", None).await.unwrap();
+
+    let mut seen = BTreeSet::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list(&prefix, cursor.as_deref(), 100).await.unwrap();
+        pages += 1;
+        assert!(pages < 10 * N, "the listing does not end");
+        for key in page.keys {
+            assert!(key.starts_with(&prefix), "{key} is outside the prefix");
+            seen.insert(key);
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), N, "every key is listed");
+    assert_eq!(seen, expected);
+    assert!(pages > 5, "{N} keys at 100 a page took only {pages} pages");
+
+    let star = k("pa*e:");
+    let page = s.list(&star, None, 100).await.unwrap();
+    assert_eq!(page.keys, vec![k("pa*e:1")], "prefixes match literally, not as globs");
+}
+
+#[tokio::test]
+async fn memory_backend_conforms() {
+    suite(storage::open("memory").await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn redis_backend_conforms() {
+    let redis = RedisServer::start();
+    suite(storage::open(&redis.url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_backend_conforms() {
+    let cluster = RedisCluster::start();
+    suite(storage::open(&cluster.url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn an_unknown_store_is_refused_with_the_forms_we_take() {
+    let err = storage::open("postgres://x").await.err().expect("refused");
+    assert!(format!("{err:#}").contains("redis+cluster://"), "{err:#}");
+}
