@@ -123,7 +123,13 @@ impl Namespace {
         Ok(self.storage.get(&self.full_key(b, key)?).await?)
     }
 
-    async fn set(&self, b: &Bucket, key: &str, value: &[u8], ttl: Option<Duration>) -> KvResult<()> {
+    async fn set(
+        &self,
+        b: &Bucket,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> KvResult<()> {
         let key = self.full_key(b, key)?;
         self.check_value(value)?;
         Ok(self.storage.set(&key, value, ttl).await?)
@@ -138,7 +144,10 @@ impl Namespace {
     }
 
     async fn increment(&self, b: &Bucket, key: &str, delta: i64) -> KvResult<i64> {
-        Ok(self.storage.increment(&self.full_key(b, key)?, delta).await?)
+        Ok(self
+            .storage
+            .increment(&self.full_key(b, key)?, delta)
+            .await?)
     }
 
     async fn compare_and_swap(
@@ -151,7 +160,10 @@ impl Namespace {
     ) -> KvResult<bool> {
         let key = self.full_key(b, key)?;
         self.check_value(new)?;
-        Ok(self.storage.compare_and_swap(&key, expected, new, ttl).await?)
+        Ok(self
+            .storage
+            .compare_and_swap(&key, expected, new, ttl)
+            .await?)
     }
 
     /// Lists keys of bucket `b` starting with `prefix`, with the namespace removed.
@@ -165,7 +177,11 @@ impl Namespace {
         let full_prefix = self.full_key(b, prefix)?;
         let strip = full_prefix.len() - prefix.len();
         let page = self.storage.list(&full_prefix, cursor, limit).await?;
-        let keys = page.keys.into_iter().map(|k| k[strip..].to_string()).collect();
+        let keys = page
+            .keys
+            .into_iter()
+            .map(|k| k[strip..].to_string())
+            .collect();
         Ok((keys, page.cursor))
     }
 
@@ -180,7 +196,9 @@ impl Namespace {
 
 /// The bucket behind `tabula:host/kv`.
 fn kv_bucket() -> Bucket {
-    Bucket { space: "kv:".into() }
+    Bucket {
+        space: "kv:".into(),
+    }
 }
 
 fn ttl_from_ms(ms: Option<u64>) -> Option<Duration> {
@@ -256,7 +274,11 @@ impl kv::Host for KvView<'_> {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), kv::Error>> {
-        answer(self.ns.set(&kv_bucket(), &key, &value, ttl_from_ms(ttl_ms)).await)
+        answer(
+            self.ns
+                .set(&kv_bucket(), &key, &value, ttl_from_ms(ttl_ms))
+                .await,
+        )
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
@@ -267,7 +289,11 @@ impl kv::Host for KvView<'_> {
         answer(self.ns.exists(&kv_bucket(), &key).await)
     }
 
-    async fn increment(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, kv::Error>> {
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+    ) -> wasmtime::Result<Result<i64, kv::Error>> {
         answer(self.ns.increment(&kv_bucket(), &key, delta).await)
     }
 
@@ -292,7 +318,10 @@ impl kv::Host for KvView<'_> {
         cursor: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Result<kv::Page, kv::Error>> {
-        let listed = self.ns.list(&kv_bucket(), &prefix, cursor.as_deref(), limit).await;
+        let listed = self
+            .ns
+            .list(&kv_bucket(), &prefix, cursor.as_deref(), limit)
+            .await;
         answer(listed.map(|(keys, cursor)| kv::Page { keys, cursor }))
     }
 
@@ -301,7 +330,11 @@ impl kv::Host for KvView<'_> {
         key: String,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, kv::Error>> {
-        answer(self.ns.expire(&kv_bucket(), &key, ttl_from_ms(ttl_ms)).await)
+        answer(
+            self.ns
+                .expire(&kv_bucket(), &key, ttl_from_ms(ttl_ms))
+                .await,
+        )
     }
 
     async fn ttl(&mut self, key: String) -> wasmtime::Result<Result<kv::Expiry, kv::Error>> {
@@ -321,7 +354,10 @@ impl KvView<'_> {
 }
 
 impl store::Host for KvView<'_> {
-    async fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
         let space = match identifier.as_str() {
             "" | "default" => "kv:".to_string(),
             name if name.contains(':') => {
@@ -355,12 +391,20 @@ impl store::HostBucket for KvView<'_> {
         answer(self.ns.set(&b, &key, &value, None).await)
     }
 
-    async fn delete(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<(), store::Error>> {
+    async fn delete(
+        &mut self,
+        b: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&b)?;
         answer(self.ns.delete(&b, &key).await.map(drop))
     }
 
-    async fn exists(&mut self, b: Resource<Bucket>, key: String) -> wasmtime::Result<Result<bool, store::Error>> {
+    async fn exists(
+        &mut self,
+        b: Resource<Bucket>,
+        key: String,
+    ) -> wasmtime::Result<Result<bool, store::Error>> {
         let b = self.bucket(&b)?;
         answer(self.ns.exists(&b, &key).await)
     }
@@ -430,7 +474,10 @@ impl atomics::HostCas for KvView<'_> {
         }
     }
 
-    async fn current(&mut self, cas: Resource<Cas>) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+    async fn current(
+        &mut self,
+        cas: Resource<Cas>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         Ok(Ok(self.table.get(&cas)?.seen.clone()))
     }
 

@@ -13,8 +13,8 @@ use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
 use tabula::runtime::{Allocator, Limits, Runtime};
 use tabula::storage;
-use tracing::{error, info};
 use tokio::net::TcpListener;
+use tracing::{error, info};
 
 /// Run HTTP handlers as WebAssembly components, each request in a fresh instance.
 ///
@@ -184,7 +184,10 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         let router = Arc::new(Router::new(apps)?);
 
         let listener = TcpListener::bind(args.listen).await.with_context(|| {
-            format!("listening on {} (is the port in use? try --listen)", args.listen)
+            format!(
+                "listening on {} (is the port in use? try --listen)",
+                args.listen
+            )
         })?;
         let addr = listener.local_addr()?;
         println!("tabula: serving on http://{addr}");

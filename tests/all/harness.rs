@@ -79,10 +79,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// `tabula serve` with the named guests on a free loopback port.
+    /// `tabula serve` with the named guests and the embedded store on a free loopback port.
     pub fn serve(names: &[&str]) -> Server {
+        Server::serve_with("memory", names)
+    }
+
+    /// `tabula serve --store STORE` with the named guests.
+    pub fn serve_with(store: &str, names: &[&str]) -> Server {
         Server::start(
-            ["serve"]
+            ["serve", "--store", store]
                 .iter()
                 .map(|s| s.to_string())
                 .chain(app_args(names)),

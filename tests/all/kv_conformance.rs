@@ -27,15 +27,29 @@ async fn suite(s: Arc<dyn Storage>) {
 
 async fn basic_operations(s: &dyn Storage) {
     let key = k("basic");
-    assert_eq!(s.get(&key).await.unwrap(), None, "missing key reads as None");
+    assert_eq!(
+        s.get(&key).await.unwrap(),
+        None,
+        "missing key reads as None"
+    );
     assert!(!s.exists(&key).await.unwrap());
     s.set(&key, b"one", None).await.unwrap();
     assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
     assert!(s.exists(&key).await.unwrap());
     s.set(&key, b"two", None).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"two"[..]), "set overwrites");
-    assert!(s.delete(&key).await.unwrap(), "delete reports an existing key");
-    assert!(!s.delete(&key).await.unwrap(), "delete reports a missing key");
+    assert_eq!(
+        s.get(&key).await.unwrap().as_deref(),
+        Some(&b"two"[..]),
+        "set overwrites"
+    );
+    assert!(
+        s.delete(&key).await.unwrap(),
+        "delete reports an existing key"
+    );
+    assert!(
+        !s.delete(&key).await.unwrap(),
+        "delete reports a missing key"
+    );
     assert_eq!(s.get(&key).await.unwrap(), None);
 }
 
@@ -43,22 +57,44 @@ async fn binary_values(s: &dyn Storage) {
     let key = k("binary");
     let value: Vec<u8> = (0..=255u8).chain([0, 0, 0xff, 0xfe]).collect();
     s.set(&key, &value, None).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap(), Some(value), "bytes round-trip exactly");
+    assert_eq!(
+        s.get(&key).await.unwrap(),
+        Some(value),
+        "bytes round-trip exactly"
+    );
     s.set(&key, b"", None).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap(), Some(vec![]), "an empty value is a value");
+    assert_eq!(
+        s.get(&key).await.unwrap(),
+        Some(vec![]),
+        "an empty value is a value"
+    );
     s.delete(&key).await.unwrap();
 }
 
 async fn increments(s: &dyn Storage) {
     let key = k("counter");
-    assert_eq!(s.increment(&key, 5).await.unwrap(), 5, "missing counts as 0");
+    assert_eq!(
+        s.increment(&key, 5).await.unwrap(),
+        5,
+        "missing counts as 0"
+    );
     assert_eq!(s.increment(&key, -7).await.unwrap(), -2);
-    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"-2"[..]), "decimal text");
+    assert_eq!(
+        s.get(&key).await.unwrap().as_deref(),
+        Some(&b"-2"[..]),
+        "decimal text"
+    );
     s.set(&key, b"41", None).await.unwrap();
-    assert_eq!(s.increment(&key, 1).await.unwrap(), 42, "counts on a set value");
+    assert_eq!(
+        s.increment(&key, 1).await.unwrap(),
+        42,
+        "counts on a set value"
+    );
     s.set(&key, b"forty", None).await.unwrap();
     assert_eq!(s.increment(&key, 1).await, Err(StorageError::NotAnInteger));
-    s.set(&key, b"1", Some(Duration::from_secs(60))).await.unwrap();
+    s.set(&key, b"1", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
     s.increment(&key, 1).await.unwrap();
     assert!(
         matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
@@ -69,7 +105,9 @@ async fn increments(s: &dyn Storage) {
 
 async fn expiry(s: &dyn Storage) {
     let key = k("ttl");
-    s.set(&key, b"soon gone", Some(Duration::from_millis(300))).await.unwrap();
+    s.set(&key, b"soon gone", Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
     match s.ttl(&key).await.unwrap() {
         Ttl::ExpiresIn(left) => assert!(left <= Duration::from_millis(300), "{left:?}"),
         other => panic!("expected an expiry, got {other:?}"),
@@ -79,33 +117,78 @@ async fn expiry(s: &dyn Storage) {
     assert!(!s.exists(&key).await.unwrap());
     assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Missing);
 
-    assert!(!s.expire(&key, Some(Duration::from_secs(1))).await.unwrap(), "missing key");
+    assert!(
+        !s.expire(&key, Some(Duration::from_secs(1))).await.unwrap(),
+        "missing key"
+    );
     s.set(&key, b"v", None).await.unwrap();
     assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
-    assert!(s.expire(&key, Some(Duration::from_millis(200))).await.unwrap());
+    assert!(
+        s.expire(&key, Some(Duration::from_millis(200)))
+            .await
+            .unwrap()
+    );
     assert!(matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)));
-    assert!(s.expire(&key, None).await.unwrap(), "persist an existing key");
+    assert!(
+        s.expire(&key, None).await.unwrap(),
+        "persist an existing key"
+    );
     assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(s.exists(&key).await.unwrap(), "a persisted key does not expire");
+    assert!(
+        s.exists(&key).await.unwrap(),
+        "a persisted key does not expire"
+    );
 
-    s.set(&key, b"v", Some(Duration::from_millis(100))).await.unwrap();
+    s.set(&key, b"v", Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
     s.set(&key, b"w", None).await.unwrap();
-    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent, "set replaces the expiry");
+    assert_eq!(
+        s.ttl(&key).await.unwrap(),
+        Ttl::Persistent,
+        "set replaces the expiry"
+    );
     s.delete(&key).await.unwrap();
 }
 
 async fn compare_and_swap(s: &dyn Storage) {
     let key = k("cas");
-    assert!(s.compare_and_swap(&key, None, b"a", None).await.unwrap(), "create if absent");
-    assert!(!s.compare_and_swap(&key, None, b"b", None).await.unwrap(), "exists now");
-    assert!(!s.compare_and_swap(&key, Some(b"x"), b"b", None).await.unwrap(), "wrong value");
-    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"a"[..]), "unchanged");
-    assert!(s.compare_and_swap(&key, Some(b"a"), b"b", None).await.unwrap());
+    assert!(
+        s.compare_and_swap(&key, None, b"a", None).await.unwrap(),
+        "create if absent"
+    );
+    assert!(
+        !s.compare_and_swap(&key, None, b"b", None).await.unwrap(),
+        "exists now"
+    );
+    assert!(
+        !s.compare_and_swap(&key, Some(b"x"), b"b", None)
+            .await
+            .unwrap(),
+        "wrong value"
+    );
+    assert_eq!(
+        s.get(&key).await.unwrap().as_deref(),
+        Some(&b"a"[..]),
+        "unchanged"
+    );
+    assert!(
+        s.compare_and_swap(&key, Some(b"a"), b"b", None)
+            .await
+            .unwrap()
+    );
     assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"b"[..]));
     let ttl = Some(Duration::from_millis(200));
-    assert!(s.compare_and_swap(&key, Some(b"b"), b"c", ttl).await.unwrap());
-    assert!(matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)), "CAS sets the expiry");
+    assert!(
+        s.compare_and_swap(&key, Some(b"b"), b"c", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
+        "CAS sets the expiry"
+    );
     s.delete(&key).await.unwrap();
 }
 
@@ -125,7 +208,10 @@ async fn compare_and_swap_under_contention(s: Arc<dyn Storage>) {
                     let current = s.get(&key).await.unwrap().unwrap();
                     let n: u64 = std::str::from_utf8(&current).unwrap().parse().unwrap();
                     let next = (n + 1).to_string();
-                    if s.compare_and_swap(&key, Some(&current), next.as_bytes(), None).await.unwrap() {
+                    if s.compare_and_swap(&key, Some(&current), next.as_bytes(), None)
+                        .await
+                        .unwrap()
+                    {
                         break;
                     }
                     conflicts += 1;
@@ -139,7 +225,11 @@ async fn compare_and_swap_under_contention(s: Arc<dyn Storage>) {
         conflicts += result.unwrap();
     }
     let total = String::from_utf8(s.get(&key).await.unwrap().unwrap()).unwrap();
-    assert_eq!(total, (TASKS * EACH).to_string(), "no increment lost ({conflicts} retries)");
+    assert_eq!(
+        total,
+        (TASKS * EACH).to_string(),
+        "no increment lost ({conflicts} retries)"
+    );
     s.delete(&key).await.unwrap();
 }
 
@@ -178,7 +268,11 @@ async fn paging_through_thousands_of_keys(s: &dyn Storage) {
 
     let star = k("pa*e:");
     let page = s.list(&star, None, 100).await.unwrap();
-    assert_eq!(page.keys, vec![k("pa*e:1")], "prefixes match literally, not as globs");
+    assert_eq!(
+        page.keys,
+        vec![k("pa*e:1")],
+        "prefixes match literally, not as globs"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! keep links few.
 
 mod harness;
+mod kv_apps;
 mod kv_conformance;
 mod redis_server;
 mod serving;

@@ -59,7 +59,10 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready() {
-        assert!(Instant::now() < deadline, "{what} did not become ready within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready within 20 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -147,7 +150,10 @@ impl RedisCluster {
                 ])
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
@@ -164,7 +170,11 @@ impl RedisCluster {
 
     /// The `--store` value for tabula: `redis+cluster://HOST:PORT,…`.
     pub fn url(&self) -> String {
-        let nodes: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         format!("redis+cluster://{}", nodes.join(","))
     }
 }

@@ -23,9 +23,21 @@ mod tests {
 
     #[test]
     fn counts_up_and_reads_back() {
-        assert_eq!(counter(Request::get("/counter/value")).unwrap().body_text(), "0\n");
-        assert_eq!(counter(Request::post("/counter", "")).unwrap().body_text(), "1\n");
-        assert_eq!(counter(Request::post("/counter", "")).unwrap().body_text(), "2\n");
-        assert_eq!(counter(Request::get("/counter/value")).unwrap().body_text(), "2\n");
+        assert_eq!(
+            counter(Request::get("/counter/value")).unwrap().body_text(),
+            "0\n"
+        );
+        assert_eq!(
+            counter(Request::post("/counter", "")).unwrap().body_text(),
+            "1\n"
+        );
+        assert_eq!(
+            counter(Request::post("/counter", "")).unwrap().body_text(),
+            "2\n"
+        );
+        assert_eq!(
+            counter(Request::get("/counter/value")).unwrap().body_text(),
+            "2\n"
+        );
     }
 }

@@ -30,7 +30,9 @@ fn ratelimit(req: Request) -> Result<Response, Error> {
             .with_status(429)
             .with_header("retry-after", &retry.to_string()));
     }
-    Ok(Response::text(format!("ok: {used} of {LIMIT} in this window\n")))
+    Ok(Response::text(format!(
+        "ok: {used} of {LIMIT} in this window\n"
+    )))
 }
 
 #[cfg(test)]
@@ -41,11 +43,17 @@ mod tests {
     fn the_sixth_request_in_a_window_is_refused() {
         let req = || ratelimit(Request::get("/ratelimit?user=ada")).unwrap();
         for n in 1..=LIMIT {
-            assert_eq!(req().body_text(), format!("ok: {n} of {LIMIT} in this window\n"));
+            assert_eq!(
+                req().body_text(),
+                format!("ok: {n} of {LIMIT} in this window\n")
+            );
         }
         let refused = req();
         assert_eq!(refused.status(), 429);
         assert!(refused.header("retry-after").is_some());
-        assert_eq!(ratelimit(Request::get("/ratelimit")).unwrap_err().status(), 400);
+        assert_eq!(
+            ratelimit(Request::get("/ratelimit")).unwrap_err().status(),
+            400
+        );
     }
 }

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use super::{Error, Expiry, Page, Result};
 
+/// Key to value and expiry.
+type Map = BTreeMap<String, (Vec<u8>, Option<Instant>)>;
+
 thread_local! {
-    static MAP: RefCell<BTreeMap<String, (Vec<u8>, Option<Instant>)>> = const { RefCell::new(BTreeMap::new()) };
+    static MAP: RefCell<Map> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Runs `f` on this thread's map, expired keys removed first.
-fn with<R>(f: impl FnOnce(&mut BTreeMap<String, (Vec<u8>, Option<Instant>)>) -> R) -> R {
+fn with<R>(f: impl FnOnce(&mut Map) -> R) -> R {
     MAP.with(|map| {
         let mut map = map.borrow_mut();
         let now = Instant::now();
@@ -26,7 +29,12 @@ pub fn get(key: &str) -> Result<Option<Vec<u8>>> {
 }
 
 pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-    with(|m| m.insert(key.to_string(), (value.to_vec(), ttl.map(|t| Instant::now() + t))));
+    with(|m| {
+        m.insert(
+            key.to_string(),
+            (value.to_vec(), ttl.map(|t| Instant::now() + t)),
+        )
+    });
     Ok(())
 }
 
@@ -68,7 +76,10 @@ pub fn compare_and_swap(
         if m.get(key).map(|(v, _)| v.as_slice()) != expected {
             return Ok(false);
         }
-        m.insert(key.to_string(), (new.to_vec(), ttl.map(|t| Instant::now() + t)));
+        m.insert(
+            key.to_string(),
+            (new.to_vec(), ttl.map(|t| Instant::now() + t)),
+        );
         Ok(true)
     })
 }

@@ -95,7 +95,10 @@ pub async fn open(spec: &str) -> Result<Arc<dyn Storage>> {
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         return Ok(Arc::new(redis::RedisStorage::standalone(spec).await?));
     }
-    for (scheme, node_scheme) in [("redis+cluster://", "redis://"), ("rediss+cluster://", "rediss://")] {
+    for (scheme, node_scheme) in [
+        ("redis+cluster://", "redis://"),
+        ("rediss+cluster://", "rediss://"),
+    ] {
         if let Some(nodes) = spec.strip_prefix(scheme) {
             let nodes: Vec<String> = nodes
                 .split(',')

@@ -118,14 +118,16 @@ impl RedisStorage {
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(|| {
-                format!("connecting to the Redis Cluster at {}", nodes.join(", "))
-            })?;
+            .with_context(|| format!("connecting to the Redis Cluster at {}", nodes.join(", ")))?;
         Ok(RedisStorage {
             conn: Conn::Cluster(conn),
             description: format!(
                 "Redis Cluster via {}",
-                nodes.iter().map(|n| redact(n)).collect::<Vec<_>>().join(", ")
+                nodes
+                    .iter()
+                    .map(|n| redact(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             cas: Script::new(CAS_SCRIPT),
         })
@@ -276,7 +278,8 @@ impl Storage for RedisStorage {
                 // SCAN names no key, so it goes to the node owning the namespace's slot.
                 Conn::Cluster(c) => {
                     let route = Route::with_slot(Slot::for_key(prefix), SlotAddr::Master);
-                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                     let value = deadline(c.clone().route_command(cmd, routing)).await?;
                     <(u64, Vec<String>)>::from_redis_value(value)
                         .map_err(|e| StorageError::Other(e.to_string()))?

@@ -35,8 +35,12 @@ fn kvtool(req: Request) -> Result<Response, Error> {
         _ => return Ok(Response::new(405)),
     };
     match result {
-        Err(kv::Error::KeyTooLarge { limit }) => Ok(Response::text(format!("key over {limit}")).with_status(414)),
-        Err(kv::Error::ValueTooLarge { limit }) => Ok(Response::text(format!("value over {limit}")).with_status(413)),
+        Err(kv::Error::KeyTooLarge { limit }) => {
+            Ok(Response::text(format!("key over {limit}")).with_status(414))
+        }
+        Err(kv::Error::ValueTooLarge { limit }) => {
+            Ok(Response::text(format!("value over {limit}")).with_status(413))
+        }
         other => Ok(other?),
     }
 }

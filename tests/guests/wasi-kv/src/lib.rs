@@ -6,7 +6,9 @@
 
 use std::io::Write;
 
-use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 mod bindings {
     wit_bindgen::generate!({
@@ -21,8 +23,15 @@ fn exercise(bucket: &store::Bucket) -> Result<String, store::Error> {
     let mut out = String::new();
     bucket.set("a", b"1")?;
     out += &format!("get a={:?}\n", bucket.get("a")?.map(String::from_utf8));
-    out += &format!("exists a={} b={}\n", bucket.exists("a")?, bucket.exists("b")?);
-    batch::set_many(bucket, &[("b".into(), b"2".to_vec()), ("c".into(), b"3".to_vec())])?;
+    out += &format!(
+        "exists a={} b={}\n",
+        bucket.exists("a")?,
+        bucket.exists("b")?
+    );
+    batch::set_many(
+        bucket,
+        &[("b".into(), b"2".to_vec()), ("c".into(), b"3".to_vec())],
+    )?;
     let many = batch::get_many(bucket, &["a".into(), "b".into(), "zz".into()])?;
     out += &format!("get_many={many:?}\n");
     let mut keys = bucket.list_keys(None)?.keys;
@@ -33,7 +42,10 @@ fn exercise(bucket: &store::Bucket) -> Result<String, store::Error> {
     match atomics::swap(cas, b"mine") {
         Ok(()) => out += "swap after a concurrent write: succeeded (wrong)\n",
         Err(atomics::CasError::CasFailed(fresh)) => {
-            out += &format!("swap failed, now {:?}\n", fresh.current()?.map(String::from_utf8));
+            out += &format!(
+                "swap failed, now {:?}\n",
+                fresh.current()?.map(String::from_utf8)
+            );
             atomics::swap(fresh, b"mine").map_err(|_| store::Error::Other("retry".into()))?;
             out += &format!("retried: a={:?}\n", bucket.get("a")?.map(String::from_utf8));
         }
