@@ -21,7 +21,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let redis = redis::Client::open(url)?.get_connection_manager().await?;
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    println!("native-counter: serving on http://{}", listener.local_addr()?);
+    println!(
+        "native-counter: serving on http://{}",
+        listener.local_addr()?
+    );
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -38,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
                     {
                         Ok(n) => Response::new(Full::new(Bytes::from(format!("{n}\n")))),
                         Err(_) => {
-                            let mut r = Response::new(Full::new(Bytes::from_static(b"unavailable\n")));
+                            let mut r =
+                                Response::new(Full::new(Bytes::from_static(b"unavailable\n")));
                             *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
                             r
                         }

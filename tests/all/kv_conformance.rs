@@ -23,6 +23,8 @@ async fn suite(s: Arc<dyn Storage>) {
     compare_and_swap(&*s).await;
     compare_and_swap_under_contention(s.clone()).await;
     paging_through_thousands_of_keys(&*s).await;
+    hashes(&*s).await;
+    rename(&*s).await;
 }
 
 async fn basic_operations(s: &dyn Storage) {
@@ -273,6 +275,78 @@ async fn paging_through_thousands_of_keys(s: &dyn Storage) {
         vec![k("pa*e:1")],
         "prefixes match literally, not as globs"
     );
+}
+
+async fn hashes(s: &dyn Storage) {
+    let key = k("hash");
+    let day = Duration::from_secs(86400);
+    assert_eq!(s.hash_get(&key, "f").await.unwrap(), None);
+    assert!(s.hash_set(&key, "f", b"one", 100, day).await.unwrap());
+    assert!(s.hash_set(&key, "g", b"two", 100, day).await.unwrap());
+    assert_eq!(
+        s.hash_get(&key, "f").await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert!(
+        matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
+        "hash_set sets the expiry"
+    );
+    // Names and values count: g(1)+two(3)=4, so f may take 100-4-1 = 95 bytes of value
+    // (replacing f's value counts only the new one).
+    assert!(
+        s.hash_set(&key, "f", &[b'x'; 95], 100, day).await.unwrap(),
+        "exactly at the limit"
+    );
+    assert!(
+        !s.hash_set(&key, "f", &[b'x'; 96], 100, day).await.unwrap(),
+        "over the limit"
+    );
+    assert!(
+        !s.hash_set(&key, "h", b"", 100, day).await.unwrap(),
+        "a new field over the limit"
+    );
+    assert_eq!(
+        s.hash_get(&key, "f").await.unwrap().map(|v| v.len()),
+        Some(95),
+        "unchanged"
+    );
+    assert!(s.hash_delete(&key, "f").await.unwrap());
+    assert!(!s.hash_delete(&key, "f").await.unwrap());
+    assert_eq!(
+        s.hash_get(&key, "g").await.unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    assert!(s.get(&key).await.is_err(), "a hash is not bytes");
+    s.delete(&key).await.unwrap();
+
+    let brief = k("brief-hash");
+    assert!(
+        s.hash_set(&brief, "f", b"v", 100, Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        s.hash_get(&brief, "f").await.unwrap(),
+        None,
+        "the hash expired"
+    );
+}
+
+async fn rename(s: &dyn Storage) {
+    let (from, to) = (k("from"), k("to"));
+    assert!(!s.rename(&from, &to).await.unwrap(), "nothing to move");
+    s.set(&from, b"v", Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(s.rename(&from, &to).await.unwrap());
+    assert_eq!(s.get(&from).await.unwrap(), None);
+    assert_eq!(s.get(&to).await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(
+        matches!(s.ttl(&to).await.unwrap(), Ttl::ExpiresIn(_)),
+        "the expiry moves too"
+    );
+    s.delete(&to).await.unwrap();
 }
 
 #[tokio::test]

@@ -14,8 +14,28 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
-    value: Vec<u8>,
+    value: Value,
     expires: Option<Instant>,
+}
+
+/// Like Redis, a key holds either bytes or a hash, and using one as the other is an error.
+#[derive(Debug)]
+enum Value {
+    Bytes(Vec<u8>),
+    Hash(BTreeMap<String, Vec<u8>>),
+}
+
+fn wrong_type() -> StorageError {
+    StorageError::Other("the key holds a different kind of value".into())
+}
+
+impl Entry {
+    fn bytes(&self) -> StorageResult<&[u8]> {
+        match &self.value {
+            Value::Bytes(b) => Ok(b),
+            Value::Hash(_) => Err(wrong_type()),
+        }
+    }
 }
 
 impl Entry {
@@ -87,13 +107,16 @@ impl Storage for MemoryStorage {
     }
 
     async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>> {
-        Ok(self.with(|m, now| live(m, key, now).map(|e| e.value.clone())))
+        self.with(|m, now| match live(m, key, now) {
+            Some(e) => e.bytes().map(|b| Some(b.to_vec())),
+            None => Ok(None),
+        })
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()> {
         self.with(|m, now| {
             let entry = Entry {
-                value: value.to_vec(),
+                value: Value::Bytes(value.to_vec()),
                 expires: ttl.map(|t| now + t),
             };
             m.insert(key.to_string(), entry);
@@ -112,7 +135,7 @@ impl Storage for MemoryStorage {
     async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64> {
         self.with(|m, now| {
             let current = match live(m, key, now) {
-                Some(e) => std::str::from_utf8(&e.value)
+                Some(e) => std::str::from_utf8(e.bytes()?)
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
                     .ok_or(StorageError::NotAnInteger)?,
@@ -125,7 +148,7 @@ impl Storage for MemoryStorage {
             m.insert(
                 key.to_string(),
                 Entry {
-                    value: next.to_string().into_bytes(),
+                    value: Value::Bytes(next.to_string().into_bytes()),
                     expires,
                 },
             );
@@ -140,18 +163,18 @@ impl Storage for MemoryStorage {
         new: &[u8],
         ttl: Option<Duration>,
     ) -> StorageResult<bool> {
-        Ok(self.with(|m, now| {
-            let current = live(m, key, now).map(|e| e.value.as_slice());
+        self.with(|m, now| {
+            let current = live(m, key, now).map(|e| e.bytes()).transpose()?;
             if current != expected {
-                return false;
+                return Ok(false);
             }
             let entry = Entry {
-                value: new.to_vec(),
+                value: Value::Bytes(new.to_vec()),
                 expires: ttl.map(|t| now + t),
             };
             m.insert(key.to_string(), entry);
-            true
-        }))
+            Ok(true)
+        })
     }
 
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page> {
@@ -200,6 +223,77 @@ impl Storage for MemoryStorage {
             Some(Entry {
                 expires: Some(at), ..
             }) => Ttl::ExpiresIn(at.duration_since(now)),
+        }))
+    }
+
+    async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.with(|m, now| match live(m, key, now).map(|e| &e.value) {
+            Some(Value::Hash(h)) => Ok(h.get(field).cloned()),
+            Some(Value::Bytes(_)) => Err(wrong_type()),
+            None => Ok(None),
+        })
+    }
+
+    async fn hash_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        max_bytes: usize,
+        ttl: Duration,
+    ) -> StorageResult<bool> {
+        self.with(|m, now| {
+            let entry = match live(m, key, now) {
+                Some(e) => e,
+                None => m.entry(key.to_string()).or_insert(Entry {
+                    value: Value::Hash(BTreeMap::new()),
+                    expires: None,
+                }),
+            };
+            let Value::Hash(hash) = &mut entry.value else {
+                return Err(wrong_type());
+            };
+            let others: usize = hash
+                .iter()
+                .filter(|(f, _)| f.as_str() != field)
+                .map(|(f, v)| f.len() + v.len())
+                .sum();
+            if others + field.len() + value.len() > max_bytes {
+                if hash.is_empty() {
+                    m.remove(key);
+                }
+                return Ok(false);
+            }
+            hash.insert(field.to_string(), value.to_vec());
+            entry.expires = Some(now + ttl);
+            Ok(true)
+        })
+    }
+
+    async fn hash_delete(&self, key: &str, field: &str) -> StorageResult<bool> {
+        self.with(|m, now| {
+            let Some(entry) = live(m, key, now) else {
+                return Ok(false);
+            };
+            let Value::Hash(hash) = &mut entry.value else {
+                return Err(wrong_type());
+            };
+            let removed = hash.remove(field).is_some();
+            if hash.is_empty() {
+                m.remove(key);
+            }
+            Ok(removed)
+        })
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StorageResult<bool> {
+        Ok(self.with(|m, now| {
+            if live(m, from, now).is_none() {
+                return false;
+            }
+            let entry = m.remove(from).expect("checked above");
+            m.insert(to.to_string(), entry);
+            true
         }))
     }
 }

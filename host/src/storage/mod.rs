@@ -83,6 +83,26 @@ pub trait Storage: Send + Sync + 'static {
     /// Sets or clears a key's expiry; whether the key exists.
     async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool>;
     async fn ttl(&self, key: &str) -> StorageResult<Ttl>;
+
+    // Hashes: a key holding named fields, each updated on its own (sessions use them, so that
+    // concurrent requests changing different fields never overwrite each other).
+
+    /// One field of the hash at `key`.
+    async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>>;
+    /// Sets one field and the hash's expiry to `ttl`, unless the hash's fields and values
+    /// would then add up to more than `max_bytes`: then nothing changes and it answers false.
+    async fn hash_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        max_bytes: usize,
+        ttl: Duration,
+    ) -> StorageResult<bool>;
+    /// Removes one field; whether it was there.
+    async fn hash_delete(&self, key: &str, field: &str) -> StorageResult<bool>;
+    /// Moves the value at `from` (with its expiry) to `to`; false when `from` is missing.
+    async fn rename(&self, from: &str, to: &str) -> StorageResult<bool>;
 }
 
 /// Opens the store named by a `--store` value:

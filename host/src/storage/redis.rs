@@ -42,6 +42,27 @@ end
 return 1
 "#;
 
+/// Sets one hash field and the hash's expiry, unless the hash would then exceed a size:
+/// ARGV = field, value, max bytes, expiry in ms. Answers 1 if it set the field.
+const HASH_SET_SCRIPT: &str = r#"
+local total = #ARGV[1] + #ARGV[2]
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] ~= ARGV[1] then total = total + #fields[i] + #fields[i + 1] end
+end
+if total > tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+/// RENAME, answering 0 instead of failing when the source is missing.
+const RENAME_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+return 1
+"#;
+
 /// A connection of either kind, so every command is written once.
 #[derive(Clone)]
 enum Conn {
@@ -82,6 +103,8 @@ pub struct RedisStorage {
     conn: Conn,
     description: String,
     cas: Script,
+    hash_set: Script,
+    rename: Script,
 }
 
 impl RedisStorage {
@@ -103,6 +126,8 @@ impl RedisStorage {
             conn: Conn::Single(manager),
             description: format!("Redis at {}", redact(url)),
             cas: Script::new(CAS_SCRIPT),
+            hash_set: Script::new(HASH_SET_SCRIPT),
+            rename: Script::new(RENAME_SCRIPT),
         })
     }
 
@@ -130,7 +155,18 @@ impl RedisStorage {
                     .join(", ")
             ),
             cas: Script::new(CAS_SCRIPT),
+            hash_set: Script::new(HASH_SET_SCRIPT),
+            rename: Script::new(RENAME_SCRIPT),
         })
+    }
+
+    /// Runs a prepared script invocation within [`CALL_TIMEOUT`].
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> StorageResult<T> {
+        let mut conn = self.conn.clone();
+        deadline(invocation.invoke_async(&mut conn)).await
     }
 
     /// Runs `cmd` within [`CALL_TIMEOUT`].
@@ -248,10 +284,7 @@ impl Storage for RedisStorage {
             .arg(expected.unwrap_or_default())
             .arg(new)
             .arg(ttl.map(|t| millis(t).to_string()).unwrap_or_default());
-        let mut conn = self.conn.clone();
-        deadline(invocation.invoke_async::<i64>(&mut conn))
-            .await
-            .map(|n| n == 1)
+        self.invoke::<i64>(&invocation).await.map(|n| n == 1)
     }
 
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page> {
@@ -322,6 +355,39 @@ impl Storage for RedisStorage {
             -1 => Ttl::Persistent,
             ms => Ttl::ExpiresIn(Duration::from_millis(ms.max(0) as u64)),
         })
+    }
+
+    async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.query(redis::cmd("HGET").arg(key).arg(field)).await
+    }
+
+    async fn hash_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        max_bytes: usize,
+        ttl: Duration,
+    ) -> StorageResult<bool> {
+        let mut invocation = self.hash_set.key(key);
+        invocation
+            .arg(field)
+            .arg(value)
+            .arg(max_bytes)
+            .arg(millis(ttl));
+        self.invoke::<i64>(&invocation).await.map(|n| n == 1)
+    }
+
+    async fn hash_delete(&self, key: &str, field: &str) -> StorageResult<bool> {
+        self.query::<u64>(redis::cmd("HDEL").arg(key).arg(field))
+            .await
+            .map(|n| n > 0)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StorageResult<bool> {
+        let mut invocation = self.rename.key(from);
+        invocation.key(to);
+        self.invoke::<i64>(&invocation).await.map(|n| n == 1)
     }
 }
 
