@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let options = BuildOptions {
         target_dir: Some(root.join("target/guests")),
     };
-    let wasm = project::build_all(&sources, &options)?.remove(0).wasm;
+    let spec = project::build_all(&sources, &options)?.remove(0);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             },
             Arc::new(MemoryStorage::new()),
         )?;
-        let app = App::load(&runtime, "hello", "/hello", &wasm)?;
+        let app = App::load(&runtime, &spec)?;
         let samples = rt.block_on(measure(&app, iters))?;
         results.push((label, Stats::of(samples)));
     }

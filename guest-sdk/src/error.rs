@@ -2,12 +2,13 @@
 
 use std::fmt;
 
-use crate::{IntoResponse, Response, kv};
+use crate::{IntoResponse, Response, kv, session};
 
 /// A handler error with the status it should produce.
 ///
 /// Any `std::error::Error` converts into it (so `?` works); its status is 500, except an
-/// unavailable store ([`kv::Error::Unavailable`]), which is 503 with `Retry-After`. The
+/// unavailable store ([`kv::Error::Unavailable`], [`session::Error::Unavailable`]), which is
+/// 503 with `Retry-After`. The
 /// message goes to stderr, which the host logs; a 5xx response says no more than its status,
 /// so internals do not leak to clients, while a 4xx from [`Error::new`] carries its message.
 #[derive(Debug)]
@@ -37,10 +38,9 @@ impl Error {
 impl<E: std::error::Error + 'static> From<E> for Error {
     fn from(e: E) -> Self {
         let any: &dyn std::any::Any = &e;
-        let status = match any.downcast_ref::<kv::Error>() {
-            Some(kv::Error::Unavailable(_)) => 503,
-            _ => 500,
-        };
+        let unavailable = matches!(any.downcast_ref(), Some(kv::Error::Unavailable(_)))
+            || matches!(any.downcast_ref(), Some(session::Error::Unavailable(_)));
+        let status = if unavailable { 503 } else { 500 };
         Error::new(status, e.to_string())
     }
 }

@@ -28,13 +28,15 @@ mod error;
 pub mod kv;
 mod request;
 mod response;
+pub mod session;
 
 pub use error::Error;
 pub use request::{Method, Request};
 pub use response::{IntoResponse, Response};
 pub use tabula_sdk_macro::handler;
 
-/// Bindings to the host's own interfaces (`tabula:host`). Not a public API: use [`kv`].
+/// Bindings to the host's own interfaces (`tabula:host`). Not a public API: use [`kv`] and
+/// [`session`].
 #[cfg(target_arch = "wasm32")]
 mod bindings {
     wit_bindgen::generate!({

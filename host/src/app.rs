@@ -4,7 +4,6 @@
 //! export `wasi:http/incoming-handler`, and it may import only the interfaces the host offers.
 //! Everything found wrong is reported at once, at load time, never in the middle of a request.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +12,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::instance::RequestCtx;
 use crate::kv::Namespace;
+use crate::project::AppSpec;
 use crate::runtime::Runtime;
+use crate::session::SessionConfig;
 
 /// Interface packages a guest may import. Anything else is refused at load time.
 const ALLOWED_IMPORTS: &[&str] = &[
@@ -40,19 +41,23 @@ struct AppInner {
     pre: ProxyPre<RequestCtx>,
     runtime: Runtime,
     namespace: Arc<Namespace>,
+    session: Arc<SessionConfig>,
 }
 
 impl App {
-    /// Compiles the component at `path` and prepares it to be instantiated per request.
-    pub fn load(runtime: &Runtime, name: &str, route: &str, path: &Path) -> Result<App> {
+    /// Compiles the component `spec` names and prepares it to be instantiated per request.
+    pub fn load(runtime: &Runtime, spec: &AppSpec) -> Result<App> {
+        let path = &spec.wasm;
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        App::from_bytes(runtime, name, route, &bytes)
-            .with_context(|| format!("loading app `{name}` from {}", path.display()))
+        App::from_bytes(runtime, spec, &bytes)
+            .with_context(|| format!("loading app `{}` from {}", spec.name, path.display()))
     }
 
-    /// Like [`App::load`], from bytes already in memory.
-    pub fn from_bytes(runtime: &Runtime, name: &str, route: &str, bytes: &[u8]) -> Result<App> {
+    /// Like [`App::load`], with the component's bytes already in memory.
+    pub fn from_bytes(runtime: &Runtime, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
+        let (name, route) = (spec.name.as_str(), spec.route.as_str());
         validate_name(name)?;
+        let session = SessionConfig::new(name, route, &runtime.limits().session, &spec.session)?;
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
@@ -83,6 +88,7 @@ impl App {
                     name,
                     runtime.limits().kv,
                 )),
+                session: Arc::new(session),
             }),
         })
     }
@@ -106,6 +112,10 @@ impl App {
     /// The app's own slice of the store.
     pub fn namespace(&self) -> &Arc<Namespace> {
         &self.inner.namespace
+    }
+
+    pub fn session_config(&self) -> &Arc<SessionConfig> {
+        &self.inner.session
     }
 }
 

@@ -22,6 +22,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 use crate::app::App;
 use crate::guest_log::GuestLog;
 use crate::kv::{KvView, Namespace};
+use crate::session::Session;
 
 /// The body type of every response the host sends, whether the guest made it or the host did.
 pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
@@ -33,10 +34,11 @@ pub struct RequestCtx {
     http: WasiHttpCtx,
     hooks: DenyOutbound,
     namespace: Arc<Namespace>,
+    session: Session,
 }
 
 impl RequestCtx {
-    fn new(app: &App) -> RequestCtx {
+    fn new(app: &App, session: Session) -> RequestCtx {
         // No preopened directories, environment variables, arguments, stdin or network: the
         // builder's defaults, except that sockets are refused outright instead of per address.
         let wasi = WasiCtx::builder()
@@ -52,12 +54,18 @@ impl RequestCtx {
             http: WasiHttpCtx::new(),
             hooks: DenyOutbound,
             namespace: app.namespace().clone(),
+            session,
         }
     }
 
     /// The view the kv host functions work through.
     pub(crate) fn kv(&mut self) -> KvView<'_> {
         KvView::new(&self.namespace, &mut self.table)
+    }
+
+    /// The request's session, for the session host functions.
+    pub(crate) fn session(&mut self) -> &mut Session {
+        &mut self.session
     }
 }
 
@@ -132,7 +140,19 @@ where
     let started = Instant::now();
     let runtime = app.runtime();
     let timeout = runtime.limits().request_timeout;
-    let mut store = Store::new(runtime.engine(), RequestCtx::new(app));
+    let presented = app.session_config().id_from_cookies(
+        req.headers()
+            .get_all(hyper::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    let session = Session::new(
+        app.session_config().clone(),
+        app.namespace().clone(),
+        presented,
+    );
+    let jar = session.jar();
+    let mut store = Store::new(runtime.engine(), RequestCtx::new(app, session));
     // Every epoch tick the guest yields to tokio, so a busy guest cannot hold a worker thread
     // from other requests; once the deadline has passed, the next tick traps it. tokio's own
     // `yield_now` lets the worker poll the I/O driver first; a plain self-wake would let busy
@@ -200,7 +220,14 @@ where
     );
 
     match receiver.await {
-        Ok(Ok(response)) => {
+        Ok(Ok(mut response)) => {
+            let cookie = jar
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_header(app.session_config());
+            if let Some(cookie) = cookie {
+                add_session_cookie(response.headers_mut(), &cookie);
+            }
             Ok(response.map(|body| body.map_err(anyhow::Error::from).boxed_unsync()))
         }
         Ok(Err(code)) => Err(Failure::GuestErrorCode(code)),
@@ -214,6 +241,21 @@ where
                 anyhow::Error::new(join).context("the guest task failed"),
             )),
         },
+    }
+}
+
+/// Adds the session cookie, and keeps the response out of shared caches: a response that
+/// carries a session id must never be served to anyone else.
+fn add_session_cookie(headers: &mut http::HeaderMap, cookie: &str) {
+    match http::HeaderValue::from_str(cookie) {
+        Ok(value) => {
+            headers.append(http::header::SET_COOKIE, value);
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+        }
+        Err(e) => warn!(error = %e, "could not encode the session cookie"),
     }
 }
 

@@ -15,20 +15,8 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use crate::instance::RequestCtx;
 use crate::storage::{Storage, StorageError, Ttl};
 
-mod generated {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "tabula:host/host",
-        imports: { default: async | trappable },
-        with: {
-            "wasi:keyvalue/store.bucket": super::Bucket,
-            "wasi:keyvalue/atomics.cas": super::Cas,
-        },
-    });
-}
-
-use generated::tabula::host::kv;
-use generated::wasi::keyvalue::{atomics, batch, store};
+use crate::bindings::tabula::host::kv;
+use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Size limits on what a guest may store.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +59,11 @@ impl Namespace {
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }
+
+    /// The full store key for `suffix` inside this namespace.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
 }
 
 /// A key space inside a namespace: `kv:` for `tabula:host/kv` (and the `default`
@@ -109,7 +102,7 @@ impl Namespace {
         if key.len() > self.limits.max_key_bytes as usize {
             return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
         }
-        Ok(format!("{}{}{key}", self.prefix, bucket.space))
+        Ok(self.key(&format!("{}{key}", bucket.space)))
     }
 
     fn check_value(&self, value: &[u8]) -> KvResult<()> {
@@ -225,7 +218,10 @@ impl HasData for KvData {
 
 /// Adds `tabula:host/kv` and `wasi:keyvalue` to the linker.
 pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
-    generated::Host_::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)
+    kv::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)?;
+    store::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)?;
+    atomics::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)?;
+    batch::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)
 }
 
 fn log_unavailable(e: &KvError) {

@@ -11,12 +11,14 @@
 //!   of all of it once the response is done. Nothing outlives the request.
 //! - [`kv`] serves `tabula:host/kv` and `wasi:keyvalue` to guests, each app in its own
 //!   namespace of the [`storage`] backend (Redis, or in-memory for development).
+//! - [`session`] serves `tabula:host/session`: cookie-identified sessions in the store.
 //! - [`guest_log`] carries guest stdout/stderr into the host's `tracing` log.
 //! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
 pub mod app;
+mod bindings;
 pub mod guest_log;
 pub mod instance;
 pub mod kv;
@@ -25,4 +27,5 @@ pub mod project;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod session;
 pub mod storage;

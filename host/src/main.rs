@@ -12,6 +12,7 @@ use tabula::app::App;
 use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
 use tabula::runtime::{Allocator, Limits, Runtime};
+use tabula::session::SessionDefaults;
 use tabula::storage;
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -84,6 +85,22 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_STORE")]
     store: Option<String>,
 
+    /// Seconds an unused session lives (its expiry slides on every use). Apps may override it.
+    #[arg(long, env = "TABULA_SESSION_IDLE_TIMEOUT", default_value_t = SessionDefaults::default().idle_timeout.as_secs())]
+    session_idle_timeout: u64,
+
+    /// Seconds any session lives at most, however busy. Apps may override it.
+    #[arg(long, env = "TABULA_SESSION_LIFETIME", default_value_t = SessionDefaults::default().lifetime.as_secs())]
+    session_lifetime: u64,
+
+    /// Mark session cookies `Secure` (HTTPS only): set it when clients reach tabula over TLS.
+    #[arg(long, env = "TABULA_SESSION_SECURE")]
+    session_secure: bool,
+
+    /// Largest session in bytes (names and values). Apps may override it.
+    #[arg(long, env = "TABULA_SESSION_MAX_BYTES", default_value_t = SessionDefaults::default().max_bytes)]
+    session_max_bytes: u32,
+
     /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
     #[arg(long, env = "TABULA_ALLOCATOR", default_value = "pooling")]
     allocator: Allocator,
@@ -146,9 +163,17 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
     let limits = Limits {
         max_instances: args.max_instances,
         max_memory_bytes: args.max_memory_mib << 20,
-        request_timeout: Duration::try_from_secs_f64(args.request_timeout)
-            .context("--request-timeout must be a positive number of seconds")?,
+        request_timeout: positive_duration(args.request_timeout, "--request-timeout")?,
         allocator: args.allocator,
+        session: SessionDefaults {
+            secure: args.session_secure,
+            idle_timeout: positive_duration(
+                args.session_idle_timeout as f64,
+                "--session-idle-timeout",
+            )?,
+            lifetime: positive_duration(args.session_lifetime as f64, "--session-lifetime")?,
+            max_bytes: args.session_max_bytes,
+        },
         ..Limits::default()
     };
     // Local development may keep state in memory; production must say where state lives.
@@ -179,7 +204,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         let runtime = Runtime::new(limits, storage)?;
         let apps = built
             .iter()
-            .map(|b| App::load(&runtime, &b.name, &b.route, &b.wasm))
+            .map(|spec| App::load(&runtime, spec))
             .collect::<Result<Vec<_>>>()?;
         let router = Arc::new(Router::new(apps)?);
 
@@ -197,6 +222,13 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         tabula::server::run(listener, router, shutdown_signal()).await;
         Ok(())
     })
+}
+
+fn positive_duration(secs: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number"))
 }
 
 /// Resolves on ctrl-c or SIGTERM.

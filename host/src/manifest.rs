@@ -3,12 +3,21 @@
 //! ```toml
 //! name = "hello"      # optional: defaults to the directory's name
 //! route = "/hello"    # optional: defaults to "/" + name
+//!
+//! [session]           # optional: each setting overrides the host's default
+//! cookie_name = "sid"
+//! secure = true
+//! idle_timeout_secs = 900
+//! lifetime_secs = 14400
+//! max_bytes = 65536
 //! ```
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+
+use crate::session::SessionSettings;
 
 pub const FILE_NAME: &str = "tabula.toml";
 
@@ -17,6 +26,8 @@ pub const FILE_NAME: &str = "tabula.toml";
 struct Raw {
     name: Option<String>,
     route: Option<String>,
+    #[serde(default)]
+    session: SessionSettings,
 }
 
 /// A project's manifest with its defaults filled in.
@@ -24,6 +35,7 @@ struct Raw {
 pub struct Manifest {
     pub name: String,
     pub route: String,
+    pub session: SessionSettings,
 }
 
 impl Manifest {
@@ -45,7 +57,11 @@ impl Manifest {
         let name = raw.name.unwrap_or_else(|| dir_name.to_string());
         crate::app::validate_name(&name)?;
         let route = raw.route.unwrap_or_else(|| format!("/{name}"));
-        Ok(Manifest { name, route })
+        Ok(Manifest {
+            name,
+            route,
+            session: raw.session,
+        })
     }
 }
 
@@ -62,8 +78,13 @@ mod tests {
 
     #[test]
     fn explicit_values_win_and_typos_are_refused() {
-        let m = Manifest::parse("name = \"x\"\nroute = \"/\"\n", "dir").unwrap();
+        let m = Manifest::parse(
+            "name = \"x\"\nroute = \"/\"\n[session]\nsecure = true\n",
+            "dir",
+        )
+        .unwrap();
         assert_eq!((m.name.as_str(), m.route.as_str()), ("x", "/"));
+        assert_eq!(m.session.secure, Some(true));
         let err = Manifest::parse("rout = \"/\"", "dir").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         assert!(Manifest::parse("name = \"a b\"", "dir").is_err());

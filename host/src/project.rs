@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
 use crate::manifest::{self, Manifest};
+use crate::session::SessionSettings;
 
 /// The Rust target guests are compiled for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
@@ -25,12 +26,13 @@ pub enum Source {
     },
 }
 
-/// An app ready to load: a name, a route and a component file.
+/// An app ready to load: a name, a route, a component file and its session settings.
 #[derive(Debug, Clone)]
-pub struct Built {
+pub struct AppSpec {
     pub name: String,
     pub route: String,
     pub wasm: PathBuf,
+    pub session: SessionSettings,
 }
 
 /// Expands command-line paths into sources.
@@ -111,22 +113,24 @@ pub struct BuildOptions {
 }
 
 /// Builds every project among `sources` (components pass through) and returns what to load.
-pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<Built>> {
+pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>> {
     if sources.iter().any(|s| matches!(s, Source::Project { .. })) {
         ensure_wasm_target()?;
     }
     sources
         .iter()
         .map(|source| match source {
-            Source::Component { name, route, path } => Ok(Built {
+            Source::Component { name, route, path } => Ok(AppSpec {
                 name: name.clone(),
                 route: route.clone(),
                 wasm: path.clone(),
+                session: SessionSettings::default(),
             }),
-            Source::Project { dir, manifest } => Ok(Built {
+            Source::Project { dir, manifest } => Ok(AppSpec {
                 name: manifest.name.clone(),
                 route: manifest.route.clone(),
                 wasm: build(dir, &manifest.name, options)?,
+                session: manifest.session.clone(),
             }),
         })
         .collect()

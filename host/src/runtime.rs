@@ -13,6 +13,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::instance::RequestCtx;
 use crate::kv::KvLimits;
+use crate::session::SessionDefaults;
 use crate::storage::Storage;
 
 /// How often the epoch ticks: how long guest code runs before it yields to other requests,
@@ -32,6 +33,8 @@ pub struct Limits {
     pub allocator: Allocator,
     /// Key and value sizes for `kv`.
     pub kv: KvLimits,
+    /// Session settings for apps whose manifest does not say otherwise.
+    pub session: SessionDefaults,
 }
 
 /// Where instances get their memory, tables and stacks.
@@ -56,6 +59,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             allocator: Allocator::Pooling,
             kv: KvLimits::default(),
+            session: SessionDefaults::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         // tabula:host/kv and wasi:keyvalue, on the app's namespace.
         crate::kv::add_to_linker(&mut linker)?;
+        crate::session::add_to_linker(&mut linker)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,

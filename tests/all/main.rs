@@ -7,3 +7,4 @@ mod kv_apps;
 mod kv_conformance;
 mod redis_server;
 mod serving;
+mod sessions;

@@ -2,13 +2,26 @@
 //! `GET` reads it (404 when missing), `PUT` stores the body (`&ttl_ms=N` to expire),
 //! `DELETE` deletes it, `GET ?list=PREFIX` lists keys one per line. A key or value over the
 //! host's limits answers 414 or 413; an unavailable store 503.
+//! Sessions: `PUT ?session=NAME` stores the body in the session, `GET ?session=NAME` reads it.
 
 use std::time::Duration;
 
-use tabula_sdk::{Error, Method, Request, Response, handler, kv};
+use tabula_sdk::{Error, Method, Request, Response, handler, kv, session};
 
 #[handler]
 fn kvtool(req: Request) -> Result<Response, Error> {
+    if let Some(name) = req.query_param("session") {
+        return Ok(match req.method() {
+            Method::Put => {
+                session::set(&name, req.body())?;
+                Response::new(204)
+            }
+            _ => match session::get(&name)? {
+                Some(v) => Response::new(200).with_body(v),
+                None => Response::not_found(),
+            },
+        });
+    }
     if let Some(prefix) = req.query_param("list") {
         return Ok(Response::text(kv::all_keys(&prefix)?.join("\n")));
     }

@@ -1,0 +1,575 @@
+//! HTTP sessions: `tabula:host/session`, with the host owning the cookie.
+//!
+//! A session is a hash in the store at `tabula:{APP}:s:ID`: one field per value the handler
+//! sets (so concurrent requests changing different values never overwrite each other) and one
+//! holding its creation time. The id is 256 bits from the OS's CSPRNG, hex-encoded; a cookie
+//! that is not exactly such an id is ignored without touching the store.
+//!
+//! Expiry follows the OWASP session guidance: an idle timeout that slides whenever the session
+//! is used, capped by an absolute lifetime counted from creation. Both are enforced by the
+//! store's own expiry (the key's TTL is never longer than what is left of either), and the
+//! absolute cap is checked again on every load.
+//!
+//! The session is resolved lazily, on the handler's first session call: requests that do not
+//! use it cost nothing and never create one. What the cookie should become is recorded in a
+//! [`CookieJar`] shared with [`crate::instance`], which adds the `Set-Cookie` header to the
+//! response.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{HasData, Linker};
+
+use crate::bindings::tabula::host::session as wit;
+use crate::instance::RequestCtx;
+use crate::kv::Namespace;
+use crate::storage::StorageError;
+
+/// Field names: guest values are `v:NAME`, the creation time (ms since the epoch) is
+/// `m:created`, so no name a guest picks can overwrite the host's bookkeeping.
+const CREATED: &str = "m:created";
+const VALUE_PREFIX: &str = "v:";
+const ID_BYTES: usize = 32;
+
+/// Session settings of one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// The cookie's name.
+    pub cookie_name: String,
+    /// The cookie's `Path`: the app's route.
+    pub path: String,
+    /// Whether the cookie is marked `Secure` (sent over HTTPS only).
+    pub secure: bool,
+    /// How long an unused session lives.
+    pub idle_timeout: Duration,
+    /// How long any session lives, however busy.
+    pub lifetime: Duration,
+    /// Largest session, counting names and values.
+    pub max_bytes: u32,
+}
+
+/// Host-wide defaults, which an app's manifest may override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDefaults {
+    pub secure: bool,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+    pub max_bytes: u32,
+}
+
+impl Default for SessionDefaults {
+    fn default() -> Self {
+        // OWASP's ranges for ordinary applications: 15-30 minutes idle, 4-8 hours absolute.
+        SessionDefaults {
+            secure: false,
+            idle_timeout: Duration::from_secs(30 * 60),
+            lifetime: Duration::from_secs(8 * 60 * 60),
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What an app's manifest may say about sessions (`[session]` in `tabula.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    pub cookie_name: Option<String>,
+    pub secure: Option<bool>,
+    pub idle_timeout_secs: Option<u64>,
+    pub lifetime_secs: Option<u64>,
+    pub max_bytes: Option<u32>,
+}
+
+impl SessionConfig {
+    /// The settings of app `app` served at `route`.
+    pub fn new(
+        app: &str,
+        route: &str,
+        defaults: &SessionDefaults,
+        settings: &SessionSettings,
+    ) -> anyhow::Result<SessionConfig> {
+        let cookie_name = settings
+            .cookie_name
+            .clone()
+            .unwrap_or_else(|| format!("tabula_session_{app}"));
+        if cookie_name.is_empty()
+            || !cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            anyhow::bail!("session cookie name {cookie_name:?} is not a valid cookie name");
+        }
+        let config = SessionConfig {
+            cookie_name,
+            path: route.to_string(),
+            secure: settings.secure.unwrap_or(defaults.secure),
+            idle_timeout: settings
+                .idle_timeout_secs
+                .map_or(defaults.idle_timeout, Duration::from_secs),
+            lifetime: settings
+                .lifetime_secs
+                .map_or(defaults.lifetime, Duration::from_secs),
+            max_bytes: settings.max_bytes.unwrap_or(defaults.max_bytes),
+        };
+        if config.idle_timeout.is_zero() || config.lifetime.is_zero() {
+            anyhow::bail!("session timeouts must be at least one second");
+        }
+        Ok(config)
+    }
+
+    /// The session id carried by a request's `Cookie` headers, if it is well-formed.
+    pub fn id_from_cookies<'a>(&self, cookies: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+        cookies
+            .filter_map(|header| std::str::from_utf8(header).ok())
+            .flat_map(|header| header.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(name, _)| *name == self.cookie_name)
+            .map(|(_, value)| value.trim_matches('"'))
+            .find(|value| is_well_formed_id(value))
+            .map(str::to_string)
+    }
+
+    fn set_cookie(&self, value: &str, clear: bool) -> String {
+        let mut cookie = format!(
+            "{}={value}; Path={}; HttpOnly; SameSite=Lax",
+            self.cookie_name, self.path
+        );
+        if clear {
+            cookie.push_str("; Max-Age=0");
+        }
+        if self.secure {
+            cookie.push_str("; Secure");
+        }
+        cookie
+    }
+}
+
+fn is_well_formed_id(value: &str) -> bool {
+    value.len() == ID_BYTES * 2
+        && value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn new_id() -> wasmtime::Result<String> {
+    let mut bytes = [0u8; ID_BYTES];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| wasmtime::Error::msg(format!("no randomness for a session id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the response's `Set-Cookie` should say, decided by the session calls of a request.
+#[derive(Debug, Default)]
+pub struct CookieJar {
+    change: Option<CookieChange>,
+    /// Set once the response head has gone out; later changes can no longer reach it.
+    sent: bool,
+}
+
+#[derive(Debug)]
+enum CookieChange {
+    Set(String),
+    Clear,
+}
+
+impl CookieJar {
+    /// The `Set-Cookie` value for the response, if the session changed; marks the jar sent.
+    pub fn take_header(&mut self, config: &SessionConfig) -> Option<String> {
+        self.sent = true;
+        match self.change.take()? {
+            CookieChange::Set(id) => Some(config.set_cookie(&id, false)),
+            CookieChange::Clear => Some(config.set_cookie("", true)),
+        }
+    }
+
+    fn record(&mut self, change: CookieChange) {
+        if self.sent {
+            tracing::warn!(
+                "the session changed after the response head was sent; the cookie was not \
+                 updated (finish session calls before setting the response)"
+            );
+        }
+        self.change = Some(change);
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    /// Not looked up yet.
+    Unresolved,
+    /// No session: none was presented, or it was unknown, expired, or destroyed.
+    Absent,
+    Active {
+        id: String,
+        created_ms: u64,
+    },
+}
+
+/// One request's session.
+pub struct Session {
+    config: Arc<SessionConfig>,
+    namespace: Arc<Namespace>,
+    presented: Option<String>,
+    state: State,
+    jar: Arc<Mutex<CookieJar>>,
+}
+
+#[derive(Debug)]
+enum SessionError {
+    TooLarge(u32),
+    Storage(StorageError),
+}
+
+impl From<StorageError> for SessionError {
+    fn from(e: StorageError) -> Self {
+        SessionError::Storage(e)
+    }
+}
+
+impl From<SessionError> for wit::Error {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::TooLarge(max) => wit::Error::TooLarge(max),
+            SessionError::Storage(StorageError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "session call failed: the store is unavailable");
+                wit::Error::Unavailable(why)
+            }
+            SessionError::Storage(e) => wit::Error::Other(e.to_string()),
+        }
+    }
+}
+
+type SessionResult<T> = Result<T, SessionError>;
+
+impl Session {
+    /// The session of a request that presented `presented` (an id from its cookie, if any).
+    pub fn new(
+        config: Arc<SessionConfig>,
+        namespace: Arc<Namespace>,
+        presented: Option<String>,
+    ) -> Session {
+        Session {
+            config,
+            namespace,
+            presented,
+            state: State::Unresolved,
+            jar: Arc::default(),
+        }
+    }
+
+    /// The jar that [`crate::instance`] reads when the response head goes out.
+    pub fn jar(&self) -> Arc<Mutex<CookieJar>> {
+        self.jar.clone()
+    }
+
+    fn key(&self, id: &str) -> String {
+        self.namespace.key(&format!("s:{id}"))
+    }
+
+    fn record(&self, change: CookieChange) {
+        self.jar
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(change);
+    }
+
+    /// How long the session may still live from now: the idle timeout, capped by what is left
+    /// of its lifetime. `None` once the lifetime is over.
+    fn remaining(&self, created_ms: u64) -> Option<Duration> {
+        let age = Duration::from_millis(now_ms().saturating_sub(created_ms));
+        let left = self
+            .config
+            .lifetime
+            .checked_sub(age)
+            .filter(|d| !d.is_zero())?;
+        Some(left.min(self.config.idle_timeout))
+    }
+
+    /// Looks the presented session up once per request, sliding its expiry when it is live.
+    async fn resolve(&mut self) -> SessionResult<()> {
+        if !matches!(self.state, State::Unresolved) {
+            return Ok(());
+        }
+        self.state = State::Absent;
+        let Some(id) = self.presented.clone() else {
+            return Ok(());
+        };
+        let storage = self.namespace.storage().clone();
+        let key = self.key(&id);
+        let created = storage.hash_get(&key, CREATED).await?;
+        let created_ms = created
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let Some(created_ms) = created_ms else {
+            return Ok(());
+        };
+        match self.remaining(created_ms) {
+            Some(left) => {
+                storage.expire(&key, Some(left)).await?;
+                self.state = State::Active { id, created_ms };
+            }
+            // Past its absolute lifetime: gone, however recently it was used.
+            None => {
+                storage.delete(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The active session, creating one (with a fresh id, never the presented one) if needed.
+    async fn active_or_create(&mut self) -> SessionResult<(String, u64)> {
+        self.resolve().await?;
+        if let State::Active { id, created_ms } = &self.state {
+            return Ok((id.clone(), *created_ms));
+        }
+        let id = new_id().map_err(|e| SessionError::Storage(StorageError::Other(e.to_string())))?;
+        let created_ms = now_ms();
+        let ttl = self.config.idle_timeout.min(self.config.lifetime);
+        let stored = self
+            .namespace
+            .storage()
+            .hash_set(
+                &self.key(&id),
+                CREATED,
+                created_ms.to_string().as_bytes(),
+                self.config.max_bytes as usize,
+                ttl,
+            )
+            .await?;
+        if !stored {
+            return Err(SessionError::TooLarge(self.config.max_bytes));
+        }
+        self.state = State::Active {
+            id: id.clone(),
+            created_ms,
+        };
+        self.record(CookieChange::Set(id.clone()));
+        Ok((id, created_ms))
+    }
+
+    async fn get(&mut self, name: &str) -> SessionResult<Option<Vec<u8>>> {
+        self.resolve().await?;
+        let State::Active { id, .. } = &self.state else {
+            return Ok(None);
+        };
+        let field = format!("{VALUE_PREFIX}{name}");
+        Ok(self
+            .namespace
+            .storage()
+            .hash_get(&self.key(id), &field)
+            .await?)
+    }
+
+    async fn set(&mut self, name: &str, value: &[u8]) -> SessionResult<()> {
+        let (id, created_ms) = self.active_or_create().await?;
+        let ttl = self
+            .remaining(created_ms)
+            .unwrap_or(Duration::from_millis(1));
+        let field = format!("{VALUE_PREFIX}{name}");
+        let max = self.config.max_bytes;
+        let stored = self
+            .namespace
+            .storage()
+            .hash_set(&self.key(&id), &field, value, max as usize, ttl)
+            .await?;
+        if stored {
+            Ok(())
+        } else {
+            Err(SessionError::TooLarge(max))
+        }
+    }
+
+    async fn remove(&mut self, name: &str) -> SessionResult<()> {
+        self.resolve().await?;
+        if let State::Active { id, .. } = &self.state {
+            let field = format!("{VALUE_PREFIX}{name}");
+            self.namespace
+                .storage()
+                .hash_delete(&self.key(id), &field)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn clear(&mut self) -> SessionResult<()> {
+        self.resolve().await?;
+        if let State::Active { id, created_ms } = &self.state {
+            let key = self.key(id);
+            let storage = self.namespace.storage();
+            let ttl = self
+                .remaining(*created_ms)
+                .unwrap_or(Duration::from_millis(1));
+            storage.delete(&key).await?;
+            let created = created_ms.to_string();
+            storage
+                .hash_set(&key, CREATED, created.as_bytes(), usize::MAX, ttl)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&mut self) -> SessionResult<()> {
+        self.resolve().await?;
+        if let State::Active { id, .. } = &self.state {
+            self.namespace.storage().delete(&self.key(id)).await?;
+        }
+        let had_cookie = self.presented.is_some() || matches!(self.state, State::Active { .. });
+        self.state = State::Absent;
+        if had_cookie {
+            self.record(CookieChange::Clear);
+        }
+        Ok(())
+    }
+
+    async fn regenerate(&mut self) -> SessionResult<()> {
+        self.resolve().await?;
+        let State::Active { id, created_ms } = &self.state else {
+            return Ok(());
+        };
+        let created_ms = *created_ms;
+        let fresh =
+            new_id().map_err(|e| SessionError::Storage(StorageError::Other(e.to_string())))?;
+        let moved = self
+            .namespace
+            .storage()
+            .rename(&self.key(id), &self.key(&fresh))
+            .await?;
+        if moved {
+            self.state = State::Active {
+                id: fresh.clone(),
+                created_ms,
+            };
+            self.record(CookieChange::Set(fresh));
+        } else {
+            // It expired between our calls: nothing to carry over.
+            self.state = State::Absent;
+        }
+        Ok(())
+    }
+
+    async fn id(&mut self) -> SessionResult<Option<String>> {
+        self.resolve().await?;
+        Ok(match &self.state {
+            State::Active { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+    }
+}
+
+struct SessionData;
+
+impl HasData for SessionData {
+    type Data<'a> = &'a mut Session;
+}
+
+/// Adds `tabula:host/session` to the linker.
+pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
+    wit::add_to_linker::<RequestCtx, SessionData>(linker, RequestCtx::session)
+}
+
+fn answer<T>(result: SessionResult<T>) -> wasmtime::Result<Result<T, wit::Error>> {
+    Ok(result.map_err(wit::Error::from))
+}
+
+impl wit::Host for &mut Session {
+    async fn get(&mut self, name: String) -> wasmtime::Result<Result<Option<Vec<u8>>, wit::Error>> {
+        answer(Session::get(self, &name).await)
+    }
+
+    async fn set(
+        &mut self,
+        name: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), wit::Error>> {
+        answer(Session::set(self, &name, &value).await)
+    }
+
+    async fn remove(&mut self, name: String) -> wasmtime::Result<Result<(), wit::Error>> {
+        answer(Session::remove(self, &name).await)
+    }
+
+    async fn clear(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
+        answer(Session::clear(self).await)
+    }
+
+    async fn destroy(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
+        answer(Session::destroy(self).await)
+    }
+
+    async fn regenerate(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
+        answer(Session::regenerate(self).await)
+    }
+
+    async fn id(&mut self) -> wasmtime::Result<Result<Option<String>, wit::Error>> {
+        answer(Session::id(self).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SessionConfig {
+        SessionConfig::new(
+            "cart",
+            "/cart",
+            &SessionDefaults::default(),
+            &SessionSettings::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_well_formed_ids_are_taken_from_cookies() {
+        let c = config();
+        let id = "ab".repeat(32);
+        let header = format!("other=1; tabula_session_cart={id}; x=y");
+        assert_eq!(
+            c.id_from_cookies([header.as_bytes()].into_iter()),
+            Some(id.clone())
+        );
+        for bad in [
+            &id[..63],
+            &format!("{id}0"),
+            &id.to_uppercase(),
+            "../etc",
+            "",
+        ] {
+            let header = format!("tabula_session_cart={bad}");
+            assert_eq!(
+                c.id_from_cookies([header.as_bytes()].into_iter()),
+                None,
+                "{bad}"
+            );
+        }
+        let other_app = format!("tabula_session_shop={id}");
+        assert_eq!(c.id_from_cookies([other_app.as_bytes()].into_iter()), None);
+    }
+
+    #[test]
+    fn ids_are_fresh_and_full_length() {
+        let (a, b) = (new_id().unwrap(), new_id().unwrap());
+        assert!(is_well_formed_id(&a) && is_well_formed_id(&b));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn cookies_carry_the_attributes() {
+        let mut c = config();
+        assert_eq!(
+            c.set_cookie("id", false),
+            "tabula_session_cart=id; Path=/cart; HttpOnly; SameSite=Lax"
+        );
+        c.secure = true;
+        assert_eq!(
+            c.set_cookie("", true),
+            "tabula_session_cart=; Path=/cart; HttpOnly; SameSite=Lax; Max-Age=0; Secure"
+        );
+    }
+}
