@@ -18,8 +18,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tabula::app::App;
 use tabula::instance;
+use tabula::limits::{Allocator, Limits};
 use tabula::project::{self, BuildOptions};
-use tabula::runtime::{Allocator, Limits, Runtime};
+use tabula::runtime::Runtime;
 use tabula::storage::memory::MemoryStorage;
 
 fn main() -> anyhow::Result<()> {

@@ -7,11 +7,13 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::instance::RequestCtx;
 use crate::kv::Namespace;
+use crate::limits::AppLimits;
 use crate::project::AppSpec;
 use crate::runtime::Runtime;
 use crate::session::SessionConfig;
@@ -42,6 +44,9 @@ struct AppInner {
     runtime: Runtime,
     namespace: Arc<Namespace>,
     session: Arc<SessionConfig>,
+    limits: AppLimits,
+    /// One permit per instance the app may have alive at once.
+    admission: Arc<Semaphore>,
 }
 
 impl App {
@@ -58,6 +63,10 @@ impl App {
         let (name, route) = (spec.name.as_str(), spec.route.as_str());
         validate_name(name)?;
         let session = SessionConfig::new(name, route, &runtime.limits().session, &spec.session)?;
+        let (limits, capped) = AppLimits::resolve(runtime.limits(), &spec.limits);
+        for what in capped {
+            tracing::warn!(app = name, "{what}: using the cap");
+        }
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
@@ -89,6 +98,8 @@ impl App {
                     runtime.limits().kv,
                 )),
                 session: Arc::new(session),
+                admission: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+                limits,
             }),
         })
     }
@@ -116,6 +127,16 @@ impl App {
 
     pub fn session_config(&self) -> &Arc<SessionConfig> {
         &self.inner.session
+    }
+
+    pub fn limits(&self) -> &AppLimits {
+        &self.inner.limits
+    }
+
+    /// A slot for one more live instance, or `None` when the app is at its concurrency limit:
+    /// such a request is refused at once (503) rather than queued without bound.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.inner.admission.clone().try_acquire_owned().ok()
     }
 }
 

@@ -6,15 +6,16 @@
 //! the guest has finished, so nothing a guest does can reach the next request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::anyhow;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, info, warn};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, UpdateDeadline};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -22,6 +23,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, 
 use crate::app::App;
 use crate::guest_log::GuestLog;
 use crate::kv::{KvView, Namespace};
+use crate::metrics;
 use crate::session::Session;
 
 /// The body type of every response the host sends, whether the guest made it or the host did.
@@ -35,10 +37,15 @@ pub struct RequestCtx {
     hooks: DenyOutbound,
     namespace: Arc<Namespace>,
     session: Session,
+    /// The app's memory limit, enforced by wasmtime on every `memory.grow`.
+    memory: StoreLimits,
 }
 
 impl RequestCtx {
     fn new(app: &App, session: Session) -> RequestCtx {
+        let memory = StoreLimitsBuilder::new()
+            .memory_size(app.limits().memory_bytes)
+            .build();
         // No preopened directories, environment variables, arguments, stdin or network: the
         // builder's defaults, except that sockets are refused outright instead of per address.
         let wasi = WasiCtx::builder()
@@ -55,6 +62,7 @@ impl RequestCtx {
             hooks: DenyOutbound,
             namespace: app.namespace().clone(),
             session,
+            memory,
         }
     }
 
@@ -120,8 +128,10 @@ pub enum Failure {
     Guest(anyhow::Error),
     /// The guest answered `response-outparam.set` with an error code instead of a response.
     GuestErrorCode(ErrorCode),
-    /// No instance slot was free: the pool is at its limit.
+    /// The app is at its concurrency limit, or the instance pool is full.
     Busy(anyhow::Error),
+    /// The request body is larger than the app accepts (the limit, in bytes).
+    BodyTooLarge(u64),
 }
 
 /// Runs `req` in a fresh instance of `app` and returns the guest's response.
@@ -134,12 +144,31 @@ pub async fn handle<B>(
     req: hyper::Request<B>,
 ) -> Result<hyper::Response<ResponseBody>, Failure>
 where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
     let started = Instant::now();
+    let limits = app.limits();
+    let timeout = limits.request_timeout;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_body_bytes) {
+        return Err(Failure::BodyTooLarge(limits.max_body_bytes));
+    }
+    let Some(admission) = app.admit() else {
+        return Err(Failure::Busy(anyhow!(
+            "app `{}` has {} instances alive, its limit",
+            app.name(),
+            limits.max_concurrency
+        )));
+    };
+    // A body without a length is counted as it streams; the guest's read fails past the limit
+    // and the client gets 413 instead of whatever the guest makes of the failure.
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| LimitedBody::new(body, limits.max_body_bytes, overflowed.clone()));
     let runtime = app.runtime();
-    let timeout = runtime.limits().request_timeout;
     let presented = app.session_config().id_from_cookies(
         req.headers()
             .get_all(hyper::header::COOKIE)
@@ -153,6 +182,7 @@ where
     );
     let jar = session.jar();
     let mut store = Store::new(runtime.engine(), RequestCtx::new(app, session));
+    store.limiter(|ctx| &mut ctx.memory);
     // Every epoch tick the guest yields to tokio, so a busy guest cannot hold a worker thread
     // from other requests; once the deadline has passed, the next tick traps it. tokio's own
     // `yield_now` lets the worker poll the I/O driver first; a plain self-wake would let busy
@@ -185,8 +215,12 @@ where
     };
 
     let pre = app.pre().clone();
+    let app_name = app.name().clone();
     let task = tokio::spawn(
         async move {
+            // Both live exactly as long as the instance: until this task ends.
+            let _admission = admission;
+            let _live = LiveInstance::new(&app_name);
             let run = async {
                 let proxy = pre.instantiate_async(&mut store).await.map_err(|e| {
                     if e.is::<wasmtime::PoolConcurrencyLimitError>() {
@@ -197,9 +231,10 @@ where
                         )
                     }
                 })?;
-                debug!(
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "instantiated"
+                metrics::Metrics::observe(
+                    &metrics::get().instantiation,
+                    &app_name,
+                    started.elapsed(),
                 );
                 proxy
                     .wasi_http_incoming_handler()
@@ -220,6 +255,9 @@ where
     );
 
     match receiver.await {
+        Ok(Ok(_)) if overflowed.load(Ordering::Relaxed) => {
+            Err(Failure::BodyTooLarge(limits.max_body_bytes))
+        }
         Ok(Ok(mut response)) => {
             let cookie = jar
                 .lock()
@@ -244,6 +282,88 @@ where
     }
 }
 
+/// Counts a live instance for the metrics while it exists.
+struct LiveInstance(prometheus_client::metrics::gauge::Gauge);
+
+impl LiveInstance {
+    fn new(app: &str) -> LiveInstance {
+        let gauge = metrics::get()
+            .live_instances
+            .get_or_create(&metrics::AppLabel {
+                app: app.to_string(),
+            })
+            .clone();
+        gauge.inc();
+        LiveInstance(gauge)
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A request body that fails once more than `limit` bytes have come through, and says so in
+/// `overflowed`.
+struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl<B> LimitedBody<B> {
+    fn new(inner: B, limit: u64, overflowed: Arc<AtomicBool>) -> LimitedBody<B> {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            limit,
+            overflowed,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for LimitedBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let frame = match std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return std::task::Poll::Ready(Some(Err(e.into()))),
+            None => return std::task::Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                self.overflowed.store(true, Ordering::Relaxed);
+                let limit = self.limit;
+                return std::task::Poll::Ready(Some(Err(
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
+                )));
+            }
+            self.remaining -= len;
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Adds the session cookie, and keeps the response out of shared caches: a response that
 /// carries a session id must never be served to anyone else.
 fn add_session_cookie(headers: &mut http::HeaderMap, cookie: &str) {
@@ -265,7 +385,10 @@ impl Failure {
         match self {
             Failure::Guest(e) => warn!(error = format!("{e:#}"), "guest failed"),
             Failure::GuestErrorCode(code) => warn!(?code, "guest answered with an error code"),
-            Failure::Busy(e) => warn!(error = format!("{e:#}"), "no instance slot free"),
+            Failure::Busy(e) => warn!(error = format!("{e:#}"), "busy: request refused"),
+            Failure::BodyTooLarge(limit) => {
+                info!(limit, "request body over the app's limit: refused")
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ const WASI_PAGE: u32 = 1000;
 /// One app's view of the store. Built once per app, shared by its requests.
 pub struct Namespace {
     storage: Arc<dyn Storage>,
+    app: String,
     prefix: String,
     limits: KvLimits,
 }
@@ -51,6 +52,7 @@ impl Namespace {
         debug_assert!(!app.contains(['{', '}', ':']));
         Namespace {
             storage,
+            app: app.to_string(),
             prefix: format!("tabula:{{{app}}}:"),
             limits,
         }
@@ -58,6 +60,11 @@ impl Namespace {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// Counts one store call of `api` (`kv` or `session`) with its outcome.
+    pub fn record(&self, api: &'static str, outcome: &'static str) {
+        crate::metrics::get().store_operation(&self.app, api, outcome);
     }
 
     /// The full store key for `suffix` inside this namespace.
@@ -253,15 +260,24 @@ impl From<KvError> for store::Error {
     }
 }
 
-/// The guest's answer: `Ok(Ok(_))` or `Ok(Err(_))`. Host-side failures never trap here;
-/// every storage problem is the guest's to handle.
-fn answer<T, E: From<KvError>>(result: KvResult<T>) -> wasmtime::Result<Result<T, E>> {
+/// The guest's answer: `Ok(Ok(_))` or `Ok(Err(_))`, counted in the metrics. Host-side
+/// failures never trap here; every storage problem is the guest's to handle.
+fn answer<T, E: From<KvError>>(
+    ns: &Namespace,
+    result: KvResult<T>,
+) -> wasmtime::Result<Result<T, E>> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(KvError::Storage(StorageError::Unavailable(_))) => "unavailable",
+        Err(_) => "error",
+    };
+    ns.record("kv", outcome);
     Ok(result.map_err(E::from))
 }
 
 impl kv::Host for KvView<'_> {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
-        answer(self.ns.get(&kv_bucket(), &key).await)
+        answer(self.ns, self.ns.get(&kv_bucket(), &key).await)
     }
 
     async fn set(
@@ -271,6 +287,7 @@ impl kv::Host for KvView<'_> {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), kv::Error>> {
         answer(
+            self.ns,
             self.ns
                 .set(&kv_bucket(), &key, &value, ttl_from_ms(ttl_ms))
                 .await,
@@ -278,11 +295,11 @@ impl kv::Host for KvView<'_> {
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
-        answer(self.ns.delete(&kv_bucket(), &key).await)
+        answer(self.ns, self.ns.delete(&kv_bucket(), &key).await)
     }
 
     async fn exists(&mut self, key: String) -> wasmtime::Result<Result<bool, kv::Error>> {
-        answer(self.ns.exists(&kv_bucket(), &key).await)
+        answer(self.ns, self.ns.exists(&kv_bucket(), &key).await)
     }
 
     async fn increment(
@@ -290,7 +307,7 @@ impl kv::Host for KvView<'_> {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, kv::Error>> {
-        answer(self.ns.increment(&kv_bucket(), &key, delta).await)
+        answer(self.ns, self.ns.increment(&kv_bucket(), &key, delta).await)
     }
 
     async fn compare_and_swap(
@@ -302,6 +319,7 @@ impl kv::Host for KvView<'_> {
     ) -> wasmtime::Result<Result<bool, kv::Error>> {
         let b = kv_bucket();
         answer(
+            self.ns,
             self.ns
                 .compare_and_swap(&b, &key, expected.as_deref(), &new, ttl_from_ms(ttl_ms))
                 .await,
@@ -318,7 +336,10 @@ impl kv::Host for KvView<'_> {
             .ns
             .list(&kv_bucket(), &prefix, cursor.as_deref(), limit)
             .await;
-        answer(listed.map(|(keys, cursor)| kv::Page { keys, cursor }))
+        answer(
+            self.ns,
+            listed.map(|(keys, cursor)| kv::Page { keys, cursor }),
+        )
     }
 
     async fn expire(
@@ -327,6 +348,7 @@ impl kv::Host for KvView<'_> {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, kv::Error>> {
         answer(
+            self.ns,
             self.ns
                 .expire(&kv_bucket(), &key, ttl_from_ms(ttl_ms))
                 .await,
@@ -339,7 +361,7 @@ impl kv::Host for KvView<'_> {
             Ttl::Persistent => kv::Expiry::Persistent,
             Ttl::ExpiresIn(d) => kv::Expiry::ExpiresInMs(d.as_millis() as u64),
         });
-        answer(ttl)
+        answer(self.ns, ttl)
     }
 }
 
@@ -374,7 +396,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
         let b = self.bucket(&b)?;
-        answer(self.ns.get(&b, &key).await)
+        answer(self.ns, self.ns.get(&b, &key).await)
     }
 
     async fn set(
@@ -384,7 +406,7 @@ impl store::HostBucket for KvView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&b)?;
-        answer(self.ns.set(&b, &key, &value, None).await)
+        answer(self.ns, self.ns.set(&b, &key, &value, None).await)
     }
 
     async fn delete(
@@ -393,7 +415,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let b = self.bucket(&b)?;
-        answer(self.ns.delete(&b, &key).await.map(drop))
+        answer(self.ns, self.ns.delete(&b, &key).await.map(drop))
     }
 
     async fn exists(
@@ -402,7 +424,7 @@ impl store::HostBucket for KvView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<bool, store::Error>> {
         let b = self.bucket(&b)?;
-        answer(self.ns.exists(&b, &key).await)
+        answer(self.ns, self.ns.exists(&b, &key).await)
     }
 
     async fn list_keys(
@@ -412,7 +434,10 @@ impl store::HostBucket for KvView<'_> {
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let b = self.bucket(&b)?;
         let listed = self.ns.list(&b, "", cursor.as_deref(), WASI_PAGE).await;
-        answer(listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }))
+        answer(
+            self.ns,
+            listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }),
+        )
     }
 
     async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
@@ -429,7 +454,7 @@ impl atomics::Host for KvView<'_> {
         delta: i64,
     ) -> wasmtime::Result<Result<i64, store::Error>> {
         let b = self.bucket(&b)?;
-        answer(self.ns.increment(&b, &key, delta).await)
+        answer(self.ns, self.ns.increment(&b, &key, delta).await)
     }
 
     async fn swap(
@@ -494,7 +519,7 @@ impl batch::Host for KvView<'_> {
         for key in keys {
             match self.ns.get(&b, &key).await {
                 Ok(value) => out.push((key, value)),
-                Err(e) => return answer(Err(e)),
+                Err(e) => return answer(self.ns, Err(e)),
             }
         }
         Ok(Ok(out))
@@ -508,7 +533,7 @@ impl batch::Host for KvView<'_> {
         let b = self.bucket(&b)?;
         for (key, value) in key_values {
             if let Err(e) = self.ns.set(&b, &key, &value, None).await {
-                return answer(Err(e));
+                return answer(self.ns, Err(e));
             }
         }
         Ok(Ok(()))
@@ -522,7 +547,7 @@ impl batch::Host for KvView<'_> {
         let b = self.bucket(&b)?;
         for key in keys {
             if let Err(e) = self.ns.delete(&b, &key).await {
-                return answer(Err(e));
+                return answer(self.ns, Err(e));
             }
         }
         Ok(Ok(()))

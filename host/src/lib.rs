@@ -15,6 +15,9 @@
 //! - [`guest_log`] carries guest stdout/stderr into the host's `tracing` log.
 //! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
 //!
+//! - [`limits`] holds the host's limits and resolves each app's; [`metrics`] counts what
+//!   happens, for the operator listener that [`server`] also runs.
+//!
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
 pub mod app;
@@ -22,7 +25,9 @@ mod bindings;
 pub mod guest_log;
 pub mod instance;
 pub mod kv;
+pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod project;
 pub mod router;
 pub mod runtime;

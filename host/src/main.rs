@@ -9,9 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::app::App;
+use tabula::limits::{Allocator, Limits};
 use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
-use tabula::runtime::{Allocator, Limits, Runtime};
+use tabula::runtime::Runtime;
+use tabula::server::ServerConfig;
 use tabula::session::SessionDefaults;
 use tabula::storage;
 use tokio::net::TcpListener;
@@ -68,6 +70,10 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
+    /// Operator listener (`/metrics`, `/healthz`, `/readyz`), or `off`. Keep it private.
+    #[arg(long, env = "TABULA_OPERATOR_LISTEN", default_value = "127.0.0.1:9090")]
+    operator_listen: String,
+
     /// Instances alive at once across all apps; more concurrent requests get 503.
     #[arg(long, env = "TABULA_MAX_INSTANCES", default_value_t = Limits::default().max_instances)]
     max_instances: u32,
@@ -75,6 +81,31 @@ struct ServeArgs {
     /// Largest linear memory an instance may have, in MiB.
     #[arg(long, env = "TABULA_MAX_MEMORY_MIB", default_value_t = Limits::default().max_memory_bytes >> 20)]
     max_memory_mib: usize,
+
+    /// Instances of one app alive at once; beyond it requests get 503 with Retry-After.
+    #[arg(long, env = "TABULA_MAX_CONCURRENCY", default_value_t = Limits::default().max_concurrency)]
+    max_concurrency: u32,
+
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, env = "TABULA_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: u64,
+
+    /// Connections open at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "TABULA_MAX_CONNECTIONS", default_value_t = ServerConfig::default().max_connections)]
+    max_connections: usize,
+
+    /// Largest request head (all headers) in bytes; larger ones get 431.
+    #[arg(long, env = "TABULA_MAX_HEADER_BYTES", default_value_t = ServerConfig::default().max_header_bytes)]
+    max_header_bytes: usize,
+
+    /// Seconds a client has to send a request's headers, and to start its next request on an
+    /// idle kept-alive connection; slower clients are disconnected.
+    #[arg(long, env = "TABULA_HEADER_TIMEOUT", default_value_t = ServerConfig::default().header_timeout.as_secs_f64())]
+    header_timeout: f64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
+    #[arg(long, env = "TABULA_DRAIN_TIMEOUT", default_value_t = ServerConfig::default().drain_timeout.as_secs_f64())]
+    drain_timeout: f64,
 
     /// Seconds a request may run before its instance is stopped (the client gets 500).
     #[arg(long, env = "TABULA_REQUEST_TIMEOUT", default_value_t = Limits::default().request_timeout.as_secs_f64())]
@@ -165,6 +196,8 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         max_memory_bytes: args.max_memory_mib << 20,
         request_timeout: positive_duration(args.request_timeout, "--request-timeout")?,
         allocator: args.allocator,
+        max_concurrency: args.max_concurrency,
+        max_body_bytes: args.max_body_bytes,
         session: SessionDefaults {
             secure: args.session_secure,
             idle_timeout: positive_duration(
@@ -184,6 +217,12 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             "tabula serve needs --store (or TABULA_STORE): e.g. `--store redis://127.0.0.1:6379`, \
              or `--store memory` for one process whose state dies with it"
         ),
+    };
+    let server_config = ServerConfig {
+        max_connections: args.max_connections.max(1),
+        header_timeout: positive_duration(args.header_timeout, "--header-timeout")?,
+        max_header_bytes: args.max_header_bytes,
+        drain_timeout: positive_duration(args.drain_timeout, "--drain-timeout")?,
     };
     let sources = project::discover(&args.build.paths)?;
     let options = BuildOptions {
@@ -214,12 +253,30 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                 args.listen
             )
         })?;
+        let operator = match args.operator_listen.as_str() {
+            "off" => None,
+            addr => {
+                let listener = TcpListener::bind(addr).await.with_context(|| {
+                    format!("operator listener on {addr} (in use? set --operator-listen, or `off`)")
+                })?;
+                println!("tabula: operator on http://{}", listener.local_addr()?);
+                let storage = runtime.storage().clone();
+                Some(tokio::spawn(tabula::server::run_operator(
+                    listener,
+                    storage,
+                    std::future::pending(),
+                )))
+            }
+        };
         let addr = listener.local_addr()?;
         println!("tabula: serving on http://{addr}");
         for app in router.apps() {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
-        tabula::server::run(listener, router, shutdown_signal()).await;
+        tabula::server::run(listener, router, server_config, shutdown_signal()).await;
+        if let Some(operator) = operator {
+            operator.abort();
+        }
         Ok(())
     })
 }

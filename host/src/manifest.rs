@@ -10,6 +10,12 @@
 //! idle_timeout_secs = 900
 //! lifetime_secs = 14400
 //! max_bytes = 65536
+//!
+//! [limits]            # optional: each may lower the host's limit, none may exceed it
+//! memory_mib = 64
+//! request_timeout_secs = 10
+//! max_body_bytes = 1048576
+//! max_concurrency = 50
 //! ```
 
 use std::path::Path;
@@ -17,6 +23,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::limits::LimitSettings;
 use crate::session::SessionSettings;
 
 pub const FILE_NAME: &str = "tabula.toml";
@@ -28,6 +35,8 @@ struct Raw {
     route: Option<String>,
     #[serde(default)]
     session: SessionSettings,
+    #[serde(default)]
+    limits: LimitSettings,
 }
 
 /// A project's manifest with its defaults filled in.
@@ -36,6 +45,7 @@ pub struct Manifest {
     pub name: String,
     pub route: String,
     pub session: SessionSettings,
+    pub limits: LimitSettings,
 }
 
 impl Manifest {
@@ -61,6 +71,7 @@ impl Manifest {
             name,
             route,
             session: raw.session,
+            limits: raw.limits,
         })
     }
 }

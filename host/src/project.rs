@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::limits::LimitSettings;
 use crate::manifest::{self, Manifest};
 use crate::session::SessionSettings;
 
@@ -33,6 +34,7 @@ pub struct AppSpec {
     pub route: String,
     pub wasm: PathBuf,
     pub session: SessionSettings,
+    pub limits: LimitSettings,
 }
 
 /// Expands command-line paths into sources.
@@ -125,12 +127,14 @@ pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSp
                 route: route.clone(),
                 wasm: path.clone(),
                 session: SessionSettings::default(),
+                limits: LimitSettings::default(),
             }),
             Source::Project { dir, manifest } => Ok(AppSpec {
                 name: manifest.name.clone(),
                 route: manifest.route.clone(),
                 wasm: build(dir, &manifest.name, options)?,
                 session: manifest.session.clone(),
+                limits: manifest.limits.clone(),
             }),
         })
         .collect()

@@ -12,57 +12,12 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::instance::RequestCtx;
-use crate::kv::KvLimits;
-use crate::session::SessionDefaults;
+use crate::limits::{Allocator, Limits};
 use crate::storage::Storage;
 
 /// How often the epoch ticks: how long guest code runs before it yields to other requests,
 /// and so the resolution of request deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
-
-/// Limits that apply to every instance the runtime creates.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Instances alive at once, across all apps. The pooling allocator reserves this many slots.
-    pub max_instances: u32,
-    /// Largest linear memory one instance may grow to.
-    pub max_memory_bytes: usize,
-    /// Wall-clock time a request may run before its instance is stopped.
-    pub request_timeout: Duration,
-    /// How instance memory is allocated.
-    pub allocator: Allocator,
-    /// Key and value sizes for `kv`.
-    pub kv: KvLimits,
-    /// Session settings for apps whose manifest does not say otherwise.
-    pub session: SessionDefaults,
-}
-
-/// Where instances get their memory, tables and stacks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Allocator {
-    /// Slots reserved up front and recycled: instantiation is a few microseconds, at the cost
-    /// of a large virtual-address reservation. The default.
-    #[default]
-    Pooling,
-    /// wasmtime's default: map memory per instance. For hosts that limit virtual memory
-    /// (`ulimit -v`), and the baseline the benchmarks compare against.
-    OnDemand,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_instances: 1000,
-            // Large enough for a componentize-py interpreter; small enough that a pool of a
-            // thousand slots stays a cheap virtual reservation.
-            max_memory_bytes: 256 << 20,
-            request_timeout: Duration::from_secs(30),
-            allocator: Allocator::Pooling,
-            kv: KvLimits::default(),
-            session: SessionDefaults::default(),
-        }
-    }
-}
 
 /// The shared engine and linker. Cheap to clone.
 #[derive(Clone)]

@@ -1,5 +1,6 @@
 //! The HTTP front: accepts connections, speaks HTTP/1.1 and HTTP/2, routes each request to its
-//! app and turns failures into status codes.
+//! app and turns failures into status codes; and the operator listener, with `/metrics`,
+//! `/healthz` and `/readyz`.
 //!
 //! [`run`] takes a bound listener and a shutdown future, so the binary passes a real port and
 //! ctrl-c while tests bind port 0 and start the same server.
@@ -7,32 +8,82 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::instance::{self, Failure, ResponseBody};
+use crate::metrics::{self, Metrics, StatusLabels};
 use crate::router::Router;
+use crate::storage::Storage;
 
-/// How long in-flight requests may take to finish once shutdown begins.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains open connections.
-pub async fn run(listener: TcpListener, router: Arc<Router>, shutdown: impl Future<Output = ()>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+/// How the front protects itself from its clients.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connections open at once; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (slowloris), and to start the next
+    /// request on a kept-alive HTTP/1 connection (idle timeout).
+    pub header_timeout: Duration,
+    /// Largest request head: HTTP/1 read buffer, HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish once shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish, for up to the drain timeout.
+pub async fn run(
+    listener: TcpListener,
+    router: Arc<Router>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes as u32)
+        .keep_alive_interval(Some(config.header_timeout))
+        .keep_alive_timeout(config.header_timeout);
     let graceful = GracefulShutdown::new();
-    let next_id = Arc::new(AtomicU64::new(1));
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let ids = Arc::new(RequestIds::new());
     tokio::pin!(shutdown);
 
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -47,14 +98,12 @@ pub async fn run(listener: TcpListener, router: Arc<Router>, shutdown: impl Futu
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let next_id = next_id.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let id = next_id.fetch_add(1, Ordering::Relaxed);
-            serve(router.clone(), req, id)
-        });
+        let ids = ids.clone();
+        let service = hyper::service::service_fn(move |req| serve(router.clone(), req, ids.next()));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 info!(%peer, error = %e, "connection closed with an error");
             }
@@ -62,31 +111,108 @@ pub async fn run(listener: TcpListener, router: Arc<Router>, shutdown: impl Futu
     }
 
     drop(listener);
-    info!("shutting down: draining open connections");
+    info!("shutting down: stopped accepting, draining in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => info!("all connections closed"),
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => warn!("drain timed out; closing remaining connections"),
+        () = tokio::time::sleep(config.drain_timeout) => {
+            warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections")
+        }
     }
+}
+
+/// Request ids: the client's `x-request-id` when it sends a sane one, else a new one made of
+/// a random per-process prefix and a counter (unique across replicas, cheap per request).
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let mut bytes = [0u8; 4];
+        let _ = getrandom::fill(&mut bytes);
+        RequestIds {
+            prefix: u32::from_le_bytes(bytes),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{n:08x}", self.prefix)
+    }
+}
+
+fn incoming_id(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let value = req.headers().get(&REQUEST_ID)?;
+    let ok = (1..=128).contains(&value.len())
+        && value
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+    ok.then(|| value.clone())
 }
 
 async fn serve(
     router: Arc<Router>,
-    req: Request<Incoming>,
-    id: u64,
+    mut req: Request<Incoming>,
+    fresh_id: String,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let Some(app) = router.route(req.uri().path()) else {
-        return Ok(plain(StatusCode::NOT_FOUND, "no app serves this path\n"));
+    let started = Instant::now();
+    // The guest sees the id too, so its own logs can carry it.
+    let id = match incoming_id(&req) {
+        Some(id) => id,
+        None => {
+            let id = HeaderValue::from_str(&fresh_id).expect("hex is a valid header value");
+            req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+            id
+        }
     };
-    let span = info_span!("request", id, app = &**app.name(), method = %req.method(), path = req.uri().path());
+    let Some(app) = router.route(req.uri().path()) else {
+        let mut response = plain(StatusCode::NOT_FOUND, "no app serves this path\n");
+        response.headers_mut().insert(REQUEST_ID.clone(), id);
+        return Ok(response);
+    };
+    let span = info_span!(
+        "request",
+        id = id.to_str().unwrap_or_default(),
+        app = &**app.name(),
+        method = %req.method(),
+        path = req.uri().path()
+    );
     async move {
-        let response = match instance::handle(app, req).await {
+        let mut response = match instance::handle(app, req).await {
             Ok(response) => response,
             Err(failure) => {
                 failure.log();
-                failure_response(&failure)
+                let response = failure_response(&failure);
+                if matches!(failure, Failure::Busy(_) | Failure::BodyTooLarge(_)) {
+                    metrics::get()
+                        .rejected
+                        .get_or_create(&StatusLabels {
+                            app: app.name().to_string(),
+                            status: response.status().as_u16(),
+                        })
+                        .inc();
+                }
+                response
             }
         };
-        info!(status = response.status().as_u16(), "served");
+        response.headers_mut().insert(REQUEST_ID.clone(), id);
+        let status = response.status().as_u16();
+        let m = metrics::get();
+        m.requests
+            .get_or_create(&StatusLabels {
+                app: app.name().to_string(),
+                status,
+            })
+            .inc();
+        Metrics::observe(&m.latency, app.name(), started.elapsed());
+        info!(
+            status,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "served"
+        );
         Ok(response)
     }
     .instrument(span)
@@ -105,24 +231,94 @@ fn failure_response(failure: &Failure) -> Response<ResponseBody> {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many requests in flight; retry shortly\n",
             );
-            response.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from_static("1"),
-            );
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
+        Failure::BodyTooLarge(_) => plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is larger than this app accepts\n",
+        ),
     }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
-    let body = Full::new(Bytes::from_static(text.as_bytes()))
+    text_response(
+        status,
+        Bytes::from_static(text.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
+}
+
+fn text_response(
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+) -> Response<ResponseBody> {
+    let body = Full::new(body)
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// The operator listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
+/// `/readyz` (the backing store answers, so requests that need state can succeed).
+pub async fn run_operator(
+    listener: TcpListener,
+    storage: Arc<dyn Storage>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    error!(error = %e, "operator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let storage = storage.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let storage = storage.clone();
+            async move { Ok::<_, Infallible>(operator(req.uri().path(), &*storage).await) }
+        });
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn operator(path: &str, storage: &dyn Storage) -> Response<ResponseBody> {
+    match path {
+        "/metrics" => text_response(
+            StatusCode::OK,
+            Bytes::from(metrics::get().render()),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" => match storage.ping().await {
+            Ok(()) => plain(StatusCode::OK, "ready\n"),
+            Err(e) => {
+                warn!(error = %e, "not ready: the store does not answer");
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the store does not answer\n",
+                )
+            }
+        },
+        _ => plain(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
+    }
 }

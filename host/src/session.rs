@@ -473,13 +473,23 @@ pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
     wit::add_to_linker::<RequestCtx, SessionData>(linker, RequestCtx::session)
 }
 
-fn answer<T>(result: SessionResult<T>) -> wasmtime::Result<Result<T, wit::Error>> {
-    Ok(result.map_err(wit::Error::from))
+impl Session {
+    /// The guest's answer, counted in the metrics.
+    fn answer<T>(&self, result: SessionResult<T>) -> wasmtime::Result<Result<T, wit::Error>> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(SessionError::Storage(StorageError::Unavailable(_))) => "unavailable",
+            Err(_) => "error",
+        };
+        self.namespace.record("session", outcome);
+        Ok(result.map_err(wit::Error::from))
+    }
 }
 
 impl wit::Host for &mut Session {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<Option<Vec<u8>>, wit::Error>> {
-        answer(Session::get(self, &name).await)
+        let result = Session::get(self, &name).await;
+        self.answer(result)
     }
 
     async fn set(
@@ -487,27 +497,33 @@ impl wit::Host for &mut Session {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), wit::Error>> {
-        answer(Session::set(self, &name, &value).await)
+        let result = Session::set(self, &name, &value).await;
+        self.answer(result)
     }
 
     async fn remove(&mut self, name: String) -> wasmtime::Result<Result<(), wit::Error>> {
-        answer(Session::remove(self, &name).await)
+        let result = Session::remove(self, &name).await;
+        self.answer(result)
     }
 
     async fn clear(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
-        answer(Session::clear(self).await)
+        let result = Session::clear(self).await;
+        self.answer(result)
     }
 
     async fn destroy(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
-        answer(Session::destroy(self).await)
+        let result = Session::destroy(self).await;
+        self.answer(result)
     }
 
     async fn regenerate(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
-        answer(Session::regenerate(self).await)
+        let result = Session::regenerate(self).await;
+        self.answer(result)
     }
 
     async fn id(&mut self) -> wasmtime::Result<Result<Option<String>, wit::Error>> {
-        answer(Session::id(self).await)
+        let result = Session::id(self).await;
+        self.answer(result)
     }
 }
 

@@ -75,6 +75,8 @@ pub fn app_args(names: &[&str]) -> Vec<String> {
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The operator listener's base URL.
+    pub operator: String,
     log: Arc<Mutex<String>>,
 }
 
@@ -99,7 +101,12 @@ impl Server {
         let mut child = Command::new(TABULA)
             .current_dir(root())
             .args(args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--operator-listen",
+                "127.0.0.1:0",
+            ])
             .env("TABULA_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -118,9 +125,13 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut operator = String::new();
         let base = loop {
             line.clear();
             let read = stdout.read_line(&mut line).unwrap_or(0);
+            if let Some(addr) = line.trim().strip_prefix("tabula: operator on ") {
+                operator = addr.to_string();
+            }
             if let Some(addr) = line.trim().strip_prefix("tabula: serving on ") {
                 break addr.to_string();
             }
@@ -135,7 +146,12 @@ impl Server {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stdout, &mut std::io::sink());
         });
-        Server { child, base, log }
+        Server {
+            child,
+            base,
+            operator,
+            log,
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -161,6 +177,15 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    pub fn operator_url(&self, path: &str) -> String {
+        format!("{}{path}", self.operator)
+    }
+
+    /// The process id, e.g. to read its memory use.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the server has logged so far.

@@ -1,0 +1,147 @@
+//! Limits: the host's ([`Limits`], from flags and environment) and each app's ([`AppLimits`]),
+//! which an app's manifest may lower, or raise up to the host's cap, never beyond it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::kv::KvLimits;
+use crate::session::SessionDefaults;
+
+/// Host-wide limits. The per-app ones are both defaults and caps.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Instances alive at once, across all apps. The pooling allocator reserves this many slots.
+    pub max_instances: u32,
+    /// Largest linear memory of one instance.
+    pub max_memory_bytes: usize,
+    /// Wall-clock time a request may run before its instance is stopped.
+    pub request_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Instances of one app alive at once; more concurrent requests get 503 + Retry-After.
+    pub max_concurrency: u32,
+    /// How instance memory is allocated.
+    pub allocator: Allocator,
+    /// Key and value sizes for `kv`.
+    pub kv: KvLimits,
+    /// Session settings for apps whose manifest does not say otherwise.
+    pub session: SessionDefaults,
+}
+
+/// Where instances get their memory, tables and stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Allocator {
+    /// Slots reserved up front and recycled: instantiation is a few microseconds, at the cost
+    /// of a large virtual-address reservation. The default.
+    #[default]
+    Pooling,
+    /// wasmtime's default: map memory per instance. For hosts that limit virtual memory
+    /// (`ulimit -v`), and the baseline the benchmarks compare against.
+    OnDemand,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instances: 1000,
+            // Large enough for a componentize-py interpreter; small enough that a pool of a
+            // thousand slots stays a cheap virtual reservation.
+            max_memory_bytes: 256 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_body_bytes: 10 << 20,
+            max_concurrency: 250,
+            allocator: Allocator::Pooling,
+            kv: KvLimits::default(),
+            session: SessionDefaults::default(),
+        }
+    }
+}
+
+/// What an app's manifest may say about its limits (`[limits]` in `tabula.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub memory_mib: Option<usize>,
+    pub request_timeout_secs: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub max_concurrency: Option<u32>,
+}
+
+/// One app's limits, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppLimits {
+    pub memory_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_concurrency: u32,
+}
+
+impl AppLimits {
+    /// The app's limits: its manifest's, capped by the host's, else the host's. Each value the
+    /// cap lowered is reported, so the operator sees why an app gets less than it asked for.
+    pub fn resolve(host: &Limits, app: &LimitSettings) -> (AppLimits, Vec<String>) {
+        let mut capped = Vec::new();
+        let mut cap = |what: &str, asked: Option<u64>, cap: u64| -> u64 {
+            match asked {
+                Some(asked) if asked > cap => {
+                    capped.push(format!("{what} {asked} is over the host's cap, {cap}"));
+                    cap
+                }
+                Some(asked) => asked.max(1),
+                None => cap,
+            }
+        };
+        let memory_mib = cap(
+            "memory_mib",
+            app.memory_mib.map(|m| m as u64),
+            (host.max_memory_bytes >> 20) as u64,
+        );
+        let timeout = cap(
+            "request_timeout_secs",
+            app.request_timeout_secs,
+            host.request_timeout.as_secs().max(1),
+        );
+        let limits = AppLimits {
+            memory_bytes: (memory_mib as usize) << 20,
+            request_timeout: if app.request_timeout_secs.is_some() {
+                Duration::from_secs(timeout)
+            } else {
+                host.request_timeout
+            },
+            max_body_bytes: cap("max_body_bytes", app.max_body_bytes, host.max_body_bytes),
+            max_concurrency: cap(
+                "max_concurrency",
+                app.max_concurrency.map(u64::from),
+                u64::from(host.max_concurrency.min(host.max_instances)),
+            ) as u32,
+        };
+        (limits, capped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_get_the_host_defaults_and_never_more_than_its_caps() {
+        let host = Limits::default();
+        let (l, capped) = AppLimits::resolve(&host, &LimitSettings::default());
+        assert_eq!(l.memory_bytes, host.max_memory_bytes);
+        assert_eq!(l.request_timeout, host.request_timeout);
+        assert!(capped.is_empty());
+
+        let asks = LimitSettings {
+            memory_mib: Some(64),
+            request_timeout_secs: Some(3600),
+            max_body_bytes: Some(1024),
+            max_concurrency: Some(5),
+        };
+        let (l, capped) = AppLimits::resolve(&host, &asks);
+        assert_eq!(l.memory_bytes, 64 << 20, "lower is fine");
+        assert_eq!(l.request_timeout, host.request_timeout, "higher is capped");
+        assert_eq!((l.max_body_bytes, l.max_concurrency), (1024, 5));
+        assert_eq!(capped.len(), 1, "{capped:?}");
+    }
+}
