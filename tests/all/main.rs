@@ -5,6 +5,7 @@
 mod harness;
 mod kv_apps;
 mod kv_conformance;
+mod operations;
 mod redis_server;
 mod serving;
 mod sessions;

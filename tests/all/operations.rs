@@ -1,0 +1,291 @@
+//! Running it in production: hostile guests, limits, bad clients, request ids, metrics and
+//! health, and shutdown under load.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use tokio::task::JoinSet;
+
+use crate::harness::{Server, app_args, client, get, send};
+use crate::redis_server::RedisServer;
+
+fn serve(extra: &[&str], apps: &[&str]) -> Server {
+    Server::start(
+        ["serve", "--store", "memory"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .chain(app_args(apps)),
+    )
+}
+
+/// Sends raw bytes and returns what the server answers before it closes (or 5 s pass).
+fn raw_exchange(server: &Server, bytes: &[u8]) -> (String, Duration) {
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn hostile_guests_end_only_their_own_request_and_memory_returns() {
+    let server = serve(
+        &["--max-memory-mib", "64", "--request-timeout", "5"],
+        &["trap", "plain", "hello"],
+    );
+    let c = client();
+    let round = || async {
+        for path in [
+            "/trap/memory",
+            "/trap/stack",
+            "/trap/panic",
+            "/plain/noresponse",
+        ] {
+            let started = Instant::now();
+            let reply = get(&c, &server.url(path)).await;
+            assert_eq!(reply.status, 500, "{path}: {}", reply.body);
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{path} took {:?}",
+                started.elapsed()
+            );
+            assert_eq!(
+                get(&c, &server.url("/hello")).await.status,
+                200,
+                "after {path}"
+            );
+        }
+        let huge = get(&c, &server.url("/trap/huge?mib=16")).await;
+        assert_eq!(
+            (huge.status, huge.body.len()),
+            (200, 16 << 20),
+            "a 16 MiB response streams"
+        );
+    };
+    round().await;
+    let baseline = rss(server.pid());
+    for _ in 0..4 {
+        round().await;
+    }
+    let after = rss(server.pid());
+    assert!(
+        after <= baseline + (32 << 20),
+        "RSS grew from {} MiB to {} MiB over four rounds of hostile guests",
+        baseline >> 20,
+        after >> 20
+    );
+    assert!(server.logged("guest failed"), "{}", server.log());
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let server = serve(&["--max-body-bytes", "1000"], &["trap"]);
+    let c = client();
+    let post = |len: usize| {
+        hyper::Request::post(server.url("/trap/fine"))
+            .body(Full::new(Bytes::from(vec![b'x'; len])))
+            .unwrap()
+    };
+    assert_eq!(send(&c, post(1000)).await.status, 200, "at the limit");
+    assert_eq!(
+        send(&c, post(1001)).await.status,
+        413,
+        "declared over the limit"
+    );
+    // No Content-Length: the body is counted as it streams.
+    let chunk = "x".repeat(2000);
+    let request = format!(
+        "POST /trap/fine HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let (answer, _) = raw_exchange(&server, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn bad_clients_get_an_error_or_a_closed_connection() {
+    let server = serve(&["--header-timeout", "1"], &["hello"]);
+    let (answer, _) = raw_exchange(&server, b"THIS IS NOT HTTP\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "malformed: {answer:?}");
+
+    let big = format!(
+        "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "y".repeat(100 * 1024)
+    );
+    let (answer, _) = raw_exchange(&server, big.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "oversized head: {answer:?}"
+    );
+
+    // Slowloris: half a request head, then silence.
+    let (answer, waited) = raw_exchange(&server, b"GET /hello HTTP/1.1\r\nHost: t\r\n");
+    assert!(
+        waited < Duration::from_secs(4),
+        "the slow client was held {waited:?}"
+    );
+    assert!(!answer.contains("200 OK"), "{answer:?}");
+
+    assert_eq!(
+        get(&client(), &server.url("/hello")).await.status,
+        200,
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_answers_503_instead_of_queueing() {
+    let server = serve(&["--max-concurrency", "2"], &["trap"]);
+    let c = client();
+    let mut requests = JoinSet::new();
+    for _ in 0..6 {
+        let (c, url) = (c.clone(), server.url("/trap/sleep?ms=1500"));
+        requests.spawn(async move { get(&c, &url).await });
+    }
+    let (mut ok, mut busy) = (0, 0);
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        match reply.status {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(reply.headers["retry-after"], "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, busy), (2, 4));
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_logged() {
+    let server = serve(&[], &["hello"]);
+    let c = client();
+    let req = hyper::Request::get(server.url("/hello"))
+        .header("x-request-id", "client-chosen-42")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        send(&c, req).await.headers["x-request-id"],
+        "client-chosen-42"
+    );
+    let made = get(&c, &server.url("/hello")).await.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(made.len(), 16, "{made}");
+    assert!(
+        server.logged(&made) && server.logged("client-chosen-42"),
+        "{}",
+        server.log()
+    );
+    let req = hyper::Request::get(server.url("/hello"))
+        .header("x-request-id", "bad id with spaces")
+        .body(Full::default())
+        .unwrap();
+    assert_ne!(
+        send(&c, req).await.headers["x-request-id"],
+        "bad id with spaces"
+    );
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let mut redis = RedisServer::start();
+    let server = Server::serve_with(&redis.url(), &["hello", "counter"]);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &server.url("/hello")).await.status, 200);
+    }
+    assert_eq!(get(&c, &server.url("/counter")).await.status, 200);
+    assert_eq!(get(&c, &server.operator_url("/healthz")).await.status, 200);
+    assert_eq!(get(&c, &server.operator_url("/readyz")).await.status, 200);
+
+    redis.stop();
+    assert_eq!(get(&c, &server.url("/counter")).await.status, 503);
+    assert_eq!(
+        get(&c, &server.operator_url("/readyz")).await.status,
+        503,
+        "not ready without the store"
+    );
+    assert_eq!(
+        get(&c, &server.operator_url("/healthz")).await.status,
+        200,
+        "but alive"
+    );
+
+    let metrics = get(&c, &server.operator_url("/metrics")).await.body;
+    for line in [
+        r#"tabula_requests_total{app="hello",status="200"} 3"#,
+        r#"tabula_requests_total{app="counter",status="503"} 1"#,
+        r#"tabula_store_operations_total{app="counter",api="kv",outcome="ok"} 1"#,
+        r#"tabula_store_operations_total{app="counter",api="kv",outcome="unavailable"} 1"#,
+        r#"tabula_live_instances{app="hello"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("tabula_instantiation_seconds_bucket{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tabula_request_duration_seconds_count{app=\"hello\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_during_load_loses_no_accepted_request() {
+    let mut server = serve(&[], &["trap"]);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&addr).unwrap();
+                stream
+                    .write_all(
+                        b"GET /trap/sleep?ms=800 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                answer
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    for client in clients {
+        let answer = client.join().unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "a request in flight was lost: {answer:?}"
+        );
+    }
+    assert!(TcpStream::connect(&addr).is_err(), "no longer accepting");
+}
