@@ -12,29 +12,19 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-2}
 
-for tool in redis-server redis-cli wrk; do
-    command -v "$tool" >/dev/null || { echo "bench: $tool is missing: apt-get install redis-server wrk" >&2; exit 1; }
-done
+source bench/common.sh
+require redis-server redis-cli wrk
 
 echo "bench: building (release)" >&2
 cargo build --release -q -p tabula --bin tabula --example native-counter
 wasm=$(target/release/tabula build examples/counter --target-dir target/guests 2>/dev/null | cut -f3)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(free_port); NATIVE_PORT=$(free_port); TABULA_PORT=$(free_port)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+NATIVE_PORT=$(free_port); TABULA_PORT=$(free_port)
+start_redis
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-pids+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
-
-target/release/examples/native-counter "127.0.0.1:$NATIVE_PORT" "redis://127.0.0.1:$REDIS_PORT" >/dev/null &
-pids+=($!)
-TABULA_LOG=warn target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" \
-    --listen "127.0.0.1:$TABULA_PORT" "/counter=$wasm" >/dev/null &
-pids+=($!)
+background target/release/examples/native-counter "127.0.0.1:$NATIVE_PORT" "redis://127.0.0.1:$REDIS_PORT" >/dev/null
+TABULA_LOG=warn background target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" \
+    --listen "127.0.0.1:$TABULA_PORT" --operator-listen off "/counter=$wasm" >/dev/null
 for port in "$NATIVE_PORT" "$TABULA_PORT"; do
     until curl -sf "http://127.0.0.1:$port/counter" >/dev/null; do sleep 0.05; done
 done

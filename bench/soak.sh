@@ -3,7 +3,7 @@
 # memory sampled every 10 s. Fresh instances for hello (most traffic) and the Redis-backed
 # counter, all the while. Prints the samples and the growth after warm-up, and exits non-zero
 # if RSS grew by more than MAX_GROWTH_MIB (default 20) between the first sample after the
-# first minute and the last.
+# warm-up (the first minute, or half of a shorter run) and the last.
 #
 #   bench/soak.sh                 # 10 minutes
 #   DURATION=120 bench/soak.sh    # a quick look
@@ -13,34 +13,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-600}
 MAX_GROWTH_MIB=${MAX_GROWTH_MIB:-20}
+WARMUP=$((DURATION >= 120 ? 60 : DURATION / 2))
 
-for tool in redis-server redis-cli wrk; do
-    command -v "$tool" >/dev/null || { echo "soak: $tool is missing: apt-get install redis-server wrk" >&2; exit 1; }
-done
+source bench/common.sh
+require redis-server redis-cli wrk
 cargo build --release -q -p tabula --bin tabula
 target/release/tabula build examples/hello examples/counter --target-dir target/guests >/tmp/soak-apps.txt 2>/dev/null
 hello=$(awk '$1=="hello" {print $3}' /tmp/soak-apps.txt)
 counter=$(awk '$1=="counter" {print $3}' /tmp/soak-apps.txt)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-REDIS_PORT=$(free_port); PORT=$(free_port)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
-pids+=($!)
-until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
-TABULA_LOG=warn target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" \
-    --listen "127.0.0.1:$PORT" --operator-listen off "/hello=$hello" "/counter=$counter" >/dev/null &
+PORT=$(free_port)
+start_redis
+TABULA_LOG=warn background target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" \
+    --listen "127.0.0.1:$PORT" --operator-listen off "/hello=$hello" "/counter=$counter" >/dev/null
 TABULA=$!
-pids+=($TABULA)
 until curl -sf "http://127.0.0.1:$PORT/hello" >/dev/null; do sleep 0.05; done
 
 wrk -t2 -c64 -d"${DURATION}s" "http://127.0.0.1:$PORT/hello" >/tmp/soak-hello.txt &
-pids+=($!)
+WRK1=$!
 wrk -t1 -c8 -d"${DURATION}s" "http://127.0.0.1:$PORT/counter" >/tmp/soak-counter.txt &
-pids+=($!)
+WRK2=$!
 
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$TABULA/status"; }
 echo "seconds,rss_mib"
@@ -51,15 +43,15 @@ for ((t = 0; t <= DURATION; t += 10)); do
     echo "$t,$r"
     sleep 10
 done
-wait "${pids[@]:2}" 2>/dev/null || true
+wait "$WRK1" "$WRK2" || true
 
-after_warmup=$(printf '%s\n' "${samples[@]}" | awk -F: '$1>=60 {print $2; exit}')
+after_warmup=$(printf '%s\n' "${samples[@]}" | awk -F: -v w="$WARMUP" '$1>=w {print $2; exit}')
 last=$(printf '%s\n' "${samples[@]}" | tail -1 | cut -d: -f2)
 max=$(printf '%s\n' "${samples[@]}" | cut -d: -f2 | sort -n | tail -1)
 echo
 echo "soak: ${DURATION}s; hello $(awk '/Requests\/sec/ {print $2}' /tmp/soak-hello.txt) req/s, counter $(awk '/Requests\/sec/ {print $2}' /tmp/soak-counter.txt) req/s"
 echo "soak: $(awk '/requests in/ {print $1}' /tmp/soak-hello.txt) + $(awk '/requests in/ {print $1}' /tmp/soak-counter.txt) requests, errors: $(grep -h 'Non-2xx\|Socket errors' /tmp/soak-hello.txt /tmp/soak-counter.txt | tr '\n' ' ')"
-echo "soak: RSS ${after_warmup} MiB at 60 s, ${last} MiB at the end, ${max} MiB at most"
+echo "soak: RSS ${after_warmup} MiB at ${WARMUP} s, ${last} MiB at the end, ${max} MiB at most"
 python3 - "$after_warmup" "$last" "$MAX_GROWTH_MIB" <<'PY'
 import sys
 start, end, bound = map(float, sys.argv[1:])

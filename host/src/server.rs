@@ -85,15 +85,7 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning, and keep serving.
-                    error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            conn = accept(&listener) => conn,
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
@@ -116,6 +108,20 @@ pub async fn run(
         () = graceful.shutdown() => info!("all connections closed"),
         () = tokio::time::sleep(config.drain_timeout) => {
             warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections")
+        }
+    }
+}
+
+/// The next connection. Accept errors (usually EMFILE) are logged and retried after a pause
+/// instead of spinning or ending the server.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
@@ -278,14 +284,7 @@ pub async fn run_operator(
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    error!(error = %e, "operator accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            conn = accept(&listener) => conn,
             () = &mut shutdown => return,
         };
         let storage = storage.clone();

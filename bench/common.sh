@@ -1,0 +1,35 @@
+# Shared by the bench scripts: sourced, not run. Checks tools, picks ports, runs Redis, and
+# stops everything started through `background` when the script exits.
+
+require() {
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || {
+            echo "bench: $tool is missing: apt-get install redis-server wrk" >&2
+            exit 1
+        }
+    done
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# background CMD...: runs CMD in the background until the script exits; $! is its pid.
+background() {
+    "$@" &
+    pids+=($!)
+}
+
+# start_redis: a throwaway redis-server on a free port, in REDIS_PORT.
+start_redis() {
+    REDIS_PORT=$(free_port)
+    background redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null
+    until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
+}
