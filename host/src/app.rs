@@ -92,11 +92,7 @@ impl App {
                 route: route.to_string(),
                 pre,
                 runtime: runtime.clone(),
-                namespace: Arc::new(Namespace::new(
-                    runtime.storage().clone(),
-                    name,
-                    runtime.limits().kv,
-                )),
+                namespace: Arc::new(Namespace::new(runtime.storage().clone(), name, limits.kv)),
                 session: Arc::new(session),
                 admission: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
                 limits,

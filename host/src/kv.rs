@@ -19,7 +19,7 @@ use crate::bindings::tabula::host::kv;
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Size limits on what a guest may store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
     pub max_key_bytes: u32,
     pub max_value_bytes: u32,

@@ -66,6 +66,8 @@ pub struct LimitSettings {
     pub request_timeout_secs: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub max_concurrency: Option<u32>,
+    pub kv_max_key_bytes: Option<u32>,
+    pub kv_max_value_bytes: Option<u32>,
 }
 
 /// One app's limits, resolved.
@@ -75,6 +77,7 @@ pub struct AppLimits {
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_concurrency: u32,
+    pub kv: KvLimits,
 }
 
 impl AppLimits {
@@ -115,6 +118,18 @@ impl AppLimits {
                 app.max_concurrency.map(u64::from),
                 u64::from(host.max_concurrency.min(host.max_instances)),
             ) as u32,
+            kv: KvLimits {
+                max_key_bytes: cap(
+                    "kv_max_key_bytes",
+                    app.kv_max_key_bytes.map(u64::from),
+                    u64::from(host.kv.max_key_bytes),
+                ) as u32,
+                max_value_bytes: cap(
+                    "kv_max_value_bytes",
+                    app.kv_max_value_bytes.map(u64::from),
+                    u64::from(host.kv.max_value_bytes),
+                ) as u32,
+            },
         };
         (limits, capped)
     }
@@ -137,11 +152,17 @@ mod tests {
             request_timeout_secs: Some(3600),
             max_body_bytes: Some(1024),
             max_concurrency: Some(5),
+            kv_max_key_bytes: None,
+            kv_max_value_bytes: Some(100),
         };
         let (l, capped) = AppLimits::resolve(&host, &asks);
         assert_eq!(l.memory_bytes, 64 << 20, "lower is fine");
         assert_eq!(l.request_timeout, host.request_timeout, "higher is capped");
         assert_eq!((l.max_body_bytes, l.max_concurrency), (1024, 5));
+        assert_eq!(
+            (l.kv.max_key_bytes, l.kv.max_value_bytes),
+            (host.kv.max_key_bytes, 100)
+        );
         assert_eq!(capped.len(), 1, "{capped:?}");
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::app::App;
+use tabula::kv::KvLimits;
 use tabula::limits::{Allocator, Limits};
 use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
@@ -89,6 +90,14 @@ struct ServeArgs {
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long, env = "TABULA_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: u64,
+
+    /// Longest kv key in bytes. Apps may lower it.
+    #[arg(long, env = "TABULA_KV_MAX_KEY_BYTES", default_value_t = KvLimits::default().max_key_bytes)]
+    kv_max_key_bytes: u32,
+
+    /// Largest kv value in bytes. Apps may lower it.
+    #[arg(long, env = "TABULA_KV_MAX_VALUE_BYTES", default_value_t = KvLimits::default().max_value_bytes)]
+    kv_max_value_bytes: u32,
 
     /// Connections open at once; more wait in the kernel's accept queue.
     #[arg(long, env = "TABULA_MAX_CONNECTIONS", default_value_t = ServerConfig::default().max_connections)]
@@ -198,6 +207,10 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         allocator: args.allocator,
         max_concurrency: args.max_concurrency,
         max_body_bytes: args.max_body_bytes,
+        kv: KvLimits {
+            max_key_bytes: args.kv_max_key_bytes,
+            max_value_bytes: args.kv_max_value_bytes,
+        },
         session: SessionDefaults {
             secure: args.session_secure,
             idle_timeout: positive_duration(

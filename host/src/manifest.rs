@@ -16,6 +16,8 @@
 //! request_timeout_secs = 10
 //! max_body_bytes = 1048576
 //! max_concurrency = 50
+//! kv_max_key_bytes = 512
+//! kv_max_value_bytes = 65536
 //! ```
 
 use std::path::Path;
