@@ -220,7 +220,6 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             lifetime: positive_duration(args.session_lifetime as f64, "--session-lifetime")?,
             max_bytes: args.session_max_bytes,
         },
-        ..Limits::default()
     };
     // Local development may keep state in memory; production must say where state lives.
     let store = match (args.store.as_deref(), mode) {
