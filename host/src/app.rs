@@ -17,6 +17,7 @@ use crate::limits::AppLimits;
 use crate::project::AppSpec;
 use crate::runtime::Runtime;
 use crate::session::SessionConfig;
+use crate::vfs::{Assets, TmpQuota};
 
 /// Interface packages a guest may import. Anything else is refused at load time.
 const ALLOWED_IMPORTS: &[&str] = &[
@@ -45,6 +46,7 @@ struct AppInner {
     namespace: Arc<Namespace>,
     session: Arc<SessionConfig>,
     limits: AppLimits,
+    assets: Assets,
     /// One permit per instance the app may have alive at once.
     admission: Arc<Semaphore>,
 }
@@ -95,6 +97,11 @@ impl App {
                 namespace: Arc::new(Namespace::new(runtime.storage().clone(), name, limits.kv)),
                 session: Arc::new(session),
                 admission: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+                assets: match &spec.assets {
+                    Some(dir) => Assets::load(dir)
+                        .with_context(|| format!("loading the assets of app `{name}`"))?,
+                    None => Assets::empty(),
+                },
                 limits,
             }),
         })
@@ -127,6 +134,15 @@ impl App {
 
     pub fn limits(&self) -> &AppLimits {
         &self.inner.limits
+    }
+
+    /// The read-only files mounted at `/app`.
+    pub fn assets(&self) -> &Assets {
+        &self.inner.assets
+    }
+
+    pub fn tmp_quota(&self) -> TmpQuota {
+        self.inner.limits.tmp
     }
 
     /// A slot for one more live instance, or `None` when the app is at its concurrency limit:

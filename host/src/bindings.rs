@@ -11,3 +11,20 @@ wasmtime::component::bindgen!({
         "wasi:keyvalue/atomics.cas": crate::kv::Cas,
     },
 });
+
+/// `wasi:filesystem`, bound to the in-memory [`crate::vfs`] instead of host directories.
+/// Its version matches wasmtime-wasi's, so ours shadows theirs in the linker.
+pub mod filesystem {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasi:filesystem/imports@0.2.12",
+        imports: { default: trappable },
+        with: {
+            "wasi:io": wasmtime_wasi_io::bindings::wasi::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:filesystem/types.descriptor": crate::vfs::Descriptor,
+            "wasi:filesystem/types.directory-entry-stream": crate::vfs::DirStream,
+        },
+        require_store_data_send: true,
+    });
+}

@@ -25,6 +25,7 @@ use crate::guest_log::GuestLog;
 use crate::kv::{KvView, Namespace};
 use crate::metrics;
 use crate::session::Session;
+use crate::vfs::{Vfs, VfsView};
 
 /// The body type of every response the host sends, whether the guest made it or the host did.
 pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
@@ -39,6 +40,8 @@ pub struct RequestCtx {
     session: Session,
     /// The app's memory limit, enforced by wasmtime on every `memory.grow`.
     memory: StoreLimits,
+    /// This request's filesystem: a fresh `/tmp`, the app's assets.
+    vfs: Vfs,
 }
 
 impl RequestCtx {
@@ -63,7 +66,13 @@ impl RequestCtx {
             namespace: app.namespace().clone(),
             session,
             memory,
+            vfs: Vfs::new(app.assets(), app.tmp_quota()),
         }
+    }
+
+    /// The view the filesystem host functions work through.
+    pub(crate) fn vfs(&mut self) -> VfsView<'_> {
+        VfsView::new(&self.vfs, &mut self.table)
     }
 
     /// The view the kv host functions work through.

@@ -12,6 +12,8 @@
 //! - [`kv`] serves `tabula:host/kv` and `wasi:keyvalue` to guests, each app in its own
 //!   namespace of the [`storage`] backend (Redis, or in-memory for development).
 //! - [`session`] serves `tabula:host/session`: cookie-identified sessions in the store.
+//! - [`vfs`] serves `wasi:filesystem` from memory: a fresh `/tmp` per request and the app's
+//!   read-only assets at `/app`.
 //! - [`guest_log`] carries guest stdout/stderr into the host's `tracing` log.
 //! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
 //!
@@ -34,3 +36,4 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod vfs;

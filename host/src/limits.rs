@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::kv::KvLimits;
 use crate::session::SessionDefaults;
+use crate::vfs::TmpQuota;
 
 /// Host-wide limits. The per-app ones are both defaults and caps.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Limits {
     pub allocator: Allocator,
     /// Key and value sizes for `kv`.
     pub kv: KvLimits,
+    /// What a request may keep in `/tmp`.
+    pub tmp: TmpQuota,
     /// Session settings for apps whose manifest does not say otherwise.
     pub session: SessionDefaults,
 }
@@ -53,6 +56,7 @@ impl Default for Limits {
             max_concurrency: 250,
             allocator: Allocator::Pooling,
             kv: KvLimits::default(),
+            tmp: TmpQuota::default(),
             session: SessionDefaults::default(),
         }
     }
@@ -68,6 +72,8 @@ pub struct LimitSettings {
     pub max_concurrency: Option<u32>,
     pub kv_max_key_bytes: Option<u32>,
     pub kv_max_value_bytes: Option<u32>,
+    pub tmp_max_bytes: Option<u64>,
+    pub tmp_max_files: Option<u64>,
 }
 
 /// One app's limits, resolved.
@@ -78,6 +84,7 @@ pub struct AppLimits {
     pub max_body_bytes: u64,
     pub max_concurrency: u32,
     pub kv: KvLimits,
+    pub tmp: TmpQuota,
 }
 
 impl AppLimits {
@@ -130,6 +137,10 @@ impl AppLimits {
                     u64::from(host.kv.max_value_bytes),
                 ) as u32,
             },
+            tmp: TmpQuota {
+                max_bytes: cap("tmp_max_bytes", app.tmp_max_bytes, host.tmp.max_bytes),
+                max_files: cap("tmp_max_files", app.tmp_max_files, host.tmp.max_files),
+            },
         };
         (limits, capped)
     }
@@ -154,6 +165,8 @@ mod tests {
             max_concurrency: Some(5),
             kv_max_key_bytes: None,
             kv_max_value_bytes: Some(100),
+            tmp_max_bytes: None,
+            tmp_max_files: None,
         };
         let (l, capped) = AppLimits::resolve(&host, &asks);
         assert_eq!(l.memory_bytes, 64 << 20, "lower is fine");

@@ -17,6 +17,7 @@ use tabula::runtime::Runtime;
 use tabula::server::ServerConfig;
 use tabula::session::SessionDefaults;
 use tabula::storage;
+use tabula::vfs::TmpQuota;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -98,6 +99,14 @@ struct ServeArgs {
     /// Largest kv value in bytes. Apps may lower it.
     #[arg(long, env = "TABULA_KV_MAX_VALUE_BYTES", default_value_t = KvLimits::default().max_value_bytes)]
     kv_max_value_bytes: u32,
+
+    /// Bytes a request may keep in its `/tmp`; writes past it fail with no-space.
+    #[arg(long, env = "TABULA_TMP_MAX_BYTES", default_value_t = TmpQuota::default().max_bytes)]
+    tmp_max_bytes: u64,
+
+    /// Files and directories a request may create in its `/tmp`.
+    #[arg(long, env = "TABULA_TMP_MAX_FILES", default_value_t = TmpQuota::default().max_files)]
+    tmp_max_files: u64,
 
     /// Connections open at once; more wait in the kernel's accept queue.
     #[arg(long, env = "TABULA_MAX_CONNECTIONS", default_value_t = ServerConfig::default().max_connections)]
@@ -207,6 +216,10 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         allocator: args.allocator,
         max_concurrency: args.max_concurrency,
         max_body_bytes: args.max_body_bytes,
+        tmp: TmpQuota {
+            max_bytes: args.tmp_max_bytes,
+            max_files: args.tmp_max_files,
+        },
         kv: KvLimits {
             max_key_bytes: args.kv_max_key_bytes,
             max_value_bytes: args.kv_max_value_bytes,

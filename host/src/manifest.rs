@@ -3,6 +3,7 @@
 //! ```toml
 //! name = "hello"      # optional: defaults to the directory's name
 //! route = "/hello"    # optional: defaults to "/" + name
+//! assets = "public"   # optional: a directory served read-only to the guest at /app
 //!
 //! [session]           # optional: each setting overrides the host's default
 //! cookie_name = "sid"
@@ -16,6 +17,8 @@
 //! request_timeout_secs = 10
 //! max_body_bytes = 1048576
 //! max_concurrency = 50
+//! tmp_max_bytes = 16777216
+//! tmp_max_files = 100
 //! kv_max_key_bytes = 512
 //! kv_max_value_bytes = 65536
 //! ```
@@ -35,6 +38,7 @@ pub const FILE_NAME: &str = "tabula.toml";
 struct Raw {
     name: Option<String>,
     route: Option<String>,
+    assets: Option<String>,
     #[serde(default)]
     session: SessionSettings,
     #[serde(default)]
@@ -46,6 +50,8 @@ struct Raw {
 pub struct Manifest {
     pub name: String,
     pub route: String,
+    /// The assets directory, relative to the project.
+    pub assets: Option<String>,
     pub session: SessionSettings,
     pub limits: LimitSettings,
 }
@@ -72,6 +78,7 @@ impl Manifest {
         Ok(Manifest {
             name,
             route,
+            assets: raw.assets,
             session: raw.session,
             limits: raw.limits,
         })

@@ -35,6 +35,8 @@ pub struct AppSpec {
     pub wasm: PathBuf,
     pub session: SessionSettings,
     pub limits: LimitSettings,
+    /// A directory whose files the app sees, read-only, at `/app`.
+    pub assets: Option<PathBuf>,
 }
 
 /// Expands command-line paths into sources.
@@ -128,6 +130,7 @@ pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSp
                 wasm: path.clone(),
                 session: SessionSettings::default(),
                 limits: LimitSettings::default(),
+                assets: None,
             }),
             Source::Project { dir, manifest } => Ok(AppSpec {
                 name: manifest.name.clone(),
@@ -135,6 +138,7 @@ pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSp
                 wasm: build(dir, &manifest.name, options)?,
                 session: manifest.session.clone(),
                 limits: manifest.limits.clone(),
+                assets: manifest.assets.as_ref().map(|a| dir.join(a)),
             }),
         })
         .collect()

@@ -44,6 +44,8 @@ impl Runtime {
         // All of WASI 0.2 that toolchains link (cli, clocks, random, io, filesystem, sockets),
         // each denied or emptied by `RequestCtx`, plus wasi:http with outbound requests denied.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // …except that the filesystem is ours: in memory, fresh per request.
+        crate::vfs::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         // tabula:host/kv and wasi:keyvalue, on the app's namespace.
         crate::kv::add_to_linker(&mut linker)?;

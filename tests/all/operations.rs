@@ -40,7 +40,7 @@ fn raw_exchange(server: &Server, bytes: &[u8]) -> (String, Duration) {
 }
 
 /// The resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
+pub fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()

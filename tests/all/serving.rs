@@ -137,11 +137,15 @@ async fn outbound_http_is_denied_with_the_standard_error() {
 
 #[tokio::test]
 async fn guests_get_no_ambient_authority() {
-    // The host process has environment variables and arguments; the guest must see none.
+    // The host process has environment variables, arguments and files; the guest sees none of
+    // them, only its two in-memory directories.
     let server = Server::serve(&["plain"]);
     let reply = get(&client(), &server.url("/plain/ambient")).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.body, "env=0 args=0 preopens=0 stdin=closed\n");
+    assert_eq!(
+        reply.body,
+        "env=0 args=0 preopens=[\"/tmp\", \"/app\"] stdin=closed\n"
+    );
 }
 
 #[tokio::test]

@@ -26,10 +26,13 @@ impl wasi::exports::http::incoming_handler::Guest for Plain {
         let text = if path.starts_with("/plain/ambient") {
             // What ambient authority the host handed over: there should be none.
             format!(
-                "env={} args={} preopens={} stdin={}\n",
+                "env={} args={} preopens={:?} stdin={}\n",
                 wasi::cli::environment::get_environment().len(),
                 wasi::cli::environment::get_arguments().len(),
-                wasi::filesystem::preopens::get_directories().len(),
+                wasi::filesystem::preopens::get_directories()
+                    .into_iter()
+                    .map(|(_, name)| name)
+                    .collect::<Vec<_>>(),
                 wasi::cli::stdin::get_stdin()
                     .blocking_read(1)
                     .map_or("closed".to_string(), |b| format!("{} bytes", b.len())),
