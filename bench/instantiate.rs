@@ -1,14 +1,14 @@
-//! Micro-benchmark: the full per-request cost of a fresh instance of `examples/hello`:
-//! new `Store`, instantiate, call `handle`, read the response body, drop everything.
+//! Micro-benchmarks of the per-request cost, sequential on one thread, in one invocation so
+//! that every figure has a baseline measured on the same machine at the same time:
 //!
-//! Runs the same loop on two runtimes in one invocation and prints their ratio, because
-//! absolute numbers only mean something next to a baseline measured on the same machine:
-//! - `tabula`: the runtime as `tabula serve` configures it (pooling allocator, kept-resident
-//!   memory, copy-on-write images);
-//! - `baseline`: the same runtime with wasmtime's default on-demand allocator.
+//! 1. instantiate + handle + drop of `examples/hello` on tabula's runtime (pooling allocator,
+//!    kept-resident memory, copy-on-write images) against the same runtime on wasmtime's
+//!    default on-demand allocator;
+//! 2. the filesystem: a request that writes 1 MiB to `/tmp` and reads it back
+//!    (`tests/guests/fstool`), against a request of the same component that touches no file.
 //!
-//! `cargo bench -p tabula --bench instantiate` (builds `examples/hello` first if needed).
-//! `TABULA_BENCH_ITERS` sets the number of timed requests per runtime (default 20000).
+//! `cargo bench -p tabula --bench instantiate` (builds the guests first if needed).
+//! `TABULA_BENCH_ITERS` sets the number of timed requests per case (default 20000).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use http_body_util::{BodyExt, Full};
 use tabula::app::App;
 use tabula::instance;
 use tabula::limits::{Allocator, Limits};
-use tabula::project::{self, BuildOptions};
+use tabula::project::{self, AppSpec, BuildOptions};
 use tabula::runtime::Runtime;
 use tabula::storage::memory::MemoryStorage;
 
@@ -29,80 +29,104 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let sources = project::discover(&[root.join("examples/hello").display().to_string()])?;
-    let options = BuildOptions {
-        target_dir: Some(root.join("target/guests")),
+    let build = |dir: &str| -> anyhow::Result<AppSpec> {
+        let sources = project::discover(&[root.join(dir).display().to_string()])?;
+        let options = BuildOptions {
+            target_dir: Some(root.join("target/guests")),
+        };
+        Ok(project::build_all(&sources, &options)?.remove(0))
     };
-    let spec = project::build_all(&sources, &options)?.remove(0);
-
+    let hello = build("examples/hello")?;
+    let fstool = build("tests/guests/fstool")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut results = Vec::new();
+    let runtime = |allocator| {
+        let limits = Limits {
+            allocator,
+            ..Limits::default()
+        };
+        Runtime::new(limits, Arc::new(MemoryStorage::new()))
+    };
+
+    println!("per-request cost, {iters} sequential requests per case");
+    let mut base = None;
     for (label, allocator) in [
-        ("baseline", Allocator::OnDemand),
-        ("tabula", Allocator::Pooling),
+        ("hello, on-demand allocator", Allocator::OnDemand),
+        ("hello, tabula (pooling)", Allocator::Pooling),
     ] {
-        let runtime = Runtime::new(
-            Limits {
-                allocator,
-                ..Limits::default()
-            },
-            Arc::new(MemoryStorage::new()),
-        )?;
-        let app = App::load(&runtime, &spec)?;
-        let samples = rt.block_on(measure(&app, iters))?;
-        results.push((label, Stats::of(samples)));
+        let app = App::load(&runtime(allocator)?, &hello)?;
+        let stats = rt.block_on(measure(
+            &app,
+            iters,
+            "/hello?name=bench",
+            b"Hello, bench!\n",
+        ))?;
+        print_row(label, &stats);
+        match &base {
+            None => base = Some(stats),
+            Some(b) => println!(
+                "  ratio on-demand/tabula: median {:.2}x, mean {:.2}x (higher is better for tabula)",
+                ratio(b.median, stats.median),
+                ratio(b.mean, stats.mean)
+            ),
+        }
     }
 
-    println!("instantiate + handle + drop, examples/hello, {iters} sequential requests each");
+    let app = App::load(&runtime(Allocator::Pooling)?, &fstool)?;
+    let plain = rt.block_on(measure(&app, iters, "/fstool/nothing", b"not found\n"))?;
+    print_row("fstool, no file", &plain);
+    let fs = rt.block_on(measure(
+        &app,
+        iters / 4,
+        "/fstool/fill?mib=1",
+        b"ok: 1048576\n",
+    ))?;
+    print_row("fstool, 1 MiB write+read", &fs);
     println!(
-        "{:<10} {:>10} {:>10} {:>10} {:>12}",
-        "runtime", "median", "p99", "mean", "req/s (1 core)"
-    );
-    for (label, s) in &results {
-        println!(
-            "{label:<10} {:>10.1?} {:>10.1?} {:>10.1?} {:>12.0}",
-            s.median,
-            s.p99,
-            s.mean,
-            1.0 / s.mean.as_secs_f64()
-        );
-    }
-    let (base, ours) = (&results[0].1, &results[1].1);
-    println!(
-        "ratio baseline/tabula: median {:.2}x, mean {:.2}x (higher is better for tabula)",
-        base.median.as_secs_f64() / ours.median.as_secs_f64(),
-        base.mean.as_secs_f64() / ours.mean.as_secs_f64()
+        "  filesystem cost: {:.1?} median per request for 1 MiB written and read back ({:.2}x the request without files)",
+        fs.median.saturating_sub(plain.median),
+        ratio(fs.median, plain.median)
     );
     Ok(())
 }
 
-async fn measure(app: &App, iters: usize) -> anyhow::Result<Vec<Duration>> {
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn print_row(label: &str, s: &Stats) {
+    println!(
+        "{label:<28} median {:>9.1?}  p99 {:>9.1?}  mean {:>9.1?}  {:>8.0} req/s on one core",
+        s.median,
+        s.p99,
+        s.mean,
+        1.0 / s.mean.as_secs_f64()
+    );
+}
+
+async fn measure(app: &App, iters: usize, path: &str, expect: &[u8]) -> anyhow::Result<Stats> {
     // Warm up: the pool's slots, the page cache and the branch predictors.
     for _ in 0..iters / 10 {
-        one_request(app).await?;
+        one_request(app, path, expect).await?;
     }
     let mut samples = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = Instant::now();
-        one_request(app).await?;
+        one_request(app, path, expect).await?;
         samples.push(start.elapsed());
     }
-    Ok(samples)
+    Ok(Stats::of(samples))
 }
 
-async fn one_request(app: &App) -> anyhow::Result<()> {
-    let req = hyper::Request::get("http://localhost/hello?name=bench")
+async fn one_request(app: &App, path: &str, expect: &[u8]) -> anyhow::Result<()> {
+    let req = hyper::Request::get(format!("http://localhost{path}"))
         .body(Full::new(Bytes::new()).map_err(|never| -> hyper::Error { match never {} }))?;
     let response = instance::handle(app, req)
         .await
         .map_err(|f| anyhow::anyhow!("request failed: {f:?}"))?;
     let body = response.into_body().collect().await?.to_bytes();
-    anyhow::ensure!(
-        body.as_ref() == b"Hello, bench!\n",
-        "unexpected body {body:?}"
-    );
+    anyhow::ensure!(body.as_ref() == expect, "unexpected body {body:?}");
     Ok(())
 }
 

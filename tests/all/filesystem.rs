@@ -210,3 +210,50 @@ async fn memory_returns_after_many_large_file_requests() {
         after >> 20
     );
 }
+
+#[tokio::test]
+async fn the_report_and_site_examples_work() {
+    crate::harness::guests();
+    let target = crate::harness::root().join("target/guests");
+    let server = Server::start(
+        [
+            "serve",
+            "--store",
+            "memory",
+            "--target-dir",
+            target.to_str().unwrap(),
+            "examples/report",
+            "examples/site",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let csv = "item,qty,price\ntea,2,3.5\nscones,4,1.25\n";
+    let summary = "rows: 2\nqty: sum 6, mean 3\nprice: sum 4.75, mean 2.375\n";
+    assert_eq!(call(&server, "POST", "/report", csv).await, summary);
+    assert_eq!(
+        call(&server, "GET", "/report", "").await,
+        summary,
+        "kept in kv"
+    );
+
+    let c = client();
+    let index = get(&c, &server.url("/site/")).await;
+    assert_eq!(index.status, 200);
+    assert_eq!(index.headers["content-type"], "text/html; charset=utf-8");
+    assert!(
+        index.body.contains("Served from read-only assets"),
+        "{}",
+        index.body
+    );
+    let css = get(&c, &server.url("/site/css/style.css")).await;
+    assert_eq!(
+        (css.status, css.headers["content-type"].to_str().unwrap()),
+        (200, "text/css; charset=utf-8")
+    );
+    assert_eq!(get(&c, &server.url("/site/nope.html")).await.status, 404);
+    assert_eq!(
+        get(&c, &server.url("/site/../etc/passwd")).await.status,
+        404
+    );
+}
