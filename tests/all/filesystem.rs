@@ -3,7 +3,7 @@
 
 use tokio::task::JoinSet;
 
-use crate::harness::{Server, client, get};
+use crate::harness::{Server, client, get, request};
 
 /// Served as a project (not a bare component) so that its manifest's assets are mounted.
 fn fs_server(extra: &[&str]) -> Server {
@@ -25,14 +25,7 @@ fn fs_server(extra: &[&str]) -> Server {
 }
 
 async fn call(server: &Server, method: &str, path: &str, body: &str) -> String {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(server.url(path))
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap();
-    let reply = crate::harness::send(&client(), req).await;
+    let reply = request(&client(), method, &server.url(path), body.to_string()).await;
     assert_eq!(reply.status, 200, "{path}: {}", reply.body);
     reply.body
 }

@@ -242,6 +242,21 @@ pub async fn get(client: &HttpClient, url: &str) -> Reply {
     send(client, req).await
 }
 
+/// `METHOD url` with `body`.
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::new(body.into()))
+        .unwrap();
+    send(client, req).await
+}
+
 pub async fn send(client: &HttpClient, req: hyper::Request<Full<Bytes>>) -> Reply {
     let what = format!("{} {}", req.method(), req.uri());
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))

@@ -3,21 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tokio::task::JoinSet;
 
-use crate::harness::{HttpClient, Reply, Server, app_args, client, get, guests, send};
+use crate::harness::{Server, app_args, client, get, guests, request};
 use crate::redis_server::{RedisCluster, RedisServer};
-
-async fn request(client: &HttpClient, method: &str, url: &str, body: impl Into<Bytes>) -> Reply {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(body.into()))
-        .unwrap();
-    send(client, req).await
-}
 
 /// The same `kvtool` component served as two apps, `a` and `b`, on `store`.
 fn two_apps(store: &str) -> Server {

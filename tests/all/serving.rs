@@ -191,6 +191,17 @@ fn malformed_components_are_refused_at_start_with_a_clear_error() {
 }
 
 #[test]
+fn imports_tabula_does_not_provide_are_refused_at_load_with_their_names() {
+    let forbidden = guests()["forbidden"].wasm.display().to_string();
+    let (status, stderr) = run_tabula(&["serve", "--store", "memory", &forbidden]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("imports interfaces tabula does not provide: acme:secret/vault"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn two_apps_on_one_route_are_refused() {
     let hello = guests()["hello"].wasm.display().to_string();
     let (status, stderr) = run_tabula(&[
