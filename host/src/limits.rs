@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_concurrency: u32,
     /// How instance memory is allocated.
     pub allocator: Allocator,
+    /// Linear memory a pool slot keeps mapped between instances. With pagemap scanning (Linux
+    /// 6.7+) only the pages a request dirtied are reset, so large values cost little and spare
+    /// big components (an interpreter) the unmap/remap and its TLB-shootdown IPIs.
+    pub keep_resident_bytes: usize,
     /// Key and value sizes for `kv`.
     pub kv: KvLimits,
     /// What a request may keep in `/tmp`.
@@ -55,6 +59,7 @@ impl Default for Limits {
             max_body_bytes: 10 << 20,
             max_concurrency: 250,
             allocator: Allocator::Pooling,
+            keep_resident_bytes: 4 << 20,
             kv: KvLimits::default(),
             tmp: TmpQuota::default(),
             session: SessionDefaults::default(),

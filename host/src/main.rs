@@ -150,6 +150,10 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_SESSION_MAX_BYTES", default_value_t = SessionDefaults::default().max_bytes)]
     session_max_bytes: u32,
 
+    /// MiB of linear memory each pool slot keeps mapped between instances (see README).
+    #[arg(long, env = "TABULA_KEEP_RESIDENT_MIB", default_value_t = Limits::default().keep_resident_bytes >> 20)]
+    keep_resident_mib: usize,
+
     /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
     #[arg(long, env = "TABULA_ALLOCATOR", default_value = "pooling")]
     allocator: Allocator,
@@ -214,6 +218,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         max_memory_bytes: args.max_memory_mib << 20,
         request_timeout: positive_duration(args.request_timeout, "--request-timeout")?,
         allocator: args.allocator,
+        keep_resident_bytes: args.keep_resident_mib << 20,
         max_concurrency: args.max_concurrency,
         max_body_bytes: args.max_body_bytes,
         tmp: TmpQuota {

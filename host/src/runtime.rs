@@ -89,7 +89,7 @@ fn engine_config(limits: &Limits) -> Config {
         .max_memory_size(limits.max_memory_bytes)
         // Reset memory by rewriting only the pages a request dirtied, and keep them mapped:
         // unmapping is what costs fresh-instance hosts their time (TLB-shootdown IPIs).
-        .linear_memory_keep_resident(4 << 20)
+        .linear_memory_keep_resident(limits.keep_resident_bytes)
         .table_keep_resident(64 << 10)
         .pagemap_scan(Enabled::Auto);
 
