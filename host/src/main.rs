@@ -261,6 +261,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
     let built = project::build_all(&sources, &options)?;
 
     tokio::runtime::Runtime::new()?.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let storage = storage::open(&store).await?;
         match storage.ping().await {
             Ok(()) => info!(store = storage.describe(), "store ready"),
@@ -303,7 +304,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         for app in router.apps() {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
-        tabula::server::run(listener, router, server_config, shutdown_signal()).await;
+        tabula::server::run(listener, router, server_config, shutdown).await;
         if let Some(operator) = operator {
             operator.abort();
         }
@@ -318,12 +319,17 @@ fn positive_duration(secs: f64, flag: &str) -> Result<Duration> {
         .with_context(|| format!("{flag} must be a positive number"))
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// A future that resolves on ctrl-c or SIGTERM. The handlers are installed right away, before
+/// the server announces itself: a SIGTERM that arrives during start-up must also drain, not
+/// kill the process with the default action.
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
