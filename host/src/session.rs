@@ -151,10 +151,13 @@ fn is_well_formed_id(value: &str) -> bool {
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn new_id() -> wasmtime::Result<String> {
+fn new_id() -> SessionResult<String> {
     let mut bytes = [0u8; ID_BYTES];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| wasmtime::Error::msg(format!("no randomness for a session id: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| {
+        SessionError::Storage(StorageError::Other(format!(
+            "no randomness for a session id: {e}"
+        )))
+    })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -328,7 +331,7 @@ impl Session {
         if let State::Active { id, created_ms } = &self.state {
             return Ok((id.clone(), *created_ms));
         }
-        let id = new_id().map_err(|e| SessionError::Storage(StorageError::Other(e.to_string())))?;
+        let id = new_id()?;
         let created_ms = now_ms();
         let ttl = self.config.idle_timeout.min(self.config.lifetime);
         let stored = self
@@ -433,8 +436,7 @@ impl Session {
             return Ok(());
         };
         let created_ms = *created_ms;
-        let fresh =
-            new_id().map_err(|e| SessionError::Storage(StorageError::Other(e.to_string())))?;
+        let fresh = new_id()?;
         let moved = self
             .namespace
             .storage()
