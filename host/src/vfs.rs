@@ -81,11 +81,24 @@ impl Node {
 
 /// The app's read-only assets, loaded once per deploy.
 #[derive(Clone, Debug)]
-pub struct Assets(Node);
+pub struct Assets(Arc<Mount>);
 
 impl Assets {
     pub fn empty() -> Assets {
-        Assets(Node::empty_dir())
+        Assets::mount(Node::empty_dir())
+    }
+
+    /// The read-only mount every request of the app shares: built once, cloned per request.
+    fn mount(root: Node) -> Assets {
+        Assets(Arc::new(Mount {
+            root,
+            writable: false,
+            quota: TmpQuota {
+                max_bytes: 0,
+                max_files: 0,
+            },
+            used: RwLock::new((0, 0)),
+        }))
     }
 
     /// Reads the directory `dir` (recursively) into memory. Symlinks are not followed.
@@ -109,12 +122,7 @@ impl Assets {
             }
             Ok(Node::Dir(Arc::new(RwLock::new(entries))))
         }
-        Ok(Assets(read(dir)?))
-    }
-
-    /// Total bytes and files.
-    pub fn usage(&self) -> (u64, u64) {
-        self.0.usage()
+        Ok(Assets::mount(read(dir)?))
     }
 }
 
@@ -189,15 +197,7 @@ impl Vfs {
                 quota,
                 used: RwLock::new((0, 0)),
             }),
-            app: Arc::new(Mount {
-                root: assets.0.clone(),
-                writable: false,
-                quota: TmpQuota {
-                    max_bytes: 0,
-                    max_files: 0,
-                },
-                used: RwLock::new((0, 0)),
-            }),
+            app: assets.0.clone(),
         }
     }
 }
