@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tabula::app::App;
-use tabula::instance;
+use tabula::instance::{self, FreshInstance};
 use tabula::limits::{Allocator, Limits};
 use tabula::project::{self, AppSpec, BuildOptions};
 use tabula::runtime::Runtime;
+use tabula::session::Session;
 use tabula::storage::memory::MemoryStorage;
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +74,19 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let app = App::load(&runtime(Allocator::Pooling)?, &hello)?;
+    let split = rt.block_on(measure_split(
+        &app,
+        iters,
+        "/hello?name=bench",
+        b"Hello, bench!\n",
+    ))?;
+    println!("hello on tabula, the cost split (each phase timed on its own):");
+    print_row("  instantiate", &split.instantiate);
+    print_row("  handle", &split.handle);
+    print_row("  drop", &split.drop);
+    print_row("  instantiate + drop", &Stats::of(split.instantiate_drop));
+
     let app = App::load(&runtime(Allocator::Pooling)?, &fstool)?;
     let plain = rt.block_on(measure(&app, iters, "/fstool/nothing", b"not found\n"))?;
     print_row("fstool, no file", &plain);
@@ -119,10 +133,80 @@ async fn measure(app: &App, iters: usize, path: &str, expect: &[u8]) -> anyhow::
     Ok(Stats::of(samples))
 }
 
+struct Split {
+    instantiate: Stats,
+    handle: Stats,
+    drop: Stats,
+    /// Per request, instantiate and drop together.
+    instantiate_drop: Vec<Duration>,
+}
+
+/// The phases of a request that `instance::handle` runs in one task, timed one by one:
+/// a new store and instantiation, the guest's `handle` (with the response body read to its
+/// end), and the drop of the store with the instance in it.
+async fn measure_split(
+    app: &App,
+    iters: usize,
+    path: &str,
+    expect: &[u8],
+) -> anyhow::Result<Split> {
+    let mut phases = [
+        Vec::with_capacity(iters),
+        Vec::with_capacity(iters),
+        Vec::with_capacity(iters),
+    ];
+    for i in 0..iters + iters / 10 {
+        let session = Session::new(app.session_config().clone(), app.namespace().clone(), None);
+        let far = Instant::now() + Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut fresh = FreshInstance::new(app, session, far)
+            .await
+            .map_err(|f| anyhow::anyhow!("instantiation failed: {f:?}"))?;
+        let t1 = Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (called, body) = tokio::join!(fresh.handle(request(path)?, tx), async {
+            let response = rx.await??;
+            anyhow::Ok(response.into_body().collect().await?.to_bytes())
+        });
+        called.map_err(|f| anyhow::anyhow!("handle failed: {f:?}"))?;
+        let body = body?;
+        anyhow::ensure!(body.as_ref() == expect, "unexpected body {body:?}");
+        let t2 = Instant::now();
+        drop(fresh);
+        let t3 = Instant::now();
+        // The first tenth warms up the pool's slots, the page cache and the branch predictors.
+        if i >= iters / 10 {
+            for (phase, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+                phase.push(d);
+            }
+        }
+    }
+    let [instantiate, handle, dropped] = phases;
+    let instantiate_drop = instantiate
+        .iter()
+        .zip(&dropped)
+        .map(|(a, b)| *a + *b)
+        .collect();
+    Ok(Split {
+        instantiate: Stats::of(instantiate),
+        handle: Stats::of(handle),
+        drop: Stats::of(dropped),
+        instantiate_drop,
+    })
+}
+
+fn request(
+    path: &str,
+) -> anyhow::Result<hyper::Request<http_body_util::combinators::BoxBody<Bytes, hyper::Error>>> {
+    Ok(hyper::Request::get(format!("http://localhost{path}")).body(
+        Full::new(Bytes::new())
+            .map_err(|never| -> hyper::Error { match never {} })
+            .boxed(),
+    )?)
+}
+
 async fn one_request(app: &App, path: &str, expect: &[u8]) -> anyhow::Result<()> {
-    let req = hyper::Request::get(format!("http://localhost{path}"))
-        .body(Full::new(Bytes::new()).map_err(|never| -> hyper::Error { match never {} }))?;
-    let response = instance::handle(app, req)
+    let response = instance::handle(app, request(path)?)
         .await
         .map_err(|f| anyhow::anyhow!("request failed: {f:?}"))?;
     let body = response.into_body().collect().await?.to_bytes();

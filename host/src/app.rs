@@ -14,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::instance::RequestCtx;
 use crate::kv::Namespace;
 use crate::limits::AppLimits;
+use crate::metrics::AppMetrics;
 use crate::project::AppSpec;
 use crate::runtime::Runtime;
 use crate::session::SessionConfig;
@@ -49,6 +50,7 @@ struct AppInner {
     assets: Assets,
     /// One permit per instance the app may have alive at once.
     admission: Arc<Semaphore>,
+    metrics: AppMetrics,
 }
 
 impl App {
@@ -97,6 +99,7 @@ impl App {
                 namespace: Arc::new(Namespace::new(runtime.storage().clone(), name, limits.kv)),
                 session: Arc::new(session),
                 admission: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+                metrics: AppMetrics::new(name),
                 assets: match &spec.assets {
                     Some(dir) => Assets::load(dir)
                         .with_context(|| format!("loading the assets of app `{name}`"))?,
@@ -109,6 +112,10 @@ impl App {
 
     pub fn name(&self) -> &Arc<str> {
         &self.inner.name
+    }
+
+    pub fn metrics(&self) -> &AppMetrics {
+        &self.inner.metrics
     }
 
     pub fn route(&self) -> &str {

@@ -17,13 +17,14 @@ use tracing::{Instrument, info, warn};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::app::App;
 use crate::guest_log::GuestLog;
 use crate::kv::{KvView, Namespace};
-use crate::metrics;
 use crate::session::Session;
 use crate::vfs::{Vfs, VfsView};
 
@@ -143,6 +144,82 @@ pub enum Failure {
     BodyTooLarge(u64),
 }
 
+/// Where the guest's response head goes once the guest has set it.
+pub type ResponseSender =
+    tokio::sync::oneshot::Sender<Result<hyper::Response<HyperOutgoingBody>, ErrorCode>>;
+
+/// A brand-new instance of an app's component in a brand-new `Store`, which owns everything
+/// the request makes. Dropping it drops all of that: the instance, its memory, its files.
+pub struct FreshInstance {
+    store: Store<RequestCtx>,
+    proxy: Proxy,
+}
+
+impl FreshInstance {
+    /// The fixed cost of every request: a new `Store` with the app's limits and the request's
+    /// deadline, and an instantiation of the app's pre-linked component.
+    pub async fn new(
+        app: &App,
+        session: Session,
+        deadline: Instant,
+    ) -> Result<FreshInstance, Failure> {
+        let mut store = Store::new(app.runtime().engine(), RequestCtx::new(app, session));
+        store.limiter(|ctx| &mut ctx.memory);
+        // Every epoch tick the guest yields to tokio, so a busy guest cannot hold a worker
+        // thread from other requests; once the deadline has passed, the next tick traps it.
+        // tokio's own `yield_now` lets the worker poll the I/O driver first; a plain self-wake
+        // would let busy guests starve the sockets of everyone else.
+        let timeout = app.limits().request_timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::msg(format!(
+                    "request exceeded its deadline of {timeout:?}"
+                )))
+            } else {
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
+            }
+        });
+        let proxy = app.pre().instantiate_async(&mut store).await.map_err(|e| {
+            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                Failure::Busy(e.into())
+            } else {
+                Failure::Guest(anyhow::Error::from(e).context("instantiating the component"))
+            }
+        })?;
+        Ok(FreshInstance { store, proxy })
+    }
+
+    /// Calls the guest's `wasi:http/incoming-handler.handle` with `req`. The response head
+    /// goes to `respond` as soon as the guest sets it; the call returns once the guest has
+    /// finished, streaming the body included.
+    pub async fn handle<B>(
+        &mut self,
+        req: hyper::Request<B>,
+        respond: ResponseSender,
+    ) -> Result<(), Failure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let mut http = self.store.data_mut().http();
+        let req = http
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| Failure::Guest(e.into()))?;
+        let out = http
+            .new_response_outparam(respond)
+            .map_err(|e| Failure::Guest(e.into()))?;
+        self.proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut self.store, req, out)
+            .await
+            .map_err(|e| Failure::Guest(e.into()))
+    }
+}
+
 /// Runs `req` in a fresh instance of `app` and returns the guest's response.
 ///
 /// The guest runs in its own task so that it can keep streaming the body after the response
@@ -177,7 +254,6 @@ where
     // and the client gets 413 instead of whatever the guest makes of the failure.
     let overflowed = Arc::new(AtomicBool::new(false));
     let req = req.map(|body| LimitedBody::new(body, limits.max_body_bytes, overflowed.clone()));
-    let runtime = app.runtime();
     let presented = app.session_config().id_from_cookies(
         req.headers()
             .get_all(hyper::header::COOKIE)
@@ -190,66 +266,20 @@ where
         presented,
     );
     let jar = session.jar();
-    let mut store = Store::new(runtime.engine(), RequestCtx::new(app, session));
-    store.limiter(|ctx| &mut ctx.memory);
-    // Every epoch tick the guest yields to tokio, so a busy guest cannot hold a worker thread
-    // from other requests; once the deadline has passed, the next tick traps it. tokio's own
-    // `yield_now` lets the worker poll the I/O driver first; a plain self-wake would let busy
-    // guests starve the sockets of everyone else.
-    let deadline = started + timeout;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(wasmtime::Error::msg(format!(
-                "request exceeded its deadline of {timeout:?}"
-            )))
-        } else {
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        }
-    });
-
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let (req, out) = {
-        let mut http = store.data_mut().http();
-        let req = http
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| Failure::Guest(e.into()))?;
-        let out = http
-            .new_response_outparam(sender)
-            .map_err(|e| Failure::Guest(e.into()))?;
-        (req, out)
-    };
-
-    let pre = app.pre().clone();
-    let app_name = app.name().clone();
+    let task_app = app.clone();
     let task = tokio::spawn(
         async move {
+            let app = task_app;
             // Both live exactly as long as the instance: until this task ends.
             let _admission = admission;
-            let _live = LiveInstance::new(&app_name);
+            let _live = app.metrics().live_instance();
             let run = async {
-                let proxy = pre.instantiate_async(&mut store).await.map_err(|e| {
-                    if e.is::<wasmtime::PoolConcurrencyLimitError>() {
-                        Failure::Busy(e.into())
-                    } else {
-                        Failure::Guest(
-                            anyhow::Error::from(e).context("instantiating the component"),
-                        )
-                    }
-                })?;
-                metrics::Metrics::observe(
-                    &metrics::get().instantiation,
-                    &app_name,
-                    started.elapsed(),
-                );
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-                    .map_err(|e| Failure::Guest(e.into()))
+                let mut fresh = FreshInstance::new(&app, session, started + timeout).await?;
+                app.metrics()
+                    .instantiation
+                    .observe(started.elapsed().as_secs_f64());
+                fresh.handle(req, sender).await
             };
             // The epoch callback stops guest code; this also stops a guest parked in a host
             // call, dropping the instance wherever it is.
@@ -288,28 +318,6 @@ where
                 anyhow::Error::new(join).context("the guest task failed"),
             )),
         },
-    }
-}
-
-/// Counts a live instance for the metrics while it exists.
-struct LiveInstance(prometheus_client::metrics::gauge::Gauge);
-
-impl LiveInstance {
-    fn new(app: &str) -> LiveInstance {
-        let gauge = metrics::get()
-            .live_instances
-            .get_or_create(&metrics::AppLabel {
-                app: app.to_string(),
-            })
-            .clone();
-        gauge.inc();
-        LiveInstance(gauge)
-    }
-}
-
-impl Drop for LiveInstance {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

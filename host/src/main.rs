@@ -108,6 +108,11 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_TMP_MAX_FILES", default_value_t = TmpQuota::default().max_files)]
     tmp_max_files: u64,
 
+    /// Threads serving requests, each with its own connections and instances [default: one
+    /// per core].
+    #[arg(long, env = "TABULA_WORKERS")]
+    workers: Option<std::num::NonZeroUsize>,
+
     /// Connections open at once; more wait in the kernel's accept queue.
     #[arg(long, env = "TABULA_MAX_CONNECTIONS", default_value_t = ServerConfig::default().max_connections)]
     max_connections: usize,
@@ -253,6 +258,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         header_timeout: positive_duration(args.header_timeout, "--header-timeout")?,
         max_header_bytes: args.max_header_bytes,
         drain_timeout: positive_duration(args.drain_timeout, "--drain-timeout")?,
+        workers: args.workers.unwrap_or(ServerConfig::default().workers),
     };
     let sources = project::discover(&args.build.paths)?;
     let options = BuildOptions {
@@ -260,7 +266,14 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
     };
     let built = project::build_all(&sources, &options)?;
 
-    tokio::runtime::Runtime::new()?.block_on(async move {
+    // This runtime only starts things up and runs the signals, the operator listener and the
+    // store's connection; requests are served by the server's own worker threads.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tabula-control")
+        .enable_all()
+        .build()?;
+    control.block_on(async move {
         let shutdown = shutdown_signal()?;
         let storage = storage::open(&store).await?;
         match storage.ping().await {
@@ -304,7 +317,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         for app in router.apps() {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
-        tabula::server::run(listener, router, server_config, shutdown).await;
+        tabula::server::run(listener.into_std()?, router, server_config, shutdown).await?;
         if let Some(operator) = operator {
             operator.abort();
         }

@@ -4,7 +4,6 @@
 //! latency and instantiation-time histograms, live instances, and store operations by outcome.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -104,6 +103,42 @@ pub fn get() -> &'static Metrics {
     })
 }
 
+/// One app's series, looked up once when the app loads rather than on every request.
+pub struct AppMetrics {
+    pub latency: Histogram,
+    pub instantiation: Histogram,
+    live_instances: Gauge,
+}
+
+impl AppMetrics {
+    pub fn new(app: &str) -> AppMetrics {
+        let m = get();
+        let label = AppLabel {
+            app: app.to_string(),
+        };
+        AppMetrics {
+            latency: m.latency.get_or_create(&label).clone(),
+            instantiation: m.instantiation.get_or_create(&label).clone(),
+            live_instances: m.live_instances.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Counts one more live instance until the guard is dropped.
+    pub fn live_instance(&self) -> LiveInstance {
+        self.live_instances.inc();
+        LiveInstance(self.live_instances.clone())
+    }
+}
+
+/// A live instance, counted while it exists.
+pub struct LiveInstance(Gauge);
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
@@ -111,14 +146,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-
-    pub fn observe(family: &HistogramFamily<AppLabel>, app: &str, elapsed: Duration) {
-        family
-            .get_or_create(&AppLabel {
-                app: app.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
     }
 
     pub fn store_operation(&self, app: &str, api: &'static str, outcome: &'static str) {

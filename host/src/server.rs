@@ -6,10 +6,12 @@
 //! ctrl-c while tests bind port 0 and start the same server.
 
 use std::convert::Infallible;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -23,7 +25,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::instance::{self, Failure, ResponseBody};
-use crate::metrics::{self, Metrics, StatusLabels};
+use crate::metrics::{self, StatusLabels};
 use crate::router::Router;
 use crate::storage::Storage;
 
@@ -41,6 +43,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish once shutdown begins.
     pub drain_timeout: Duration,
+    /// Threads serving requests; one per core is best (see [`run`]).
+    pub workers: NonZeroUsize,
 }
 
 impl Default for ServerConfig {
@@ -50,18 +54,88 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
+            workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish, for up to the drain timeout.
+///
+/// The work is done by [`ServerConfig::workers`] threads, each with its own single-threaded
+/// tokio runtime, all accepting from the one listening socket. A connection, its requests and
+/// the instances they run stay on the thread that accepted it: a request never hops threads,
+/// so there are no work-stealing wake-ups between cores (each one an inter-processor
+/// interrupt) and the instance's pooled memory stays in that core's caches. A busy worker
+/// does not accept, so new connections go to whichever worker is idle.
 pub async fn run(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     router: Arc<Router>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        router,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        ids: RequestIds::new(),
+        config,
+    });
+    let mut workers = Vec::new();
+    for index in 0..shared.config.workers.get() {
+        let listener = listener
+            .try_clone()
+            .context("sharing the listening socket with a worker")?;
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let shared = shared.clone();
+        let stopped = stopped.clone();
+        std::thread::Builder::new()
+            .name(format!("tabula-worker-{index}"))
+            .spawn(move || {
+                // Dropped when the thread ends, however it ends: `run` waits for that.
+                let _done = done;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("building a worker's tokio runtime");
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => worker(listener, shared, stopped).await,
+                        Err(e) => error!(error = %e, "a worker could not use the listener"),
+                    }
+                });
+            })
+            .context("starting a worker thread")?;
+        workers.push(finished);
+    }
+    // The workers hold their own handles on the socket; the port closes when they let go.
+    drop(listener);
+    shutdown.await;
+    info!("shutting down: stopped accepting, draining in-flight requests");
+    let _ = stop.send(true);
+    for finished in workers {
+        let _ = finished.await;
+    }
+    info!("all workers stopped");
+    Ok(())
+}
+
+/// What every worker shares.
+struct Shared {
+    router: Arc<Router>,
+    config: ServerConfig,
+    /// Connections open at once, across workers.
+    connections: Arc<Semaphore>,
+    ids: RequestIds,
+}
+
+/// One worker's accept loop, and its drain once `stopped` turns true.
+async fn worker(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    let config = &shared.config;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -75,23 +149,23 @@ pub async fn run(
         .keep_alive_interval(Some(config.header_timeout))
         .keep_alive_timeout(config.header_timeout);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(config.max_connections));
-    let ids = Arc::new(RequestIds::new());
-    tokio::pin!(shutdown);
+    let stop = stopped.wait_for(|stop| *stop);
+    tokio::pin!(stop);
 
     loop {
         let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
-            () = &mut shutdown => break,
+            permit = shared.connections.clone().acquire_owned() => permit.expect("never closed"),
+            _ = &mut stop => break,
         };
         let (stream, peer) = tokio::select! {
             conn = accept(&listener) => conn,
-            () = &mut shutdown => break,
+            _ = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let ids = ids.clone();
-        let service = hyper::service::service_fn(move |req| serve(router.clone(), req, ids.next()));
+        let worker = shared.clone();
+        let service = hyper::service::service_fn(move |req| {
+            serve(worker.router.clone(), req, worker.ids.next())
+        });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
@@ -103,9 +177,8 @@ pub async fn run(
     }
 
     drop(listener);
-    info!("shutting down: stopped accepting, draining in-flight requests");
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections closed"),
+        () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.drain_timeout) => {
             warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections")
         }
@@ -213,7 +286,9 @@ async fn serve(
                 status,
             })
             .inc();
-        Metrics::observe(&m.latency, app.name(), started.elapsed());
+        app.metrics()
+            .latency
+            .observe(started.elapsed().as_secs_f64());
         info!(
             status,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
