@@ -24,6 +24,10 @@ use tabula::runtime::Runtime;
 use tabula::session::Session;
 use tabula::storage::memory::MemoryStorage;
 
+/// The allocator the `tabula` binary uses, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("TABULA_BENCH_ITERS")
         .ok()

@@ -153,9 +153,20 @@ impl App {
     }
 
     /// A slot for one more live instance, or `None` when the app is at its concurrency limit:
-    /// such a request is refused at once (503) rather than queued without bound.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.inner.admission.clone().try_acquire_owned().ok()
+    /// A permit for one more live instance: at once if the app is under its concurrency
+    /// limit, else as soon as an instance ends, waiting at most the app's queue timeout.
+    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let admission = &self.inner.admission;
+        if let Ok(permit) = admission.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        tokio::time::timeout(
+            self.inner.limits.queue_timeout,
+            admission.clone().acquire_owned(),
+        )
+        .await
+        .ok()?
+        .ok()
     }
 }
 

@@ -243,11 +243,12 @@ where
     if declared.is_some_and(|len| len > limits.max_body_bytes) {
         return Err(Failure::BodyTooLarge(limits.max_body_bytes));
     }
-    let Some(admission) = app.admit() else {
+    let Some(admission) = app.admit().await else {
         return Err(Failure::Busy(anyhow!(
-            "app `{}` has {} instances alive, its limit",
+            "app `{}` has had {} instances alive, its limit, for the whole queue timeout ({:?})",
             app.name(),
-            limits.max_concurrency
+            limits.max_concurrency,
+            limits.queue_timeout
         )));
     };
     // A body without a length is counted as it streams; the guest's read fails past the limit

@@ -20,8 +20,11 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Largest request body.
     pub max_body_bytes: u64,
-    /// Instances of one app alive at once; more concurrent requests get 503 + Retry-After.
+    /// Instances of one app alive at once; more concurrent requests wait for one to end.
     pub max_concurrency: u32,
+    /// How long a request over an app's concurrency limit waits for an instance to end
+    /// before it gets 503 + Retry-After: bursts queue briefly instead of failing.
+    pub queue_timeout: Duration,
     /// How instance memory is allocated.
     pub allocator: Allocator,
     /// Linear memory a pool slot keeps mapped between instances. With pagemap scanning (Linux
@@ -58,6 +61,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 10 << 20,
             max_concurrency: 250,
+            queue_timeout: Duration::from_secs(1),
             allocator: Allocator::Pooling,
             keep_resident_bytes: 4 << 20,
             kv: KvLimits::default(),
@@ -88,6 +92,7 @@ pub struct AppLimits {
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_concurrency: u32,
+    pub queue_timeout: Duration,
     pub kv: KvLimits,
     pub tmp: TmpQuota,
 }
@@ -130,6 +135,7 @@ impl AppLimits {
                 app.max_concurrency.map(u64::from),
                 u64::from(host.max_concurrency.min(host.max_instances)),
             ) as u32,
+            queue_timeout: host.queue_timeout,
             kv: KvLimits {
                 max_key_bytes: cap(
                     "kv_max_key_bytes",

@@ -156,13 +156,13 @@ async fn bad_clients_get_an_error_or_a_closed_connection() {
     );
 }
 
-#[tokio::test]
-async fn the_concurrency_limit_answers_503_instead_of_queueing() {
-    let server = serve(&["--max-concurrency", "2"], &["trap"]);
+/// Six requests at once to an app allowed two instances; each request takes `ms`. Returns
+/// how many got 200 and how many 503 (with Retry-After).
+async fn six_at_once(server: &Server, ms: u64) -> (usize, usize) {
     let c = client();
     let mut requests = JoinSet::new();
     for _ in 0..6 {
-        let (c, url) = (c.clone(), server.url("/trap/sleep?ms=1500"));
+        let (c, url) = (c.clone(), server.url(&format!("/trap/sleep?ms={ms}")));
         requests.spawn(async move { get(&c, &url).await });
     }
     let (mut ok, mut busy) = (0, 0);
@@ -177,7 +177,30 @@ async fn the_concurrency_limit_answers_503_instead_of_queueing() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert_eq!((ok, busy), (2, 4));
+    (ok, busy)
+}
+
+#[tokio::test]
+async fn over_the_concurrency_limit_requests_queue_then_get_503() {
+    // The queue outlasts the three waves of 400 ms: everyone is served, two at a time.
+    let patient = serve(
+        &["--max-concurrency", "2", "--queue-timeout", "5"],
+        &["trap"],
+    );
+    let started = Instant::now();
+    assert_eq!(six_at_once(&patient, 400).await, (6, 0));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "not two at a time"
+    );
+
+    // The queue gives up long before the first two finish: four 503s.
+    let impatient = serve(
+        &["--max-concurrency", "2", "--queue-timeout", "0.2"],
+        &["trap"],
+    );
+    assert_eq!(six_at_once(&impatient, 1500).await, (2, 4));
+    assert!(impatient.logged("queue timeout"), "{}", impatient.log());
 }
 
 #[tokio::test]
