@@ -4,6 +4,7 @@
 //! export `wasi:http/incoming-handler`, and it may import only the interfaces the host offers.
 //! Everything found wrong is reported at once, at load time, never in the middle of a request.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -64,13 +65,6 @@ impl App {
 
     /// Like [`App::load`], with the component's bytes already in memory.
     pub fn from_bytes(runtime: &Runtime, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
-        let (name, route) = (spec.name.as_str(), spec.route.as_str());
-        validate_name(name)?;
-        let session = SessionConfig::new(name, route, &runtime.limits().session, &spec.session)?;
-        let (limits, capped) = AppLimits::resolve(runtime.limits(), &spec.limits);
-        for what in capped {
-            tracing::warn!(app = name, "{what}: using the cap");
-        }
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
@@ -80,6 +74,41 @@ impl App {
         let component = Component::new(runtime.engine(), bytes)
             .map_err(anyhow::Error::from)
             .context("compiling the component")?;
+        App::from_component(runtime, spec, component)
+    }
+
+    /// Like [`App::load`], from a component that [`App::serialize`] compiled for an engine
+    /// configured like `runtime`'s: how `--processes` workers skip compiling.
+    ///
+    /// # Safety
+    /// `compiled` must be a file [`App::serialize`] wrote and nobody else could change:
+    /// wasmtime maps it and runs its machine code as is.
+    pub unsafe fn load_compiled(runtime: &Runtime, spec: &AppSpec, compiled: &Path) -> Result<App> {
+        // SAFETY: the caller vouches for the file.
+        let component = unsafe { Component::deserialize_file(runtime.engine(), compiled) }
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("loading the compiled app `{}`", spec.name))?;
+        App::from_component(runtime, spec, component)
+    }
+
+    /// The app's compiled component, for [`App::load_compiled`].
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        self.inner
+            .pre
+            .instance_pre()
+            .component()
+            .serialize()
+            .map_err(anyhow::Error::from)
+    }
+
+    fn from_component(runtime: &Runtime, spec: &AppSpec, component: Component) -> Result<App> {
+        let (name, route) = (spec.name.as_str(), spec.route.as_str());
+        validate_name(name)?;
+        let session = SessionConfig::new(name, route, &runtime.limits().session, &spec.session)?;
+        let (limits, capped) = AppLimits::resolve(runtime.limits(), &spec.limits);
+        for what in capped {
+            tracing::warn!(app = name, "{what}: using the cap");
+        }
         check_imports(runtime, &component)?;
         let pre = runtime
             .linker()
@@ -152,7 +181,6 @@ impl App {
         self.inner.limits.tmp
     }
 
-    /// A slot for one more live instance, or `None` when the app is at its concurrency limit:
     /// A permit for one more live instance: at once if the app is under its concurrency
     /// limit, else as soon as an instance ends, waiting at most the app's queue timeout.
     pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {

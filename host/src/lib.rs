@@ -15,6 +15,7 @@
 //! - [`vfs`] serves `wasi:filesystem` from memory: a fresh `/tmp` per request and the app's
 //!   read-only assets at `/app`.
 //! - [`guest_log`] carries guest stdout/stderr into the host's `tracing` log.
+//! - [`supervisor`] runs `--processes` worker processes that share the listener.
 //! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
 //!
 //! - [`limits`] holds the host's limits and resolves each app's; [`metrics`] counts what
@@ -36,4 +37,5 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod supervisor;
 pub mod vfs;

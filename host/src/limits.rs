@@ -72,7 +72,7 @@ impl Default for Limits {
 }
 
 /// What an app's manifest may say about its limits (`[limits]` in `tabula.toml`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub memory_mib: Option<usize>,

@@ -1,6 +1,7 @@
 //! The `tabula` command: a thin layer of flags over the library.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,9 +15,10 @@ use tabula::limits::{Allocator, Limits};
 use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
 use tabula::runtime::Runtime;
-use tabula::server::ServerConfig;
+use tabula::server::{MetricsSource, ServerConfig};
 use tabula::session::SessionDefaults;
 use tabula::storage;
+use tabula::supervisor::{self, Supervisor, WorkDir, WorkerSetup};
 use tabula::vfs::TmpQuota;
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -120,8 +122,14 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_TMP_MAX_FILES", default_value_t = TmpQuota::default().max_files)]
     tmp_max_files: u64,
 
-    /// Threads serving requests, each with its own connections and instances [default: one
-    /// per core].
+    /// Processes serving requests, sharing the listener and the store and nothing else. More
+    /// than one spares big components the cross-core interrupts of unmapping memory (see
+    /// the README); needs a shared store such as Redis.
+    #[arg(long, env = "TABULA_PROCESSES", default_value = "1")]
+    processes: std::num::NonZeroUsize,
+
+    /// Threads serving requests in each process, each with its own connections and instances
+    /// [default: the cores divided among the processes].
     #[arg(long, env = "TABULA_WORKERS")]
     workers: Option<std::num::NonZeroUsize>,
 
@@ -272,13 +280,33 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         header_timeout: positive_duration(args.header_timeout, "--header-timeout")?,
         max_header_bytes: args.max_header_bytes,
         drain_timeout: positive_duration(args.drain_timeout, "--drain-timeout")?,
-        workers: args.workers.unwrap_or(ServerConfig::default().workers),
+        workers: args.workers.unwrap_or_else(|| {
+            let cores = ServerConfig::default().workers.get();
+            NonZeroUsize::new(cores / args.processes.get()).unwrap_or(NonZeroUsize::MIN)
+        }),
     };
-    let sources = project::discover(&args.build.paths)?;
-    let options = BuildOptions {
-        target_dir: args.build.target_dir.clone(),
+    let worker = WorkerSetup::from_env()?;
+    if worker.is_none() && args.processes.get() > 1 && store == "memory" {
+        bail!(
+            "--processes needs a store the processes share: the in-memory store lives in one \
+             process. Use --store redis://… or drop --processes"
+        );
+    }
+    let specs = match &worker {
+        // A worker serves what its supervisor built and compiled.
+        Some(worker) => {
+            // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            worker.apps.iter().map(|(spec, _)| spec.clone()).collect()
+        }
+        None => {
+            let sources = project::discover(&args.build.paths)?;
+            let options = BuildOptions {
+                target_dir: args.build.target_dir.clone(),
+            };
+            project::build_all(&sources, &options)?
+        }
     };
-    let built = project::build_all(&sources, &options)?;
 
     // This runtime only starts things up and runs the signals, the operator listener and the
     // store's connection; requests are served by the server's own worker threads.
@@ -299,18 +327,46 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             ),
         }
         let runtime = Runtime::new(limits, storage)?;
-        let apps = built
+
+        if let Some(worker) = worker {
+            let router = Arc::new(Router::new(worker.load_apps(&runtime)?)?);
+            let listener = worker.listener()?;
+            let metrics = tokio::spawn(async move { worker.serve_metrics().await });
+            tabula::server::run(listener, router, server_config, shutdown).await?;
+            metrics.abort();
+            return Ok(());
+        }
+
+        let apps = specs
             .iter()
             .map(|spec| App::load(&runtime, spec))
             .collect::<Result<Vec<_>>>()?;
+        let workdir = match args.processes.get() {
+            1 => None,
+            _ => Some(WorkDir::create()?),
+        };
+        let compiled = match &workdir {
+            None => Vec::new(),
+            Some(dir) => supervisor::write_compiled(&apps, &specs, dir)?,
+        };
         let router = Arc::new(Router::new(apps)?);
-
         let listener = TcpListener::bind(args.listen).await.with_context(|| {
             format!(
                 "listening on {} (is the port in use? try --listen)",
                 args.listen
             )
         })?;
+        let listener = listener.into_std()?;
+        let supervisor = match &workdir {
+            None => None,
+            Some(dir) => Some(Supervisor {
+                processes: args.processes.get(),
+                listener: &listener,
+                apps: compiled,
+                dir,
+                drain: server_config.drain_timeout,
+            }),
+        };
         let operator = match args.operator_listen.as_str() {
             "off" => None,
             addr => {
@@ -318,10 +374,14 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                     format!("operator listener on {addr} (in use? set --operator-listen, or `off`)")
                 })?;
                 println!("tabula: operator on http://{}", listener.local_addr()?);
-                let storage = runtime.storage().clone();
+                let metrics = match &supervisor {
+                    None => MetricsSource::Local,
+                    Some(supervisor) => MetricsSource::Workers(supervisor.metrics()),
+                };
                 Some(tokio::spawn(tabula::server::run_operator(
                     listener,
-                    storage,
+                    runtime.storage().clone(),
+                    metrics,
                     std::future::pending(),
                 )))
             }
@@ -331,7 +391,10 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         for app in router.apps() {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
-        tabula::server::run(listener.into_std()?, router, server_config, shutdown).await?;
+        match supervisor {
+            None => tabula::server::run(listener, router, server_config, shutdown).await?,
+            Some(supervisor) => supervisor.run(shutdown).await?,
+        }
         if let Some(operator) = operator {
             operator.abort();
         }

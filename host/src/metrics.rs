@@ -158,3 +158,97 @@ impl Metrics {
             .inc();
     }
 }
+
+/// Sums several processes' expositions of the same metrics into one (`tabula serve
+/// --processes`). Every worker runs the same code, so their families are the same; a series
+/// (name and labels) found in several is the sum of its values, which is right for every
+/// kind this registry holds: counters, gauges of live things, and histogram buckets, sums
+/// and counts.
+pub fn merge(expositions: &[String]) -> String {
+    // Families in first-seen order, each with its header lines and its series in order.
+    struct Family {
+        name: String,
+        headers: Vec<String>,
+        samples: Vec<(String, f64)>,
+    }
+    let mut families: Vec<Family> = Vec::new();
+    for text in expositions {
+        let mut current = None;
+        for line in text.lines() {
+            if line == "# EOF" {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let name = rest
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+                let index = match families.iter().position(|f| f.name == name) {
+                    Some(index) => index,
+                    None => {
+                        families.push(Family {
+                            name,
+                            headers: Vec::new(),
+                            samples: Vec::new(),
+                        });
+                        families.len() - 1
+                    }
+                };
+                let headers = &mut families[index].headers;
+                if !headers.iter().any(|h| h == line) {
+                    headers.push(line.to_string());
+                }
+                current = Some(index);
+                continue;
+            }
+            let (Some(index), Some((series, value))) = (current, line.rsplit_once(' ')) else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            let samples = &mut families[index].samples;
+            match samples.iter_mut().find(|(s, _)| s == series) {
+                Some((_, total)) => *total += value,
+                None => samples.push((series.to_string(), value)),
+            }
+        }
+    }
+    let mut out = String::new();
+    for Family {
+        headers, samples, ..
+    } in families
+    {
+        for header in headers {
+            out.push_str(&header);
+            out.push('\n');
+        }
+        for (series, value) in samples {
+            out.push_str(&format!("{series} {value}\n"));
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+
+    #[test]
+    fn merging_sums_each_series_and_keeps_every_family_once() {
+        let a = "# HELP t_requests Requests.\n# TYPE t_requests counter\n\
+                 t_requests_total{app=\"a\",status=\"200\"} 3\n\
+                 # HELP t_live Live.\n# TYPE t_live gauge\nt_live{app=\"a\"} 1\n# EOF\n";
+        let b = "# HELP t_requests Requests.\n# TYPE t_requests counter\n\
+                 t_requests_total{app=\"a\",status=\"200\"} 4\n\
+                 t_requests_total{app=\"a\",status=\"500\"} 1\n\
+                 # HELP t_live Live.\n# TYPE t_live gauge\nt_live{app=\"a\"} 0.5\n# EOF\n";
+        assert_eq!(
+            merge(&[a.to_string(), b.to_string()]),
+            "# HELP t_requests Requests.\n# TYPE t_requests counter\n\
+             t_requests_total{app=\"a\",status=\"200\"} 7\n\
+             t_requests_total{app=\"a\",status=\"500\"} 1\n\
+             # HELP t_live Live.\n# TYPE t_live gauge\nt_live{app=\"a\"} 1.5\n# EOF\n"
+        );
+    }
+}

@@ -28,7 +28,7 @@ pub enum Source {
 }
 
 /// An app ready to load: a name, a route, a component file and its session settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AppSpec {
     pub name: String,
     pub route: String,

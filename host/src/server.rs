@@ -28,6 +28,7 @@ use crate::instance::{self, Failure, ResponseBody};
 use crate::metrics::{self, StatusLabels};
 use crate::router::Router;
 use crate::storage::Storage;
+use crate::supervisor::WorkerMetrics;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -116,7 +117,7 @@ pub async fn run(
     for finished in workers {
         let _ = finished.await;
     }
-    info!("all workers stopped");
+    info!("all worker threads stopped");
     Ok(())
 }
 
@@ -354,6 +355,7 @@ fn text_response(
 pub async fn run_operator(
     listener: TcpListener,
     storage: Arc<dyn Storage>,
+    metrics: MetricsSource,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -362,10 +364,10 @@ pub async fn run_operator(
             conn = accept(&listener) => conn,
             () = &mut shutdown => return,
         };
-        let storage = storage.clone();
+        let (storage, metrics) = (storage.clone(), metrics.clone());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let storage = storage.clone();
-            async move { Ok::<_, Infallible>(operator(req.uri().path(), &*storage).await) }
+            let (storage, metrics) = (storage.clone(), metrics.clone());
+            async move { Ok::<_, Infallible>(operator(req.uri().path(), &*storage, &metrics).await) }
         });
         tokio::spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -375,11 +377,27 @@ pub async fn run_operator(
     }
 }
 
-async fn operator(path: &str, storage: &dyn Storage) -> Response<ResponseBody> {
+/// Where `/metrics` comes from.
+#[derive(Clone)]
+pub enum MetricsSource {
+    /// This process's registry.
+    Local,
+    /// The worker processes' registries, summed (`--processes`).
+    Workers(WorkerMetrics),
+}
+
+async fn operator(
+    path: &str,
+    storage: &dyn Storage,
+    metrics: &MetricsSource,
+) -> Response<ResponseBody> {
     match path {
         "/metrics" => text_response(
             StatusCode::OK,
-            Bytes::from(metrics::get().render()),
+            Bytes::from(match metrics {
+                MetricsSource::Local => metrics::get().render(),
+                MetricsSource::Workers(workers) => workers.render().await,
+            }),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/healthz" => plain(StatusCode::OK, "ok\n"),

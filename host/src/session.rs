@@ -70,7 +70,7 @@ impl Default for SessionDefaults {
 }
 
 /// What an app's manifest may say about sessions (`[session]` in `tabula.toml`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSettings {
     pub cookie_name: Option<String>,

@@ -7,6 +7,7 @@ mod harness;
 mod kv_apps;
 mod kv_conformance;
 mod operations;
+mod processes;
 mod redis_server;
 mod serving;
 mod sessions;
