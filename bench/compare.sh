@@ -6,15 +6,18 @@
 # point, since absolute numbers vary between machines. Reports req/s, p50/p99/p99.9 latency,
 # peak RSS and errors.
 #
+# Then the counter example against native hyper + Redis (bench/counter.sh) and the per-request
+# cost split (cargo bench --bench instantiate), so that one invocation gives every figure.
+#
 #   bench/compare.sh                      # DURATION=5s CONNS="1 16 256 1000"
 #   PYTHON=0 bench/compare.sh             # skip the Python component
 #
 # Installs wasmtime-cli 48.0.8 with `cargo install` and componentize-py with pip when missing.
-# Needs wrk. Loopback only.
+# Needs wrk and redis-server. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/common.sh
-require wrk python3
+require wrk python3 redis-server redis-cli
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-"1 16 256 1000"}
 THREADS=${THREADS:-2}
@@ -26,6 +29,7 @@ if ! command -v wasmtime >/dev/null || ! wasmtime --version | grep -q "$WASMTIME
     echo "bench: installing wasmtime-cli $WASMTIME_VERSION (cargo install; several minutes)" >&2
     cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked
 fi
+start_redis
 echo "bench: building (release)" >&2
 cargo build --release -q -p tabula --bin tabula --example native-hello
 hello=$(target/release/tabula build examples/hello --target-dir target/guests 2>/dev/null | cut -f3)
@@ -50,9 +54,13 @@ serve() {
 # measure NAME CONNS -> a table row
 measure() {
     local out result rss
-    out=$(wrk -t"$THREADS" -c"$2" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
+    local threads=$((THREADS < $2 ? THREADS : $2))
+    out=$(wrk -t"$threads" -c"$2" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
     result=$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)
-    rss=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$SERVER/status")
+    # Peak RSS of the server and its worker processes, if any (summed: an upper bound).
+    local procs
+    procs="$SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null || true)"
+    rss=$(for p in $procs; do cat "/proc/$p/status"; done | awk '/VmHWM/ {s += $2} END {printf "%.0f", s/1024}')
     read -r rps p50 p99 p999 errors <<<"$result"
     printf '%-34s %6s %10s %9s %9s %9s %8s %7s\n' "$1" "$2" "$rps" "$p50" "$p99" "$p999" "$rss" "$errors"
     echo "$1|$2|$rps" >>"$RESULTS"
@@ -70,6 +78,8 @@ header() {
     printf '%-34s %6s %10s %9s %9s %9s %8s %7s\n' server conns req/s p50_ms p99_ms p99.9_ms rss_mib errors
 }
 
+# tabula_rows LABEL WASM CONNS [EXTRA_ARGS...]: tabula (one process, a worker thread per core)
+# and, with EXTRA_ARGS, a second tabula row with them (e.g. --processes).
 run_component() {
     local label=$1 wasm=$2 conns=$3
     for c in $conns; do
@@ -77,6 +87,14 @@ run_component() {
         TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
             --listen "127.0.0.1:$PORT" "/=$wasm"
         measure "tabula ($label)" "$c"; stop
+        if [ "$label" = python ]; then
+            # One process per core, sharing a Redis: no cross-core TLB shootdowns (README).
+            PORT=$(free_port)
+            TABULA_LOG=warn serve tabula target/release/tabula serve --processes "$(nproc)" \
+                --store "redis://127.0.0.1:$REDIS_PORT" --operator-listen off \
+                --listen "127.0.0.1:$PORT" "/=$wasm"
+            measure "tabula --processes $(nproc) ($label)" "$c"; stop
+        fi
         PORT=$(free_port)
         serve wasmtime wasmtime serve -Scli --addr "127.0.0.1:$PORT" "$wasm"
         measure "wasmtime serve, defaults ($label)" "$c"; stop
@@ -119,11 +137,20 @@ for line in open(sys.argv[1]):
     rows[conns][name] = float(rps)
 for conns, r in rows.items():
     for label in ("hello", "python"):
-        t, d, u = (r.get(f"tabula ({label})"), r.get(f"wasmtime serve, defaults ({label})"),
-                   r.get(f"wasmtime serve, tuned ({label})"))
-        if t and u:
+        d, u = r.get(f"wasmtime serve, defaults ({label})"), r.get(f"wasmtime serve, tuned ({label})")
+        for name, t in r.items():
+            if not (name.startswith("tabula") and name.endswith(f"({label})") and u):
+                continue
             native = r.get("native hyper hello") if label == "hello" else None
             extra = f", native/tabula {native / t:.2f}x" if native else ""
-            print(f"  {label:6} c={conns:>4}: tabula/tuned {t / u:.2f}x, tabula/defaults {t / d:.2f}x{extra}")
+            print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x, /defaults {t / d:.2f}x{extra}")
 PY
 rm -f "$RESULTS"
+
+echo
+echo "bench: the counter example against native hyper + redis" >&2
+DURATION=$DURATION bash bench/counter.sh 2>/dev/null | tail -n +2
+
+echo
+echo "bench: the per-request cost split (cargo bench)" >&2
+cargo bench -q -p tabula --bench instantiate 2>/dev/null | grep -v '^tabula: building\|Finished'

@@ -345,28 +345,22 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             1 => None,
             _ => Some(WorkDir::create()?),
         };
-        let compiled = match &workdir {
-            None => Vec::new(),
-            Some(dir) => supervisor::write_compiled(&apps, &specs, dir)?,
-        };
+        // Written before the apps move into the router: `apps[i]` was loaded from `specs[i]`.
+        let compiled = workdir
+            .as_ref()
+            .map(|dir| supervisor::write_compiled(&apps, &specs, dir))
+            .transpose()?;
         let router = Arc::new(Router::new(apps)?);
-        let listener = TcpListener::bind(args.listen).await.with_context(|| {
-            format!(
-                "listening on {} (is the port in use? try --listen)",
-                args.listen
-            )
-        })?;
-        let listener = listener.into_std()?;
-        let supervisor = match &workdir {
-            None => None,
-            Some(dir) => Some(Supervisor {
-                processes: args.processes.get(),
-                listener: &listener,
-                apps: compiled,
+        let mut listeners = supervisor::bind_per_worker(args.listen, args.processes.get()).await?;
+        let supervisor = workdir
+            .as_ref()
+            .zip(compiled)
+            .map(|(dir, apps)| Supervisor {
+                listeners: &listeners,
+                apps,
                 dir,
                 drain: server_config.drain_timeout,
-            }),
-        };
+            });
         let operator = match args.operator_listen.as_str() {
             "off" => None,
             addr => {
@@ -386,13 +380,16 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                 )))
             }
         };
-        let addr = listener.local_addr()?;
+        let addr = listeners[0].local_addr()?;
         println!("tabula: serving on http://{addr}");
         for app in router.apps() {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
         match supervisor {
-            None => tabula::server::run(listener, router, server_config, shutdown).await?,
+            None => {
+                let listener = listeners.pop().expect("one listener per process");
+                tabula::server::run(listener, router, server_config, shutdown).await?
+            }
             Some(supervisor) => supervisor.run(shutdown).await?,
         }
         if let Some(operator) = operator {

@@ -170,11 +170,40 @@ impl WorkerMetrics {
     }
 }
 
-/// Runs `processes` workers on `listener` until `shutdown` resolves, then has them drain (up
-/// to `drain` each) and returns once all have exited.
+/// Binds one listening socket per worker process on `addr` (port 0 picks one free port for
+/// all), with `SO_REUSEPORT`: the kernel spreads new connections evenly over the sockets.
+/// One shared socket would let whichever worker wakes first take a whole burst of
+/// connections while the other idles.
+pub async fn bind_per_worker(
+    addr: std::net::SocketAddr,
+    processes: usize,
+) -> Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(processes);
+    let mut addr = addr;
+    for _ in 0..processes {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        // Only when there are several: a lone server must not share its port by accident
+        // with a second one started on the same address.
+        socket.set_reuseport(processes > 1)?;
+        socket
+            .bind(addr)
+            .with_context(|| format!("listening on {addr} (is the port in use? try --listen)"))?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// Runs a worker process per listener until `shutdown` resolves, then has them drain (up to
+/// `drain` each) and returns once all have exited.
 pub struct Supervisor<'a> {
-    pub processes: usize,
-    pub listener: &'a std::net::TcpListener,
+    /// Worker `i` serves `listeners[i]`.
+    pub listeners: &'a [std::net::TcpListener],
     pub apps: Vec<(AppSpec, PathBuf)>,
     pub dir: &'a WorkDir,
     pub drain: Duration,
@@ -183,25 +212,26 @@ pub struct Supervisor<'a> {
 impl Supervisor<'_> {
     pub fn metrics(&self) -> WorkerMetrics {
         WorkerMetrics(
-            (0..self.processes)
+            (0..self.listeners.len())
                 .map(|i| self.dir.metrics_socket(i))
                 .collect(),
         )
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        // Workers inherit the socket: it must survive exec.
-        let fd = self.listener.as_raw_fd();
-        // SAFETY: plain fcntl calls on a descriptor this process owns.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
-            bail!(
-                "could not let workers inherit the listener: {}",
-                std::io::Error::last_os_error()
-            );
+        for listener in self.listeners {
+            // Workers inherit their socket: it must survive exec.
+            // SAFETY: a plain fcntl call on a descriptor this process owns.
+            if unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
+                bail!(
+                    "could not let workers inherit the listener: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
         let mut running = JoinSet::new();
-        let mut pids = (0..self.processes)
-            .map(|index| self.spawn(index, fd, &mut running))
+        let mut pids = (0..self.listeners.len())
+            .map(|index| self.spawn(index, &mut running))
             .collect::<Result<Vec<_>>>()?;
         tokio::pin!(shutdown);
         loop {
@@ -211,7 +241,7 @@ impl Supervisor<'_> {
                     let (index, status) = exited?;
                     error!(worker = index, status = %status, "worker exited; starting another in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    pids[index] = self.spawn(index, fd, &mut running)?;
+                    pids[index] = self.spawn(index, &mut running)?;
                 }
             }
         }
@@ -236,12 +266,11 @@ impl Supervisor<'_> {
     fn spawn(
         &self,
         index: usize,
-        listener_fd: RawFd,
         running: &mut JoinSet<(usize, std::process::ExitStatus)>,
     ) -> Result<u32> {
         let setup = WorkerSetup {
             index,
-            listener_fd,
+            listener_fd: self.listeners[index].as_raw_fd(),
             apps: self.apps.clone(),
             metrics_socket: self.dir.metrics_socket(index),
         };
