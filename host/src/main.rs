@@ -332,7 +332,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             let router = Arc::new(Router::new(worker.load_apps(&runtime)?)?);
             let listener = worker.listener()?;
             let metrics = tokio::spawn(async move { worker.serve_metrics().await });
-            tabula::server::run(listener, router, server_config, shutdown).await?;
+            tabula::server::run(vec![listener], router, server_config, shutdown).await?;
             metrics.abort();
             return Ok(());
         }
@@ -351,7 +351,12 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             .map(|dir| supervisor::write_compiled(&apps, &specs, dir))
             .transpose()?;
         let router = Arc::new(Router::new(apps)?);
-        let mut listeners = supervisor::bind_per_worker(args.listen, args.processes.get()).await?;
+        // A socket per worker process, or per worker thread when there is one process.
+        let sockets = match args.processes.get() {
+            1 => server_config.workers.get(),
+            processes => processes,
+        };
+        let listeners = tabula::server::bind(args.listen, sockets).await?;
         let supervisor = workdir
             .as_ref()
             .zip(compiled)
@@ -386,10 +391,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
         match supervisor {
-            None => {
-                let listener = listeners.pop().expect("one listener per process");
-                tabula::server::run(listener, router, server_config, shutdown).await?
-            }
+            None => tabula::server::run(listeners, router, server_config, shutdown).await?,
             Some(supervisor) => supervisor.run(shutdown).await?,
         }
         if let Some(operator) = operator {

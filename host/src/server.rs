@@ -60,6 +60,33 @@ impl Default for ServerConfig {
     }
 }
 
+/// Binds `count` listening sockets on `addr` (port 0 picks one free port for all), one per
+/// worker, with `SO_REUSEPORT` so that the kernel spreads new connections evenly over them.
+/// (With one shared socket, whichever worker wakes first takes a whole burst of connections
+/// while the others idle.) The port is first checked to be free without `SO_REUSEPORT`, so a
+/// second server started on the same address fails instead of quietly sharing it.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let in_use = || format!("listening on {addr} (is the port in use? try --listen)");
+    let probe = std::net::TcpListener::bind(addr).with_context(in_use)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(count > 1)?;
+        socket.bind(addr).with_context(in_use)?;
+        listeners.push(socket.listen(1024)?.into_std()?);
+    }
+    Ok(listeners)
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish, for up to the drain timeout.
 ///
@@ -70,7 +97,7 @@ impl Default for ServerConfig {
 /// interrupt) and the instance's pooled memory stays in that core's caches. A busy worker
 /// does not accept, so new connections go to whichever worker is idle.
 pub async fn run(
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     router: Arc<Router>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -84,7 +111,7 @@ pub async fn run(
     });
     let mut workers = Vec::new();
     for index in 0..shared.config.workers.get() {
-        let listener = listener
+        let listener = listeners[index % listeners.len()]
             .try_clone()
             .context("sharing the listening socket with a worker")?;
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -109,8 +136,8 @@ pub async fn run(
             .context("starting a worker thread")?;
         workers.push(finished);
     }
-    // The workers hold their own handles on the socket; the port closes when they let go.
-    drop(listener);
+    // The workers hold their own handles on the sockets; the port closes when they let go.
+    drop(listeners);
     shutdown.await;
     info!("shutting down: stopped accepting, draining in-flight requests");
     let _ = stop.send(true);

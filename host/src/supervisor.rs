@@ -170,35 +170,6 @@ impl WorkerMetrics {
     }
 }
 
-/// Binds one listening socket per worker process on `addr` (port 0 picks one free port for
-/// all), with `SO_REUSEPORT`: the kernel spreads new connections evenly over the sockets.
-/// One shared socket would let whichever worker wakes first take a whole burst of
-/// connections while the other idles.
-pub async fn bind_per_worker(
-    addr: std::net::SocketAddr,
-    processes: usize,
-) -> Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(processes);
-    let mut addr = addr;
-    for _ in 0..processes {
-        let socket = match addr {
-            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        // Only when there are several: a lone server must not share its port by accident
-        // with a second one started on the same address.
-        socket.set_reuseport(processes > 1)?;
-        socket
-            .bind(addr)
-            .with_context(|| format!("listening on {addr} (is the port in use? try --listen)"))?;
-        let listener = socket.listen(1024)?;
-        addr = listener.local_addr()?;
-        listeners.push(listener.into_std()?);
-    }
-    Ok(listeners)
-}
-
 /// Runs a worker process per listener until `shutdown` resolves, then has them drain (up to
 /// `drain` each) and returns once all have exited.
 pub struct Supervisor<'a> {
