@@ -4,7 +4,7 @@
 # connection counts; then a large Python component (componentize-py) on tabula and wasmtime
 # serve. Every figure comes from this one invocation on this one machine: the ratios are the
 # point, since absolute numbers vary between machines. Reports req/s, p50/p99/p99.9 latency,
-# peak RSS and errors.
+# RSS under load and errors (non-2xx answers and socket errors).
 #
 # Then the counter example against native hyper + Redis (bench/counter.sh) and the per-request
 # cost split (cargo bench --bench instantiate), so that one invocation gives every figure.
@@ -57,10 +57,12 @@ measure() {
     local threads=$((THREADS < $2 ? THREADS : $2))
     out=$(wrk -t"$threads" -c"$2" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
     result=$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)
-    # Peak RSS of the server and its worker processes, if any (summed: an upper bound).
+    # RSS right after the load, of the server and its worker processes if any. (Not the peak:
+    # that is compiling the component at start-up, which wasmtime serve skips when its
+    # compilation cache has it.)
     local procs
     procs="$SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null || true)"
-    rss=$(for p in $procs; do cat "/proc/$p/status"; done | awk '/VmHWM/ {s += $2} END {printf "%.0f", s/1024}')
+    rss=$(for p in $procs; do cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2} END {printf "%.0f", s/1024}')
     read -r rps p50 p99 p999 errors <<<"$result"
     printf '%-34s %6s %10s %9s %9s %9s %8s %7s\n' "$1" "$2" "$rps" "$p50" "$p99" "$p999" "$rss" "$errors"
     echo "$1|$2|$rps" >>"$RESULTS"
@@ -149,7 +151,7 @@ rm -f "$RESULTS"
 
 echo
 echo "bench: the counter example against native hyper + redis" >&2
-DURATION=$DURATION bash bench/counter.sh 2>/dev/null | tail -n +2
+CONNS=64 THREADS=2 DURATION=$DURATION bash bench/counter.sh 2>/tmp/tabula-counter-bench.log | tail -n +2
 
 echo
 echo "bench: the per-request cost split (cargo bench)" >&2
