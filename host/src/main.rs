@@ -392,7 +392,12 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         }
         match supervisor {
             None => tabula::server::run(listeners, router, server_config, shutdown).await?,
-            Some(supervisor) => supervisor.run(shutdown).await?,
+            Some(supervisor) => {
+                // The workers serve from the compiled files; the supervisor's copies of the
+                // compiled apps (hundreds of MiB for an interpreter) can go.
+                drop(router);
+                supervisor.run(shutdown).await?
+            }
         }
         if let Some(operator) = operator {
             operator.abort();
