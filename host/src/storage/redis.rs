@@ -1,5 +1,5 @@
-//! Redis as the backing store: standalone (one multiplexed connection that reconnects by
-//! itself) or Redis Cluster (slot-aware routing, topology refresh on errors).
+//! Redis as the backing store: standalone (a multiplexed connection per worker thread that
+//! reconnects by itself) or Redis Cluster (slot-aware routing, topology refresh on errors).
 //!
 //! Every call has a deadline, and connection trouble is reported as
 //! [`StorageError::Unavailable`] straight away rather than queued, so a Redis that goes away
@@ -63,6 +63,21 @@ redis.call('RENAME', KEYS[1], KEYS[2])
 return 1
 "#;
 
+/// How a [`RedisStorage`] reaches Redis.
+enum Connections {
+    Single(Box<PerThread>),
+    Cluster(ClusterConnection),
+}
+
+impl Connections {
+    fn get(&self) -> StorageResult<Conn> {
+        match self {
+            Connections::Single(per_thread) => per_thread.get().map(Conn::Single).map_err(classify),
+            Connections::Cluster(c) => Ok(Conn::Cluster(c.clone())),
+        }
+    }
+}
+
 /// A connection of either kind, so every command is written once.
 #[derive(Clone)]
 enum Conn {
@@ -98,9 +113,41 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A standalone Redis connection per thread. A worker thread runs its requests on its own
+/// single-threaded runtime; a connection made there is driven there too, so a kv call does
+/// not hop to another thread and back (two wake-ups across cores per call).
+struct PerThread {
+    /// Tells this storage's connections apart from another one's in the thread-local cache.
+    id: usize,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+thread_local! {
+    static MANAGERS: std::cell::RefCell<Vec<(usize, ConnectionManager)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl PerThread {
+    /// This thread's connection, made (lazily: it connects on first use, on this thread's
+    /// runtime) the first time this thread asks.
+    fn get(&self) -> redis::RedisResult<ConnectionManager> {
+        MANAGERS.with_borrow_mut(|managers| {
+            if let Some((_, manager)) = managers.iter().find(|(id, _)| *id == self.id) {
+                return Ok(manager.clone());
+            }
+            let manager = self
+                .client
+                .get_connection_manager_lazy(self.config.clone())?;
+            managers.push((self.id, manager.clone()));
+            Ok(manager)
+        })
+    }
+}
+
 /// A [`Storage`] on Redis.
 pub struct RedisStorage {
-    conn: Conn,
+    conn: Connections,
     description: String,
     cas: Script,
     hash_set: Script,
@@ -119,11 +166,17 @@ impl RedisStorage {
             .set_response_timeout(Some(CALL_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let manager = client
-            .get_connection_manager_lazy(config)
+        // Checks the configuration once, up front; each thread then makes its own.
+        client
+            .get_connection_manager_lazy(config.clone())
             .context("setting up the Redis connection")?;
+        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         Ok(RedisStorage {
-            conn: Conn::Single(manager),
+            conn: Connections::Single(Box::new(PerThread {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                client,
+                config,
+            })),
             description: format!("Redis at {}", redact(url)),
             cas: Script::new(CAS_SCRIPT),
             hash_set: Script::new(HASH_SET_SCRIPT),
@@ -145,7 +198,7 @@ impl RedisStorage {
             .and_then(|r| r.map_err(anyhow::Error::from))
             .with_context(|| format!("connecting to the Redis Cluster at {}", nodes.join(", ")))?;
         Ok(RedisStorage {
-            conn: Conn::Cluster(conn),
+            conn: Connections::Cluster(conn),
             description: format!(
                 "Redis Cluster via {}",
                 nodes
@@ -165,13 +218,13 @@ impl RedisStorage {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> StorageResult<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get()?;
         deadline(invocation.invoke_async(&mut conn)).await
     }
 
     /// Runs `cmd` within [`CALL_TIMEOUT`].
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StorageResult<T> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get()?;
         deadline(cmd.query_async(&mut conn)).await
     }
 }
@@ -307,9 +360,9 @@ impl Storage for RedisStorage {
                 .arg("COUNT")
                 .arg(limit.max(100));
             let (next, batch): (u64, Vec<String>) = match &self.conn {
-                Conn::Single(_) => self.query(&cmd).await?,
+                Connections::Single(_) => self.query(&cmd).await?,
                 // SCAN names no key, so it goes to the node owning the namespace's slot.
-                Conn::Cluster(c) => {
+                Connections::Cluster(c) => {
                     let route = Route::with_slot(Slot::for_key(prefix), SlotAddr::Master);
                     let routing =
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
