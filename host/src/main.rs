@@ -341,6 +341,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             .iter()
             .map(|spec| App::load(&runtime, spec))
             .collect::<Result<Vec<_>>>()?;
+        release_free_memory();
         let workdir = match args.processes.get() {
             1 => None,
             _ => Some(WorkDir::create()?),
@@ -393,9 +394,9 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         match supervisor {
             None => tabula::server::run(listeners, router, server_config, shutdown).await?,
             Some(supervisor) => {
-                // The workers serve from the compiled files; the supervisor's copies of the
-                // compiled apps (hundreds of MiB for an interpreter) can go.
+                // The workers serve from the compiled files: the supervisor's copies can go.
                 drop(router);
+                release_free_memory();
                 supervisor.run(shutdown).await?
             }
         }
@@ -404,6 +405,14 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Gives the memory that start-up work (compiling components) freed back to the system
+/// instead of keeping it in the allocator's free lists: ~265 MiB of the ~440 MiB that
+/// compiling an 18 MB Python component leaves behind.
+fn release_free_memory() {
+    // SAFETY: mi_collect only returns free memory to the system.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 fn positive_duration(secs: f64, flag: &str) -> Result<Duration> {
