@@ -293,11 +293,12 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         );
     }
     let specs = match &worker {
-        // A worker serves what its supervisor built and compiled.
-        Some(worker) => {
+        // A worker serves what its supervisor built and compiled (`WorkerSetup::load_apps`),
+        // and goes when its supervisor goes.
+        Some(_) => {
             // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-            worker.apps.iter().map(|(spec, _)| spec.clone()).collect()
+            Vec::new()
         }
         None => {
             let sources = project::discover(&args.build.paths)?;

@@ -87,15 +87,15 @@ pub async fn bind(
     Ok(listeners)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// Serves `router` on `listeners` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish, for up to the drain timeout.
 ///
 /// The work is done by [`ServerConfig::workers`] threads, each with its own single-threaded
-/// tokio runtime, all accepting from the one listening socket. A connection, its requests and
-/// the instances they run stay on the thread that accepted it: a request never hops threads,
-/// so there are no work-stealing wake-ups between cores (each one an inter-processor
-/// interrupt) and the instance's pooled memory stays in that core's caches. A busy worker
-/// does not accept, so new connections go to whichever worker is idle.
+/// tokio runtime, worker `i` accepting from `listeners[i % listeners.len()]` (one socket per
+/// thread from [`bind`], or one shared by a `--processes` worker's threads). A connection,
+/// its requests and the instances they run stay on the thread that accepted it: a request
+/// never hops threads, so there are no work-stealing wake-ups between cores (each one an
+/// inter-processor interrupt) and the instance's pooled memory stays in that core's caches.
 pub async fn run(
     listeners: Vec<std::net::TcpListener>,
     router: Arc<Router>,

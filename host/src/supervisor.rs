@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
@@ -34,7 +34,6 @@ pub const WORKER_ENV: &str = "TABULA_INTERNAL_WORKER";
 /// What a worker process is given by its supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WorkerSetup {
-    pub index: usize,
     /// The listening socket, inherited.
     listener_fd: RawFd,
     /// Each app with the file holding its compiled component.
@@ -190,16 +189,6 @@ impl Supervisor<'_> {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        for listener in self.listeners {
-            // Workers inherit their socket: it must survive exec.
-            // SAFETY: a plain fcntl call on a descriptor this process owns.
-            if unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, 0) } == -1 {
-                bail!(
-                    "could not let workers inherit the listener: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
         let mut running = JoinSet::new();
         let mut pids = (0..self.listeners.len())
             .map(|index| self.spawn(index, &mut running))
@@ -239,20 +228,31 @@ impl Supervisor<'_> {
         index: usize,
         running: &mut JoinSet<(usize, std::process::ExitStatus)>,
     ) -> Result<u32> {
+        let listener_fd = self.listeners[index].as_raw_fd();
         let setup = WorkerSetup {
-            index,
-            listener_fd: self.listeners[index].as_raw_fd(),
+            listener_fd,
             apps: self.apps.clone(),
             metrics_socket: self.dir.metrics_socket(index),
         };
         let exe = std::env::current_exe().context("finding this executable to start workers")?;
-        let mut child = tokio::process::Command::new(exe)
+        let mut command = tokio::process::Command::new(exe);
+        command
             .args(std::env::args_os().skip(1))
             .env(WORKER_ENV, serde_json::to_string(&setup)?)
             // A worker that outlives a crashed supervisor would hold the port forever.
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a worker process")?;
+            .kill_on_drop(true);
+        // SAFETY: between fork and exec the child only clears close-on-exec on its own
+        // socket, so that this one descriptor (and no other worker's) survives the exec;
+        // fcntl is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::fcntl(listener_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().context("starting a worker process")?;
         let pid = child.id().context("the worker exited at once")?;
         running.spawn(async move {
             let status = child.wait().await.unwrap_or_else(|e| {

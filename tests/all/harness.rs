@@ -286,3 +286,22 @@ pub fn run_tabula(args: &[&str]) -> (std::process::ExitStatus, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// The counts a batch of concurrent counter increments answered, each checked to be a 200,
+/// sorted, and checked to be consecutive: every increment saw a distinct count.
+pub async fn distinct_counts(mut requests: tokio::task::JoinSet<Reply>) -> Vec<usize> {
+    let mut answers = Vec::new();
+    while let Some(reply) = requests.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        answers.push(reply.body.trim().parse::<usize>().unwrap());
+    }
+    answers.sort_unstable();
+    let first = answers[0];
+    assert_eq!(
+        answers,
+        (first..first + answers.len()).collect::<Vec<_>>(),
+        "each increment saw a distinct count"
+    );
+    answers
+}

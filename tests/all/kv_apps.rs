@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::harness::{Server, app_args, client, get, guests, request};
+use crate::harness::{Server, app_args, client, distinct_counts, get, guests, request};
 use crate::redis_server::{RedisCluster, RedisServer};
 
 /// The same `kvtool` component served as two apps, `a` and `b`, on `store`.
@@ -160,15 +160,8 @@ async fn two_replicas_sharing_redis_count_exactly() {
         let (c, url) = (c.clone(), replicas[i % 2].url("/counter"));
         requests.spawn(async move { request(&c, "POST", &url, "").await });
     }
-    let mut answers = Vec::with_capacity(N);
-    while let Some(reply) = requests.join_next().await {
-        let reply = reply.unwrap();
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        answers.push(reply.body.trim().parse::<usize>().unwrap());
-    }
-    answers.sort_unstable();
     assert_eq!(
-        answers,
+        distinct_counts(requests).await,
         (1..=N).collect::<Vec<_>>(),
         "each increment saw a distinct count"
     );

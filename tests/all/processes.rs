@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::harness::{Server, app_args, client, get, request, run_tabula};
+use crate::harness::{Server, app_args, client, distinct_counts, get, request, run_tabula};
 use crate::redis_server::RedisServer;
 
 /// The worker processes of the supervisor `pid`.
@@ -54,19 +54,7 @@ async fn count_concurrently(server: &Server, n: usize) {
         // One client per request: connections spread over the worker processes.
         requests.spawn(async move { request(&client(), "POST", &url, "").await });
     }
-    let mut answers = Vec::with_capacity(n);
-    while let Some(reply) = requests.join_next().await {
-        let reply = reply.unwrap();
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        answers.push(reply.body.trim().parse::<usize>().unwrap());
-    }
-    answers.sort_unstable();
-    let first = answers[0];
-    assert_eq!(
-        answers,
-        (first..first + n).collect::<Vec<_>>(),
-        "each increment saw a distinct count"
-    );
+    assert_eq!(distinct_counts(requests).await.len(), n);
 }
 
 #[tokio::test]
