@@ -353,12 +353,8 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             .map(|dir| supervisor::write_compiled(&apps, &specs, dir))
             .transpose()?;
         let router = Arc::new(Router::new(apps)?);
-        // A socket per worker process, or per worker thread when there is one process.
-        let sockets = match args.processes.get() {
-            1 => server_config.workers.get(),
-            processes => processes,
-        };
-        let listeners = tabula::server::bind(args.listen, sockets).await?;
+        // A socket per process; the worker threads of a process share theirs.
+        let listeners = tabula::server::bind(args.listen, args.processes.get()).await?;
         let supervisor = workdir
             .as_ref()
             .zip(compiled)

@@ -61,10 +61,13 @@ impl Default for ServerConfig {
 }
 
 /// Binds `count` listening sockets on `addr` (port 0 picks one free port for all), one per
-/// worker, with `SO_REUSEPORT` so that the kernel spreads new connections evenly over them.
-/// (With one shared socket, whichever worker wakes first takes a whole burst of connections
-/// while the others idle.) The port is first checked to be free without `SO_REUSEPORT`, so a
-/// second server started on the same address fails instead of quietly sharing it.
+/// worker process, with `SO_REUSEPORT` when there are several so that the kernel spreads new
+/// connections evenly over the processes. (With one socket shared by processes, whichever
+/// wakes first takes a whole burst of connections while the others idle.) Threads share their
+/// process's socket instead: a thread busy with spinning guests does not accept, so an idle
+/// one takes the next connection. The port is first checked to be free without
+/// `SO_REUSEPORT`, so a second server started on the same address fails instead of quietly
+/// sharing it.
 pub async fn bind(
     addr: std::net::SocketAddr,
     count: usize,
@@ -91,8 +94,8 @@ pub async fn bind(
 /// in-flight requests finish, for up to the drain timeout.
 ///
 /// The work is done by [`ServerConfig::workers`] threads, each with its own single-threaded
-/// tokio runtime, worker `i` accepting from `listeners[i % listeners.len()]` (one socket per
-/// thread from [`bind`], or one shared by a `--processes` worker's threads). A connection,
+/// tokio runtime, worker `i` accepting from `listeners[i % listeners.len()]` (in practice the
+/// process's one socket from [`bind`]). A connection,
 /// its requests and the instances they run stay on the thread that accepted it: a request
 /// never hops threads, so there are no work-stealing wake-ups between cores (each one an
 /// inter-processor interrupt) and the instance's pooled memory stays in that core's caches.
