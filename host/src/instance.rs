@@ -34,7 +34,12 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
 /// Everything a single request's `Store` owns. Built fresh per request, dropped with it.
 pub struct RequestCtx {
     table: ResourceTable,
-    wasi: WasiCtx,
+    /// Built on the guest's first WASI call that needs it (clocks, random, stdio, ...), not
+    /// per request: many handlers never make one, and seeding its random generators is a
+    /// good part of a small request's fixed cost.
+    wasi: Option<WasiCtx>,
+    /// The app's name, for the guest's stdout and stderr.
+    app: Arc<str>,
     http: WasiHttpCtx,
     hooks: DenyOutbound,
     namespace: Arc<Namespace>,
@@ -50,18 +55,10 @@ impl RequestCtx {
         let memory = StoreLimitsBuilder::new()
             .memory_size(app.limits().memory_bytes)
             .build();
-        // No preopened directories, environment variables, arguments, stdin or network: the
-        // builder's defaults, except that sockets are refused outright instead of per address.
-        let wasi = WasiCtx::builder()
-            .stdout(GuestLog::stdout(app.name()))
-            .stderr(GuestLog::stderr(app.name()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         RequestCtx {
             table: ResourceTable::new(),
-            wasi,
+            wasi: None,
+            app: app.name().clone(),
             http: WasiHttpCtx::new(),
             hooks: DenyOutbound,
             namespace: app.namespace().clone(),
@@ -89,10 +86,30 @@ impl RequestCtx {
 
 impl WasiView for RequestCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let app = &self.app;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| guest_wasi(app)),
             table: &mut self.table,
         }
+    }
+}
+
+/// What WASI gives a guest of `app`: no preopened directories, environment variables,
+/// arguments, stdin or network (the builder's defaults, except that sockets are refused
+/// outright instead of per address); stdout and stderr go to the log.
+fn guest_wasi(app: &Arc<str>) -> WasiCtx {
+    WasiCtx::builder()
+        .stdout(GuestLog::stdout(app))
+        .stderr(GuestLog::stderr(app))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
+impl wasmtime_wasi_io::IoView for RequestCtx {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

@@ -46,6 +46,11 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // …except that the filesystem is ours: in memory, fresh per request.
         crate::vfs::add_to_linker(&mut linker)?;
+        // …and that streams and pollables reach the resource table without the WASI context,
+        // which is then only built for a guest that asks for clocks, random or stdio.
+        linker.allow_shadowing(true);
+        wasmtime_wasi_io::add_to_linker_async(&mut linker)?;
+        linker.allow_shadowing(false);
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         // tabula:host/kv and wasi:keyvalue, on the app's namespace.
         crate::kv::add_to_linker(&mut linker)?;
