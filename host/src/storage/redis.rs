@@ -10,6 +10,7 @@
 //! [`crate::kv::Namespace`]), so one app's keys share a slot. That is what makes a prefix
 //! listing a single-node `SCAN` and keeps every operation on one node.
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -117,29 +118,33 @@ impl ConnectionLike for Conn {
 /// single-threaded runtime; a connection made there is driven there too, so a kv call does
 /// not hop to another thread and back (two wake-ups across cores per call).
 struct PerThread {
-    /// Tells this storage's connections apart from another one's in the thread-local cache.
-    id: usize,
+    /// Alive exactly as long as this storage: the thread-local cache holds it weakly, to tell
+    /// this storage's connections apart from another one's and to drop them once it is gone.
+    alive: Arc<()>,
     client: redis::Client,
     config: ConnectionManagerConfig,
 }
 
 thread_local! {
-    static MANAGERS: std::cell::RefCell<Vec<(usize, ConnectionManager)>> =
+    static MANAGERS: std::cell::RefCell<Vec<(Weak<()>, ConnectionManager)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl PerThread {
     /// This thread's connection, made (lazily: it connects on first use, on this thread's
-    /// runtime) the first time this thread asks.
+    /// runtime) the first time this thread asks. Connections of storages dropped since are
+    /// closed here, on the thread that drives them.
     fn get(&self) -> redis::RedisResult<ConnectionManager> {
         MANAGERS.with_borrow_mut(|managers| {
-            if let Some((_, manager)) = managers.iter().find(|(id, _)| *id == self.id) {
+            managers.retain(|(alive, _)| alive.strong_count() > 0);
+            let mine = Arc::downgrade(&self.alive);
+            if let Some((_, manager)) = managers.iter().find(|(alive, _)| alive.ptr_eq(&mine)) {
                 return Ok(manager.clone());
             }
             let manager = self
                 .client
                 .get_connection_manager_lazy(self.config.clone())?;
-            managers.push((self.id, manager.clone()));
+            managers.push((mine, manager.clone()));
             Ok(manager)
         })
     }
@@ -170,10 +175,9 @@ impl RedisStorage {
         client
             .get_connection_manager_lazy(config.clone())
             .context("setting up the Redis connection")?;
-        static NEXT_ID: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         Ok(RedisStorage {
             conn: Connections::Single(Box::new(PerThread {
-                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                alive: Arc::new(()),
                 client,
                 config,
             })),
@@ -446,7 +450,27 @@ impl Storage for RedisStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::{glob_escape, redact};
+    use super::{MANAGERS, RedisStorage, glob_escape, redact};
+
+    #[tokio::test]
+    async fn a_dropped_storage_leaves_no_connection_behind() {
+        let cached = || MANAGERS.with_borrow(|managers| managers.len());
+        // Connections are made lazily: nothing needs to listen on this port.
+        let first = RedisStorage::standalone("redis://127.0.0.1:1")
+            .await
+            .unwrap();
+        first.conn.get().unwrap();
+        first.conn.get().unwrap();
+        assert_eq!(cached(), 1, "one connection per storage and thread");
+        let second = RedisStorage::standalone("redis://127.0.0.1:1")
+            .await
+            .unwrap();
+        second.conn.get().unwrap();
+        assert_eq!(cached(), 2);
+        drop(first);
+        second.conn.get().unwrap();
+        assert_eq!(cached(), 1, "the dropped storage's connection is closed");
+    }
 
     #[test]
     fn prefixes_match_literally() {
