@@ -44,6 +44,9 @@ fn read_request(incoming: IncomingRequest) -> Result<Request, String> {
     for (name, value) in incoming.headers().entries() {
         request = request.with_header(&name, value);
     }
+    if !request.declares_body() {
+        return Ok(request);
+    }
     let body = incoming
         .consume()
         .map_err(|()| "the body was already taken".to_string())?;
@@ -81,17 +84,32 @@ fn write_response(out: ResponseOutparam, response: Response) {
     }
     let body = outgoing.body().expect("a new response has a body");
     ResponseOutparam::set(out, Ok(outgoing));
-    {
-        let mut stream = body.write().expect("a new body has a stream");
-        if let Err(e) = stream
-            .write_all(response.body())
-            .and_then(|()| Write::flush(&mut stream))
-        {
-            eprintln!("writing the response body failed: {e}");
-            return;
-        }
+    if let Err(e) = write_body(&body, response.body()) {
+        eprintln!("writing the response body failed: {e}");
+        return;
     }
     if let Err(e) = OutgoingBody::finish(body, None) {
         eprintln!("finishing the response body failed: {e:?}");
     }
+}
+
+/// The most `blocking-write-and-flush` takes in one call.
+const ONE_CALL: usize = 4096;
+
+/// Writes `bytes` to the response body: a small body (most of them) in one host call; a larger
+/// one in as few writes as the host's buffer allows, then one flush.
+fn write_body(body: &OutgoingBody, bytes: &[u8]) -> std::io::Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut stream = body
+        .write()
+        .map_err(|()| std::io::Error::other("the body stream was already taken"))?;
+    if bytes.len() <= ONE_CALL {
+        return stream
+            .blocking_write_and_flush(bytes)
+            .map_err(std::io::Error::other);
+    }
+    stream.write_all(bytes)?;
+    Write::flush(&mut stream)
 }
