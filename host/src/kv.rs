@@ -13,6 +13,7 @@ use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::instance::RequestCtx;
+use crate::metrics::StoreOperations;
 use crate::storage::{Storage, StorageError, Ttl};
 
 use crate::bindings::tabula::host::kv;
@@ -40,7 +41,7 @@ const WASI_PAGE: u32 = 1000;
 /// One app's view of the store. Built once per app, shared by its requests.
 pub struct Namespace {
     storage: Arc<dyn Storage>,
-    app: String,
+    operations: StoreOperations,
     prefix: String,
     limits: KvLimits,
 }
@@ -52,7 +53,7 @@ impl Namespace {
         debug_assert!(!app.contains(['{', '}', ':']));
         Namespace {
             storage,
-            app: app.to_string(),
+            operations: StoreOperations::new(app),
             prefix: format!("tabula:{{{app}}}:"),
             limits,
         }
@@ -64,7 +65,7 @@ impl Namespace {
 
     /// Counts one store call of `api` (`kv` or `session`) with its outcome.
     pub fn record(&self, api: &'static str, outcome: &'static str) {
-        crate::metrics::get().store_operation(&self.app, api, outcome);
+        self.operations.record(api, outcome);
     }
 
     /// The full store key for `suffix` inside this namespace.

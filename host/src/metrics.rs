@@ -105,9 +105,12 @@ pub fn get() -> &'static Metrics {
 
 /// One app's series, looked up once when the app loads rather than on every request.
 pub struct AppMetrics {
+    app: String,
     pub latency: Histogram,
     pub instantiation: Histogram,
     live_instances: Gauge,
+    /// The series of status 200, the one nearly every request adds to.
+    ok: Counter,
 }
 
 impl AppMetrics {
@@ -116,11 +119,32 @@ impl AppMetrics {
         let label = AppLabel {
             app: app.to_string(),
         };
+        let ok = StatusLabels {
+            app: app.to_string(),
+            status: 200,
+        };
         AppMetrics {
             latency: m.latency.get_or_create(&label).clone(),
             instantiation: m.instantiation.get_or_create(&label).clone(),
             live_instances: m.live_instances.get_or_create(&label).clone(),
+            ok: m.requests.get_or_create(&ok).clone(),
+            app: label.app,
         }
+    }
+
+    /// Counts a request answered with `status`.
+    pub fn answered(&self, status: u16) {
+        if status == 200 {
+            self.ok.inc();
+            return;
+        }
+        get()
+            .requests
+            .get_or_create(&StatusLabels {
+                app: self.app.clone(),
+                status,
+            })
+            .inc();
     }
 
     /// Counts one more live instance until the guard is dropped.
@@ -147,15 +171,48 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
 
-    pub fn store_operation(&self, app: &str, api: &'static str, outcome: &'static str) {
-        self.store_operations
-            .get_or_create(&StoreLabels {
-                app: app.to_string(),
-                api,
-                outcome,
-            })
-            .inc();
+/// One app's store-call counters, the successful ones looked up once.
+pub struct StoreOperations {
+    app: String,
+    kv_ok: Counter,
+    session_ok: Counter,
+}
+
+impl StoreOperations {
+    pub fn new(app: &str) -> StoreOperations {
+        let series = |api| {
+            get()
+                .store_operations
+                .get_or_create(&StoreLabels {
+                    app: app.to_string(),
+                    api,
+                    outcome: "ok",
+                })
+                .clone()
+        };
+        StoreOperations {
+            app: app.to_string(),
+            kv_ok: series("kv"),
+            session_ok: series("session"),
+        }
+    }
+
+    /// Counts one call of `api` (`kv` or `session`) that ended with `outcome`.
+    pub fn record(&self, api: &'static str, outcome: &'static str) {
+        match (api, outcome) {
+            ("kv", "ok") => self.kv_ok.inc(),
+            ("session", "ok") => self.session_ok.inc(),
+            _ => get()
+                .store_operations
+                .get_or_create(&StoreLabels {
+                    app: self.app.clone(),
+                    api,
+                    outcome,
+                })
+                .inc(),
+        };
     }
 }
 

@@ -310,13 +310,7 @@ async fn serve(
         };
         response.headers_mut().insert(REQUEST_ID.clone(), id);
         let status = response.status().as_u16();
-        let m = metrics::get();
-        m.requests
-            .get_or_create(&StatusLabels {
-                app: app.name().to_string(),
-                status,
-            })
-            .inc();
+        app.metrics().answered(status);
         app.metrics()
             .latency
             .observe(started.elapsed().as_secs_f64());
