@@ -6,10 +6,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::instance::RequestCtx;
@@ -20,6 +21,10 @@ use crate::project::AppSpec;
 use crate::runtime::Runtime;
 use crate::session::SessionConfig;
 use crate::vfs::{Assets, TmpQuota};
+
+/// The interface every app exports, in the version the host's bindings were made from; a
+/// component exporting another 0.2.x version is found too (lookups are semver-aware).
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
 
 /// Interface packages a guest may import. Anything else is refused at load time.
 const ALLOWED_IMPORTS: &[&str] = &[
@@ -43,7 +48,12 @@ pub struct App {
 struct AppInner {
     name: Arc<str>,
     route: String,
-    pre: ProxyPre<RequestCtx>,
+    pre: InstancePre<RequestCtx>,
+    /// The component's `wasi:http/incoming-handler.handle`.
+    handle: ComponentExportIndex,
+    /// Whether an instance has had `handle`'s type checked against the signature
+    /// [`crate::instance`] calls it with (see [`App::handle_checked`]).
+    handle_checked: AtomicBool,
     runtime: Runtime,
     namespace: Arc<Namespace>,
     session: Arc<SessionConfig>,
@@ -95,7 +105,6 @@ impl App {
     pub fn serialize(&self) -> Result<Vec<u8>> {
         self.inner
             .pre
-            .instance_pre()
             .component()
             .serialize()
             .map_err(anyhow::Error::from)
@@ -115,15 +124,24 @@ impl App {
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context("linking the component's imports")?;
-        let pre = ProxyPre::new(pre).map_err(anyhow::Error::from).context(
-            "the component does not export `wasi:http/incoming-handler@0.2.x`: \
-             is it a `wasi:http/proxy` component?",
-        )?;
+        // The bindings check that the export is there; a request then finds it by index.
+        ProxyPre::new(pre.clone())
+            .map_err(anyhow::Error::from)
+            .context(
+                "the component does not export `wasi:http/incoming-handler@0.2.x`: \
+                 is it a `wasi:http/proxy` component?",
+            )?;
+        let handle = component
+            .get_export_index(None, INCOMING_HANDLER)
+            .and_then(|handler| component.get_export_index(Some(&handler), "handle"))
+            .context("finding `handle` in the component's exports")?;
         Ok(App {
             inner: Arc::new(AppInner {
                 name: name.into(),
                 route: route.to_string(),
                 pre,
+                handle,
+                handle_checked: AtomicBool::new(false),
                 runtime: runtime.clone(),
                 namespace: Arc::new(Namespace::new(runtime.storage().clone(), name, limits.kv)),
                 session: Arc::new(session),
@@ -151,8 +169,24 @@ impl App {
         &self.inner.route
     }
 
-    pub fn pre(&self) -> &ProxyPre<RequestCtx> {
+    pub fn pre(&self) -> &InstancePre<RequestCtx> {
         &self.inner.pre
+    }
+
+    /// Where `wasi:http/incoming-handler.handle` is among the component's exports.
+    pub fn handle_export(&self) -> &ComponentExportIndex {
+        &self.inner.handle
+    }
+
+    /// Whether `handle`'s type has been checked on an instance of this app. Every instance
+    /// comes from the same component and linker, so one check holds for all of them.
+    pub fn handle_checked(&self) -> bool {
+        self.inner.handle_checked.load(Ordering::Relaxed)
+    }
+
+    /// Records that an instance passed the check.
+    pub fn set_handle_checked(&self) {
+        self.inner.handle_checked.store(true, Ordering::Relaxed);
     }
 
     pub fn runtime(&self) -> &Runtime {

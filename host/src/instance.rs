@@ -14,12 +14,12 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use tracing::{Instrument, info, warn};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable, TypedFunc};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::app::App;
@@ -169,8 +169,17 @@ pub type ResponseSender =
 /// the request makes. Dropping it drops all of that: the instance, its memory, its files.
 pub struct FreshInstance {
     store: Store<RequestCtx>,
-    proxy: Proxy,
+    handle: HandleFunc,
 }
+
+/// The signature of `wasi:http/incoming-handler.handle`.
+type HandleFunc = TypedFunc<
+    (
+        Resource<HostIncomingRequest>,
+        Resource<HostResponseOutparam>,
+    ),
+    (),
+>;
 
 impl FreshInstance {
     /// The fixed cost of every request: a new `Store` with the app's limits and the request's
@@ -200,14 +209,30 @@ impl FreshInstance {
                 ))
             }
         });
-        let proxy = app.pre().instantiate_async(&mut store).await.map_err(|e| {
+        let instance = app.pre().instantiate_async(&mut store).await.map_err(|e| {
             if e.is::<wasmtime::PoolConcurrencyLimitError>() {
                 Failure::Busy(e.into())
             } else {
                 Failure::Guest(anyhow::Error::from(e).context("instantiating the component"))
             }
         })?;
-        Ok(FreshInstance { store, proxy })
+        let export = app.handle_export();
+        let handle = if app.handle_checked() {
+            let func = instance
+                .get_func(&mut store, export)
+                .ok_or_else(|| Failure::Guest(anyhow!("the instance has no `handle` export")))?;
+            // SAFETY: `get_typed_func` below checked this export's type against `HandleFunc`
+            // on an earlier instance of the same component and linker, which gives every
+            // instance the same types; checking again per request would find the same.
+            unsafe { HandleFunc::new_unchecked(func) }
+        } else {
+            let typed = instance
+                .get_typed_func(&mut store, export)
+                .map_err(|e| Failure::Guest(anyhow::Error::from(e).context("typing `handle`")))?;
+            app.set_handle_checked();
+            typed
+        };
+        Ok(FreshInstance { store, handle })
     }
 
     /// Calls the guest's `wasi:http/incoming-handler.handle` with `req`. The response head
@@ -229,9 +254,8 @@ impl FreshInstance {
         let out = http
             .new_response_outparam(respond)
             .map_err(|e| Failure::Guest(e.into()))?;
-        self.proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut self.store, req, out)
+        self.handle
+            .call_async(&mut self.store, (req, out))
             .await
             .map_err(|e| Failure::Guest(e.into()))
     }
