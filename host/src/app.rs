@@ -169,23 +169,23 @@ impl App {
         &self.inner.route
     }
 
-    pub fn pre(&self) -> &InstancePre<RequestCtx> {
+    pub(crate) fn pre(&self) -> &InstancePre<RequestCtx> {
         &self.inner.pre
     }
 
     /// Where `wasi:http/incoming-handler.handle` is among the component's exports.
-    pub fn handle_export(&self) -> &ComponentExportIndex {
+    pub(crate) fn handle_export(&self) -> &ComponentExportIndex {
         &self.inner.handle
     }
 
     /// Whether `handle`'s type has been checked on an instance of this app. Every instance
     /// comes from the same component and linker, so one check holds for all of them.
-    pub fn handle_checked(&self) -> bool {
+    pub(crate) fn handle_checked(&self) -> bool {
         self.inner.handle_checked.load(Ordering::Relaxed)
     }
 
     /// Records that an instance passed the check.
-    pub fn set_handle_checked(&self) {
+    pub(crate) fn set_handle_checked(&self) {
         self.inner.handle_checked.store(true, Ordering::Relaxed);
     }
 
