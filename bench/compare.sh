@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # tabula side by side with `wasmtime serve` (the wasmtime version tabula depends on, default
 # and tuned flags) and a native hyper server, on the same hello component, at several
-# connection counts; then a large Python component (componentize-py) on tabula and wasmtime
-# serve. Every figure comes from this one invocation on this one machine: the ratios are the
-# point, since absolute numbers vary between machines. Reports req/s, p50/p99/p99.9 latency,
-# RSS under load and errors (non-2xx answers and socket errors).
+# connection counts and with HTTP/1 pipelining; then a large Python component
+# (componentize-py) on tabula and wasmtime serve. Every figure comes from this one invocation
+# on this one machine: the ratios are the point, since absolute numbers vary between machines.
+# Reports req/s, p50/p99/p99.9 latency, RSS under load and errors (non-2xx answers and socket
+# errors).
 #
 # Then the counter example against native hyper + Redis (bench/counter.sh) and the per-request
 # cost split (cargo bench --bench instantiate), so that one invocation gives every figure.
 #
 #   bench/compare.sh                      # DURATION=5s CONNS="1 16 256 1000"
+#   PIPE_CONNS=32 bench/compare.sh        # connections of the HTTP/1 pipelining run (default)
 #   PYTHON=0 bench/compare.sh             # skip the Python component
 #
 # Installs wasmtime-cli 48.0.8 with `cargo install` and componentize-py with pip when missing.
@@ -20,6 +22,7 @@ source bench/common.sh
 require wrk python3 redis-server redis-cli
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-"1 16 256 1000"}
+PIPE_CONNS=${PIPE_CONNS:-32}
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-1}
 WASMTIME_VERSION=48.0.8
@@ -114,6 +117,21 @@ for c in $CONNS; do
 done
 run_component hello "$hello" "$CONNS"
 
+# HTTP/1 pipelining: every write carries PIPELINE requests (bench/report.lua).
+export PIPELINE=8
+header "hello, HTTP/1 pipelined ($PIPELINE requests per write)"
+PORT=$(free_port)
+serve native target/release/examples/native-hello "127.0.0.1:$PORT"
+measure "native hyper hello (pipelined)" "$PIPE_CONNS"; stop
+PORT=$(free_port)
+TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
+    --listen "127.0.0.1:$PORT" "/=$hello"
+measure "tabula (pipelined)" "$PIPE_CONNS"; stop
+PORT=$(free_port)
+serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$hello"
+measure "wasmtime serve, tuned (pipelined)" "$PIPE_CONNS"; stop
+unset PIPELINE
+
 if [ "$PYTHON" = 1 ]; then
     command -v componentize-py >/dev/null || pip install -q componentize-py
     wit=$(cargo metadata --format-version 1 | python3 -c '
@@ -138,14 +156,16 @@ for line in open(sys.argv[1]):
     name, conns, rps = line.strip().split("|")
     rows[conns][name] = float(rps)
 for conns, r in rows.items():
-    for label in ("hello", "python"):
+    natives = {"hello": "native hyper hello", "pipelined": "native hyper hello (pipelined)"}
+    for label in ("hello", "pipelined", "python"):
         d, u = r.get(f"wasmtime serve, defaults ({label})"), r.get(f"wasmtime serve, tuned ({label})")
         for name, t in r.items():
             if not (name.startswith("tabula") and name.endswith(f"({label})") and u):
                 continue
-            native = r.get("native hyper hello") if label == "hello" else None
+            native = r.get(natives.get(label, ""))
             extra = f", native/tabula {native / t:.2f}x" if native else ""
-            print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x, /defaults {t / d:.2f}x{extra}")
+            defaults = f", /defaults {t / d:.2f}x" if d else ""
+            print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x{defaults}{extra}")
 PY
 rm -f "$RESULTS"
 

@@ -172,6 +172,9 @@ async fn worker(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
+        // A client that pipelines gets its answers in one write per batch rather than one
+        // each: hello with 8 requests per write went from 32-48k to 53-61k req/s.
+        .pipeline_flush(true)
         .max_buf_size(config.max_header_bytes.max(8192));
     builder
         .http2()
