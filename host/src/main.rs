@@ -333,7 +333,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             let router = Arc::new(Router::new(worker.load_apps(&runtime)?)?);
             let listener = worker.listener()?;
             let metrics = tokio::spawn(async move { worker.serve_metrics().await });
-            tabula::server::run(vec![listener], router, server_config, shutdown).await?;
+            tabula::server::run(listener, router, server_config, shutdown).await?;
             metrics.abort();
             return Ok(());
         }
@@ -354,7 +354,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             .transpose()?;
         let router = Arc::new(Router::new(apps)?);
         // A socket per process; the worker threads of a process share theirs.
-        let listeners = tabula::server::bind(args.listen, args.processes.get()).await?;
+        let mut listeners = tabula::server::bind(args.listen, args.processes.get())?;
         let supervisor = workdir
             .as_ref()
             .zip(compiled)
@@ -389,7 +389,11 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             println!("  {:<16} http://{addr}{}", app.name(), app.route());
         }
         match supervisor {
-            None => tabula::server::run(listeners, router, server_config, shutdown).await?,
+            // One process, so one socket.
+            None => {
+                let listener = listeners.swap_remove(0);
+                tabula::server::run(listener, router, server_config, shutdown).await?
+            }
             Some(supervisor) => {
                 // The workers serve from the compiled files: the supervisor's copies can go.
                 drop(router);

@@ -68,7 +68,7 @@ impl Default for ServerConfig {
 /// one takes the next connection. The port is first checked to be free without
 /// `SO_REUSEPORT`, so a second server started on the same address fails instead of quietly
 /// sharing it.
-pub async fn bind(
+pub fn bind(
     addr: std::net::SocketAddr,
     count: usize,
 ) -> anyhow::Result<Vec<std::net::TcpListener>> {
@@ -90,17 +90,16 @@ pub async fn bind(
     Ok(listeners)
 }
 
-/// Serves `router` on `listeners` until `shutdown` resolves, then stops accepting and lets
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish, for up to the drain timeout.
 ///
 /// The work is done by [`ServerConfig::workers`] threads, each with its own single-threaded
-/// tokio runtime, worker `i` accepting from `listeners[i % listeners.len()]` (in practice the
-/// process's one socket from [`bind`]). A connection,
+/// tokio runtime, all accepting from the process's one socket (see [`bind`]). A connection,
 /// its requests and the instances they run stay on the thread that accepted it: a request
 /// never hops threads, so there are no work-stealing wake-ups between cores (each one an
 /// inter-processor interrupt) and the instance's pooled memory stays in that core's caches.
 pub async fn run(
-    listeners: Vec<std::net::TcpListener>,
+    listener: std::net::TcpListener,
     router: Arc<Router>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
@@ -114,7 +113,7 @@ pub async fn run(
     });
     let mut workers = Vec::new();
     for index in 0..shared.config.workers.get() {
-        let listener = listeners[index % listeners.len()]
+        let listener = listener
             .try_clone()
             .context("sharing the listening socket with a worker")?;
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
@@ -139,8 +138,8 @@ pub async fn run(
             .context("starting a worker thread")?;
         workers.push(finished);
     }
-    // The workers hold their own handles on the sockets; the port closes when they let go.
-    drop(listeners);
+    // The workers hold their own handles on the socket; the port closes when they let go.
+    drop(listener);
     shutdown.await;
     info!("shutting down: stopped accepting, draining in-flight requests");
     let _ = stop.send(true);

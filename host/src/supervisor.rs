@@ -37,9 +37,9 @@ pub struct WorkerSetup {
     /// The listening socket, inherited.
     listener_fd: RawFd,
     /// Each app with the file holding its compiled component.
-    pub apps: Vec<(AppSpec, PathBuf)>,
+    apps: Vec<(AppSpec, PathBuf)>,
     /// Where the worker answers the supervisor's requests for its metrics.
-    pub metrics_socket: PathBuf,
+    metrics_socket: PathBuf,
 }
 
 impl WorkerSetup {
@@ -108,7 +108,7 @@ impl WorkDir {
         Ok(WorkDir(path))
     }
 
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.0
     }
 
