@@ -210,7 +210,7 @@ fn request(
 }
 
 async fn one_request(app: &App, path: &str, expect: &[u8]) -> anyhow::Result<()> {
-    let response = instance::handle(app, request(path)?)
+    let response = instance::handle(app, request(path)?, &[])
         .await
         .map_err(|f| anyhow::anyhow!("request failed: {f:?}"))?;
     let body = response.into_body().collect().await?.to_bytes();

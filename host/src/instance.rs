@@ -5,27 +5,33 @@
 //! globals and tables, and every WASI resource) is created for the request and dropped when
 //! the guest has finished, so nothing a guest does can reach the next request.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::{Body, Frame, SizeHint};
 use tracing::{Instrument, info, warn};
-use wasmtime::component::{Resource, ResourceTable, TypedFunc};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::component::{Linker, Resource, ResourceTable, TypedFunc};
+use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::FieldMap;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, HostFields, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::app::App;
-use crate::guest_log::GuestLog;
+use crate::budget::{Budget, Charge};
+use crate::guest_log::{GuestLog, GuestOutput};
 use crate::kv::{KvView, Namespace};
-use crate::session::Session;
+use crate::limits::RequestBounds;
+use crate::session::{self, Session};
 use crate::vfs::{Vfs, VfsView};
 
 /// The body type of every response the host sends, whether the guest made it or the host did.
@@ -48,23 +54,41 @@ pub struct RequestCtx {
     memory: StoreLimits,
     /// This request's filesystem: a fresh `/tmp`, the app's assets.
     vfs: Vfs,
+    /// What the host holds for this request beyond its linear memory (see [`crate::budget`]).
+    budget: Arc<Budget>,
+    /// What the header fields the guest has built reserve of `budget`.
+    fields: Charge,
+    bounds: RequestBounds,
 }
+
+/// The most a header-fields resource a guest builds may hold. wasmtime's default is 128 KiB;
+/// this matches the host's default limit on a request's whole head.
+const FIELD_SIZE_LIMIT: usize = 64 << 10;
 
 impl RequestCtx {
     fn new(app: &App, session: Session) -> RequestCtx {
+        let limits = app.limits();
         let memory = StoreLimitsBuilder::new()
-            .memory_size(app.limits().memory_bytes)
+            .memory_size(limits.memory_bytes)
             .build();
+        let budget = Budget::new(limits.request.host_memory_bytes);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.request.max_resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(FIELD_SIZE_LIMIT);
         RequestCtx {
-            table: ResourceTable::new(),
+            table,
             wasi: None,
             app: app.name().clone(),
-            http: WasiHttpCtx::new(),
+            http,
             hooks: DenyOutbound,
             namespace: app.namespace().clone(),
             session,
             memory,
-            vfs: Vfs::new(app.assets(), app.tmp_quota()),
+            vfs: Vfs::new(app.assets(), app.tmp_quota(), &budget),
+            fields: budget.empty_charge(),
+            budget,
+            bounds: limits.request,
         }
     }
 
@@ -75,7 +99,18 @@ impl RequestCtx {
 
     /// The view the kv host functions work through.
     pub(crate) fn kv(&mut self) -> KvView<'_> {
-        KvView::new(&self.namespace, &mut self.table)
+        KvView::new(&self.namespace, &self.budget, &mut self.table)
+    }
+
+    /// Reserves a header-fields resource's worth of the budget, for the rest of the request:
+    /// wasmtime owns the fields and does not say when they go, so they are charged at their
+    /// limit when made and never given back. A guest that builds more than its budget allows
+    /// is stopped, rather than the host growing without bound.
+    fn reserve_fields(&mut self) -> wasmtime::Result<()> {
+        let reserved = self.fields.amount() + FIELD_SIZE_LIMIT as u64;
+        self.fields
+            .resize(reserved)
+            .map_err(|e| wasmtime::Error::msg(format!("too many header fields built: {e}")))
     }
 
     /// The request's session, for the session host functions.
@@ -86,9 +121,9 @@ impl RequestCtx {
 
 impl WasiView for RequestCtx {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let app = &self.app;
+        let (app, bounds) = (&self.app, &self.bounds);
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| guest_wasi(app)),
+            ctx: self.wasi.get_or_insert_with(|| guest_wasi(app, bounds)),
             table: &mut self.table,
         }
     }
@@ -96,11 +131,13 @@ impl WasiView for RequestCtx {
 
 /// What WASI gives a guest of `app`: no preopened directories, environment variables,
 /// arguments, stdin or network (the builder's defaults, except that sockets are refused
-/// outright instead of per address); stdout and stderr go to the log.
-fn guest_wasi(app: &Arc<str>) -> WasiCtx {
+/// outright instead of per address); stdout and stderr go to the log, within the request's
+/// bounds on output.
+fn guest_wasi(app: &Arc<str>, bounds: &RequestBounds) -> WasiCtx {
+    let output = GuestOutput::new(app, bounds.log_bytes, bounds.log_lines);
     WasiCtx::builder()
-        .stdout(GuestLog::stdout(app))
-        .stderr(GuestLog::stderr(app))
+        .stdout(GuestLog::stdout(&output))
+        .stderr(GuestLog::stderr(&output))
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
@@ -148,6 +185,48 @@ impl WasiHttpHooks for DenyOutbound {
     }
 }
 
+/// The interface whose header-fields constructors [`add_fields_limits`] wraps, in the version
+/// wasmtime-wasi-http registers (guests importing any 0.2.x find it by semver).
+const HTTP_TYPES: &str = "wasi:http/types@0.2.12";
+
+/// Wraps the three ways a guest builds a header-fields resource (`new`, `from-list`,
+/// `clone`) so each reserves its worth of the request's budget first (see
+/// [`RequestCtx::reserve_fields`]). Without it thousands of full fields were the quickest way
+/// for one request to take gigabytes of host memory.
+pub(crate) fn add_fields_limits(linker: &mut Linker<RequestCtx>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    let mut types = linker.instance(HTTP_TYPES)?;
+    types.func_wrap(
+        "[constructor]fields",
+        |mut store: StoreContextMut<'_, RequestCtx>, (): ()| {
+            let ctx = store.data_mut();
+            ctx.reserve_fields()?;
+            Ok((HostFields::new(&mut ctx.http())?,))
+        },
+    )?;
+    types.func_wrap(
+        "[static]fields.from-list",
+        |mut store: StoreContextMut<'_, RequestCtx>, (entries,): (Vec<(String, Vec<u8>)>,)| {
+            let ctx = store.data_mut();
+            ctx.reserve_fields()?;
+            match HostFields::from_list(&mut ctx.http(), entries) {
+                Ok(fields) => Ok((Ok(fields),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
+    types.func_wrap(
+        "[method]fields.clone",
+        |mut store: StoreContextMut<'_, RequestCtx>, (fields,): (Resource<FieldMap>,)| {
+            let ctx = store.data_mut();
+            ctx.reserve_fields()?;
+            Ok((HostFields::clone(&mut ctx.http(), fields)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// Why a request produced no guest response. The server turns each into a status code.
 #[derive(Debug)]
 pub enum Failure {
@@ -159,6 +238,8 @@ pub enum Failure {
     Busy(anyhow::Error),
     /// The request body is larger than the app accepts (the limit, in bytes).
     BodyTooLarge(u64),
+    /// The request body stopped arriving, or arrived slower than the host's minimum rate.
+    BodyTooSlow,
 }
 
 /// Where the guest's response head goes once the guest has set it.
@@ -265,10 +346,16 @@ impl FreshInstance {
 ///
 /// The guest runs in its own task so that it can keep streaming the body after the response
 /// head has been returned; that task owns the `Store` and drops it, and thereby the instance,
-/// when the guest is done or its deadline passes.
+/// when the guest is done or its deadline passes. If the client goes away first (this future
+/// or the response body is dropped unfinished), the task is aborted: a guest never works for
+/// nobody while holding one of its app's instance slots.
+///
+/// `session_cookies` names every app's session cookie: none of them reaches the guest, and
+/// the guest cannot set one (see [`session::strip_cookies`]).
 pub async fn handle<B>(
     app: &App,
-    req: hyper::Request<B>,
+    mut req: hyper::Request<B>,
+    session_cookies: &[String],
 ) -> Result<hyper::Response<ResponseBody>, Failure>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -284,16 +371,17 @@ where
     if declared.is_some_and(|len| len > limits.max_body_bytes) {
         return Err(Failure::BodyTooLarge(limits.max_body_bytes));
     }
-    // A body without a length is counted as it streams; the guest's read fails past the limit
-    // and the client gets 413 instead of whatever the guest makes of the failure.
-    let overflowed = Arc::new(AtomicBool::new(false));
-    let req = req.map(|body| LimitedBody::new(body, limits.max_body_bytes, overflowed.clone()));
     let presented = app.session_config().id_from_cookies(
         req.headers()
             .get_all(hyper::header::COOKIE)
             .iter()
             .map(|v| v.as_bytes()),
     );
+    session::strip_cookies(req.headers_mut(), session_cookies);
+    // A body without a length is counted as it streams; the guest's read fails past the limit
+    // and the client gets 413 instead of whatever the guest makes of the failure.
+    let verdict = Arc::new(BodyVerdict::default());
+    let req = req.map(|body| GuestRequestBody::new(body, limits, verdict.clone()));
     let session = Session::new(
         app.session_config().clone(),
         app.namespace().clone(),
@@ -301,10 +389,23 @@ where
     );
     let jar = session.jar();
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    let unfinished = Arc::new(AtomicBool::new(false));
     let task_app = app.clone();
+    let task_unfinished = unfinished.clone();
     let task = tokio::spawn(
         async move {
             let app = task_app;
+            // The start of the body arrives before an instance is taken: a client trickling
+            // its body holds a connection, never one of the app's instance slots.
+            let mut req = req;
+            req.body_mut().prebuffer().await;
+            match req.body().verdict.get() {
+                BodyVerdict::TOO_LARGE => {
+                    return Err(Failure::BodyTooLarge(app.limits().max_body_bytes));
+                }
+                BodyVerdict::TOO_SLOW => return Err(Failure::BodyTooSlow),
+                _ => {}
+            }
             // Admitted here, when the task runs, rather than before it is spawned: a burst of
             // requests (one per ready connection in a scheduler tick) would otherwise hold
             // permits while queued behind each other in the run queue, fill the limit with
@@ -328,7 +429,14 @@ where
                 app.metrics()
                     .instantiation
                     .observe(started.elapsed().as_secs_f64());
-                fresh.handle(req, sender).await
+                // Dropped before `fresh` (and so before the response body's channel closes)
+                // however this ends: a failure, the deadline, an abort.
+                let mut marker = UnfinishedMarker(Some(task_unfinished));
+                let result = fresh.handle(req, sender).await;
+                if result.is_ok() {
+                    marker.0 = None;
+                }
+                result
             };
             // The epoch callback stops guest code; this also stops a guest parked in a host
             // call, dropping the instance wherever it is.
@@ -341,12 +449,20 @@ where
         }
         .in_current_span(),
     );
+    let task = AbortOnDrop(Some(task));
 
     match receiver.await {
-        Ok(Ok(_)) if overflowed.load(Ordering::Relaxed) => {
+        Ok(Ok(_)) if verdict.get() == BodyVerdict::TOO_LARGE => {
             Err(Failure::BodyTooLarge(limits.max_body_bytes))
         }
+        Ok(Ok(_)) if verdict.get() == BodyVerdict::TOO_SLOW => Err(Failure::BodyTooSlow),
+        Ok(Ok(response)) if response.status().is_informational() => Err(Failure::Guest(anyhow!(
+            "the guest answered {}: a handler must send a final status (1xx responses and \
+             upgrades are not supported)",
+            response.status()
+        ))),
         Ok(Ok(mut response)) => {
+            session::refuse_guest_cookies(response.headers_mut(), session_cookies);
             let cookie = jar
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -354,11 +470,18 @@ where
             if let Some(cookie) = cookie {
                 add_session_cookie(response.headers_mut(), &cookie);
             }
-            Ok(response.map(|body| body.map_err(anyhow::Error::from).boxed_unsync()))
+            Ok(response.map(|body| {
+                GuestResponseBody {
+                    inner: body,
+                    task,
+                    unfinished,
+                }
+                .boxed_unsync()
+            }))
         }
         Ok(Err(code)) => Err(Failure::GuestErrorCode(code)),
         // The guest dropped the outparam without setting it: the task says why.
-        Err(_) => match task.await {
+        Err(_) => match task.join().await {
             Ok(Err(failure)) => Err(failure),
             Ok(Ok(())) => Err(Failure::Guest(anyhow!(
                 "the guest returned without setting a response"
@@ -370,63 +493,285 @@ where
     }
 }
 
-/// A request body that fails once more than `limit` bytes have come through, and says so in
-/// `overflowed`.
-struct LimitedBody<B> {
-    inner: B,
-    remaining: u64,
-    limit: u64,
-    overflowed: Arc<AtomicBool>,
+/// The guest's task, aborted if dropped while still armed: when the client is gone before the
+/// guest has finished its response.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<Result<(), Failure>>>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<Result<(), Failure>, tokio::task::JoinError> {
+        self.0.take().expect("joined once").await
+    }
+
+    /// Lets the task run to its end on its own: the response is complete.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
 }
 
-impl<B> LimitedBody<B> {
-    fn new(inner: B, limit: u64, overflowed: Arc<AtomicBool>) -> LimitedBody<B> {
-        LimitedBody {
-            inner,
-            remaining: limit,
-            limit,
-            overflowed,
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }
 
-impl<B> hyper::body::Body for LimitedBody<B>
-where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<wasmtime_wasi_http::Error>,
-{
+/// Sets its flag when dropped unless cleared: the guest did not finish its response.
+struct UnfinishedMarker(Option<Arc<AtomicBool>>);
+
+impl Drop for UnfinishedMarker {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The guest's response body, as the client gets it.
+///
+/// wasmtime ends the body cleanly when the guest's store goes away, even if the guest trapped
+/// or ran out of time halfway: a client (or a cache) would take a cut-short body for a whole
+/// one. Here such an end is an error instead, so HTTP/1 closes the connection without the
+/// last chunk and HTTP/2 resets the stream. Dropping the body unfinished (the client went
+/// away) aborts the guest.
+struct GuestResponseBody {
+    inner: HyperOutgoingBody,
+    task: AbortOnDrop,
+    /// Set before the guest's store is dropped when the guest did not finish.
+    unfinished: Arc<AtomicBool>,
+}
+
+impl Body for GuestResponseBody {
     type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
+    type Error = anyhow::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let frame = match std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return std::task::Poll::Ready(Some(Err(e.into()))),
-            None => return std::task::Poll::Ready(None),
-        };
-        if let Some(data) = frame.data_ref() {
-            let len = data.len() as u64;
-            if len > self.remaining {
-                self.overflowed.store(true, Ordering::Relaxed);
-                let limit = self.limit;
-                return std::task::Poll::Ready(Some(Err(
-                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)),
-                )));
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, anyhow::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match frame {
+            Some(Ok(frame)) => {
+                if frame.is_trailers() {
+                    self.task.disarm();
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
-            self.remaining -= len;
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None if self.unfinished.load(Ordering::Acquire) => Poll::Ready(Some(Err(anyhow!(
+                "the guest failed before finishing its response body; the body is cut short"
+            )))),
+            None => {
+                self.task.disarm();
+                Poll::Ready(None)
+            }
         }
-        std::task::Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
     }
 
-    fn size_hint(&self) -> hyper::body::SizeHint {
+    fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How a request body went, for the status when the guest answers anyway.
+#[derive(Default)]
+struct BodyVerdict(AtomicU8);
+
+impl BodyVerdict {
+    const FINE: u8 = 0;
+    const TOO_LARGE: u8 = 1;
+    const TOO_SLOW: u8 = 2;
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, verdict: u8) {
+        self.0.store(verdict, Ordering::Relaxed);
+    }
+}
+
+/// The most of a request body read before the request takes an instance.
+const PREBUFFER: usize = 64 << 10;
+
+/// A request body as the guest reads it: what arrived before the instance was made, then the
+/// rest as it streams. It fails once more than the app's limit has come through, or when the
+/// client is too slow: the body gets `body_timeout` for its first bytes and then must keep
+/// up `body_min_rate` bytes a second (as Apache's `mod_reqtimeout` does), so a client
+/// trickling a byte every few seconds cannot hold an instance for the whole request timeout.
+struct GuestRequestBody<B> {
+    inner: B,
+    /// Read ahead by [`GuestRequestBody::prebuffer`], handed out first.
+    buffered: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    ended: bool,
+    remaining: u64,
+    limit: u64,
+    received: u64,
+    started: Instant,
+    grace: Duration,
+    min_rate: u64,
+    /// Armed only while the body is waited for, so a body that arrives at once costs no
+    /// timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    verdict: Arc<BodyVerdict>,
+}
+
+impl<B> GuestRequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    fn new(inner: B, limits: &crate::limits::AppLimits, verdict: Arc<BodyVerdict>) -> Self {
+        GuestRequestBody {
+            ended: inner.is_end_stream(),
+            inner,
+            buffered: None,
+            trailers: None,
+            remaining: limits.max_body_bytes,
+            limit: limits.max_body_bytes,
+            received: 0,
+            started: Instant::now(),
+            grace: limits.request.body_timeout,
+            min_rate: limits.request.body_min_rate.max(1),
+            timer: None,
+            verdict,
+        }
+    }
+
+    /// When the body must have reached its current length plus one more frame.
+    fn deadline(&self) -> Instant {
+        self.started
+            + self.grace
+            + Duration::from_secs_f64(self.received as f64 / self.min_rate as f64)
+    }
+
+    /// Reads the body until it ends or [`PREBUFFER`] bytes have come; a failure is left for
+    /// the guest's first read to report.
+    async fn prebuffer(&mut self) {
+        if self.ended {
+            return;
+        }
+        let mut data = bytes::BytesMut::new();
+        while data.len() < PREBUFFER && !self.ended {
+            match std::future::poll_fn(|cx| self.poll_inner(cx)).await {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(chunk) => data.extend_from_slice(&chunk),
+                    Err(frame) => {
+                        self.trailers = frame.into_trailers().ok();
+                        self.ended = true;
+                    }
+                },
+                Some(Err(e)) => {
+                    // Keep what came, then the error (the verdict already says which).
+                    self.buffered = Some(data.freeze());
+                    self.ended = true;
+                    drop(e);
+                    return;
+                }
+                None => self.ended = true,
+            }
+        }
+        self.buffered = Some(data.freeze());
+    }
+
+    /// The next frame from the client, within the size limit and the pace.
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>> {
+        if self.ended {
+            return Poll::Ready(match self.verdict.get() {
+                BodyVerdict::TOO_LARGE => Some(Err(
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(self.limit)),
+                )),
+                BodyVerdict::TOO_SLOW => {
+                    Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout))
+                }
+                _ => None,
+            });
+        }
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::from_std(self.deadline());
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                ready!(timer.as_mut().poll(cx));
+                self.verdict.set(BodyVerdict::TOO_SLOW);
+                self.ended = true;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)));
+            }
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                self.ended = true;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            None => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > self.remaining {
+                self.verdict.set(BodyVerdict::TOO_LARGE);
+                self.ended = true;
+                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                    Some(self.limit),
+                ))));
+            }
+            self.remaining -= len;
+            self.received += len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+impl<B> Body for GuestRequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.buffered.take().filter(|d| !d.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        self.poll_inner(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+            && self.buffered.as_ref().is_none_or(Bytes::is_empty)
+            && self.trailers.is_none()
+            && self.verdict.get() == BodyVerdict::FINE
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.buffered, &self.trailers, self.ended) {
+            (None, None, false) => self.inner.size_hint(),
+            (None, None, true) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 
@@ -455,6 +800,7 @@ impl Failure {
             Failure::BodyTooLarge(limit) => {
                 info!(limit, "request body over the app's limit: refused")
             }
+            Failure::BodyTooSlow => info!("request body too slow: refused"),
         }
     }
 }

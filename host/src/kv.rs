@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+use crate::budget::{Budget, Charge};
 use crate::instance::RequestCtx;
 use crate::metrics::StoreOperations;
 use crate::storage::{Storage, StorageError, Ttl};
@@ -35,8 +36,14 @@ impl Default for KvLimits {
     }
 }
 
-/// Keys listed per `wasi:keyvalue` `list-keys` page, which takes no size of its own.
-const WASI_PAGE: u32 = 1000;
+/// Keys listed per `wasi:keyvalue` `list-keys` page, which takes no size of its own, and the
+/// most a `tabula:host/kv` page may ask for: a larger page is cut to this and continues
+/// through its cursor. A guest's own limit once went to Redis unbounded and froze it.
+const MAX_PAGE: u32 = 1000;
+
+/// The longest expiry a guest may set, 100 years: beyond it the backends disagreed (Redis
+/// refuses what overflows its milliseconds, the embedded store's clock overflowed).
+const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// One app's view of the store. Built once per app, shared by its requests.
 pub struct Namespace {
@@ -47,8 +54,8 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// The namespace of app `app`, whose name the router has checked is made of
-    /// `[A-Za-z0-9_-]`.
+    /// The namespace of app `app`, whose name [`crate::app::validate_name`] has checked is
+    /// made of `[A-Za-z0-9_-]`.
     pub fn new(storage: Arc<dyn Storage>, app: &str, limits: KvLimits) -> Namespace {
         debug_assert!(!app.contains(['{', '}', ':']));
         Namespace {
@@ -81,12 +88,14 @@ pub struct Bucket {
     space: String,
 }
 
-/// A `wasi:keyvalue/atomics` compare-and-swap handle: the key and the value it saw.
+/// A `wasi:keyvalue/atomics` compare-and-swap handle: the key and the value it saw, charged
+/// to the request's budget while the handle lives.
 #[derive(Debug)]
 pub struct Cas {
     bucket: Bucket,
     key: String,
     seen: Option<Vec<u8>>,
+    _charge: Charge,
 }
 
 /// Why a kv call was refused. Converted into each interface's own error type.
@@ -94,6 +103,9 @@ pub struct Cas {
 enum KvError {
     KeyTooLarge(u32),
     ValueTooLarge(u32),
+    TtlTooLong,
+    /// The request's host memory budget is spent (see [`crate::budget`]).
+    OverBudget(String),
     Storage(StorageError),
 }
 
@@ -106,8 +118,10 @@ impl From<StorageError> for KvError {
 type KvResult<T> = Result<T, KvError>;
 
 impl Namespace {
+    /// The store key of `key` in `bucket`. A bucket's name counts toward the key limit, so
+    /// long bucket names cannot carry what a long key may not.
     fn full_key(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
-        if key.len() > self.limits.max_key_bytes as usize {
+        if bucket.name_len() + key.len() > self.limits.max_key_bytes as usize {
             return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
         }
         Ok(self.key(&format!("{}{key}", bucket.space)))
@@ -133,6 +147,7 @@ impl Namespace {
     ) -> KvResult<()> {
         let key = self.full_key(b, key)?;
         self.check_value(value)?;
+        check_ttl(ttl)?;
         Ok(self.storage.set(&key, value, ttl).await?)
     }
 
@@ -161,6 +176,7 @@ impl Namespace {
     ) -> KvResult<bool> {
         let key = self.full_key(b, key)?;
         self.check_value(new)?;
+        check_ttl(ttl)?;
         Ok(self
             .storage
             .compare_and_swap(&key, expected, new, ttl)
@@ -177,6 +193,7 @@ impl Namespace {
     ) -> KvResult<(Vec<String>, Option<String>)> {
         let full_prefix = self.full_key(b, prefix)?;
         let strip = full_prefix.len() - prefix.len();
+        let limit = limit.clamp(1, MAX_PAGE);
         let page = self.storage.list(&full_prefix, cursor, limit).await?;
         let keys = page
             .keys
@@ -187,11 +204,20 @@ impl Namespace {
     }
 
     async fn expire(&self, b: &Bucket, key: &str, ttl: Option<Duration>) -> KvResult<bool> {
-        Ok(self.storage.expire(&self.full_key(b, key)?, ttl).await?)
+        let key = self.full_key(b, key)?;
+        check_ttl(ttl)?;
+        Ok(self.storage.expire(&key, ttl).await?)
     }
 
     async fn ttl(&self, b: &Bucket, key: &str) -> KvResult<Ttl> {
         Ok(self.storage.ttl(&self.full_key(b, key)?).await?)
+    }
+}
+
+fn check_ttl(ttl: Option<Duration>) -> KvResult<()> {
+    match ttl {
+        Some(ttl) if ttl > MAX_TTL => Err(KvError::TtlTooLong),
+        _ => Ok(()),
     }
 }
 
@@ -202,6 +228,18 @@ fn kv_bucket() -> Bucket {
     }
 }
 
+impl Bucket {
+    /// The bytes of the guest's bucket name inside the key space (`b:NAME:`), which count
+    /// toward the key limit; the default bucket's are free.
+    fn name_len(&self) -> usize {
+        if self.space == "kv:" {
+            0
+        } else {
+            self.space.len()
+        }
+    }
+}
+
 fn ttl_from_ms(ms: Option<u64>) -> Option<Duration> {
     ms.map(Duration::from_millis)
 }
@@ -209,12 +247,18 @@ fn ttl_from_ms(ms: Option<u64>) -> Option<Duration> {
 /// What the kv host functions borrow from a request's store.
 pub struct KvView<'a> {
     ns: &'a Namespace,
+    /// What CAS handles and batch answers take from the request's host memory.
+    budget: &'a Arc<Budget>,
     table: &'a mut ResourceTable,
 }
 
 impl<'a> KvView<'a> {
-    pub fn new(ns: &'a Namespace, table: &'a mut ResourceTable) -> KvView<'a> {
-        KvView { ns, table }
+    pub fn new(
+        ns: &'a Namespace,
+        budget: &'a Arc<Budget>,
+        table: &'a mut ResourceTable,
+    ) -> KvView<'a> {
+        KvView { ns, budget, table }
     }
 }
 
@@ -244,6 +288,8 @@ impl From<KvError> for kv::Error {
         match e {
             KvError::KeyTooLarge(max) => kv::Error::KeyTooLarge(max),
             KvError::ValueTooLarge(max) => kv::Error::ValueTooLarge(max),
+            KvError::TtlTooLong => kv::Error::Other(ttl_too_long()),
+            KvError::OverBudget(why) => kv::Error::Other(why),
             KvError::Storage(StorageError::Unavailable(why)) => kv::Error::Unavailable(why),
             KvError::Storage(e) => kv::Error::Other(e.to_string()),
         }
@@ -256,9 +302,18 @@ impl From<KvError> for store::Error {
         store::Error::Other(match e {
             KvError::KeyTooLarge(max) => format!("key too large: the limit is {max} bytes"),
             KvError::ValueTooLarge(max) => format!("value too large: the limit is {max} bytes"),
+            KvError::TtlTooLong => ttl_too_long(),
+            KvError::OverBudget(why) => why,
             KvError::Storage(e) => e.to_string(),
         })
     }
+}
+
+fn ttl_too_long() -> String {
+    format!(
+        "expiry too long: the limit is {} ms (100 years)",
+        MAX_TTL.as_millis()
+    )
 }
 
 /// The guest's answer: `Ok(Ok(_))` or `Ok(Err(_))`, counted in the metrics. Host-side
@@ -372,6 +427,29 @@ impl KvView<'_> {
     }
 }
 
+/// A CAS handle on `key` holding what the store has now, charged for as long as it lives.
+async fn new_cas(
+    ns: &Namespace,
+    budget: &Arc<Budget>,
+    bucket: Bucket,
+    key: String,
+) -> KvResult<Cas> {
+    let seen = ns.get(&bucket, &key).await?;
+    let held = key.len() + bucket.space.len() + seen.as_ref().map_or(0, Vec::len);
+    Ok(Cas {
+        _charge: charge(budget, held)?,
+        bucket,
+        key,
+        seen,
+    })
+}
+
+fn charge(budget: &Arc<Budget>, bytes: usize) -> KvResult<Charge> {
+    budget
+        .charge(bytes as u64)
+        .map_err(|e| KvError::OverBudget(e.to_string()))
+}
+
 impl store::Host for KvView<'_> {
     async fn open(
         &mut self,
@@ -383,6 +461,15 @@ impl store::Host for KvView<'_> {
                 return Ok(Err(store::Error::Other(
                     "a bucket identifier may not contain `:`".into(),
                 )));
+            }
+            // Every key in it would be over the limit anyway; refusing here also keeps
+            // open handles small.
+            name if name.len() + 3 > self.ns.limits.max_key_bytes as usize => {
+                return Ok(Err(store::Error::Other(format!(
+                    "bucket identifier too long: with its keys it must fit the key limit of \
+                     {} bytes",
+                    self.ns.limits.max_key_bytes
+                ))));
             }
             name => format!("b:{name}:"),
         };
@@ -434,7 +521,7 @@ impl store::HostBucket for KvView<'_> {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
         let b = self.bucket(&b)?;
-        let listed = self.ns.list(&b, "", cursor.as_deref(), WASI_PAGE).await;
+        let listed = self.ns.list(&b, "", cursor.as_deref(), MAX_PAGE).await;
         answer(
             self.ns,
             listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }),
@@ -471,13 +558,13 @@ impl atomics::Host for KvView<'_> {
         match swapped {
             Ok(true) => Ok(Ok(())),
             // Someone else wrote first: hand back a fresh handle holding what they wrote.
-            Ok(false) => match self.ns.get(&cas.bucket, &cas.key).await {
-                Ok(seen) => {
-                    let fresh = self.table.push(Cas { seen, ..cas })?;
-                    Ok(Err(atomics::CasError::CasFailed(fresh)))
+            Ok(false) => {
+                let fresh = new_cas(self.ns, self.budget, cas.bucket, cas.key).await;
+                match fresh {
+                    Ok(fresh) => Ok(Err(atomics::CasError::CasFailed(self.table.push(fresh)?))),
+                    Err(e) => Ok(Err(atomics::CasError::StoreError(e.into()))),
                 }
-                Err(e) => Ok(Err(atomics::CasError::StoreError(e.into()))),
-            },
+            }
             Err(e) => Ok(Err(atomics::CasError::StoreError(e.into()))),
         }
     }
@@ -490,8 +577,8 @@ impl atomics::HostCas for KvView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, store::Error>> {
         let bucket = self.bucket(&b)?;
-        match self.ns.get(&bucket, &key).await {
-            Ok(seen) => Ok(Ok(self.table.push(Cas { bucket, key, seen })?)),
+        match new_cas(self.ns, self.budget, bucket, key).await {
+            Ok(cas) => Ok(Ok(self.table.push(cas)?)),
             Err(e) => Ok(Err(e.into())),
         }
     }
@@ -516,12 +603,20 @@ impl batch::Host for KvView<'_> {
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
         let b = self.bucket(&b)?;
-        let mut out = Vec::with_capacity(keys.len());
+        // The answer is charged as it grows, so a batch that would not fit the request's
+        // budget fails instead of building gigabytes first.
+        let mut held = self.budget.empty_charge();
+        let mut out = Vec::with_capacity(keys.len().min(MAX_PAGE as usize));
         for key in keys {
-            match self.ns.get(&b, &key).await {
-                Ok(value) => out.push((key, value)),
+            let value = match self.ns.get(&b, &key).await {
+                Ok(value) => value,
                 Err(e) => return answer(self.ns, Err(e)),
+            };
+            let size = held.amount() + (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+            if let Err(e) = held.resize(size) {
+                return answer(self.ns, Err(KvError::OverBudget(e.to_string())));
             }
+            out.push((key, value));
         }
         Ok(Ok(out))
     }

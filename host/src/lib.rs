@@ -18,13 +18,15 @@
 //! - [`supervisor`] runs `--processes` worker processes that share the listener.
 //! - [`project`] and [`manifest`] turn handler projects on disk into components (`tabula up`).
 //!
-//! - [`limits`] holds the host's limits and resolves each app's; [`metrics`] counts what
-//!   happens, for the operator listener that [`server`] also runs.
+//! - [`limits`] holds the host's limits and resolves each app's, and [`budget`] charges what
+//!   the host holds for one request against it; [`metrics`] counts what happens, for the
+//!   operator listener that [`server`] also runs.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
 pub mod app;
 mod bindings;
+pub mod budget;
 pub mod guest_log;
 pub mod instance;
 pub mod kv;

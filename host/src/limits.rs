@@ -37,6 +37,40 @@ pub struct Limits {
     pub tmp: TmpQuota,
     /// Session settings for apps whose manifest does not say otherwise.
     pub session: SessionDefaults,
+    /// What one request may make the host hold for it: see [`RequestBounds`].
+    pub request: RequestBounds,
+}
+
+/// Bounds on what one request may make the host hold or do on its behalf, beyond its linear
+/// memory. Host-wide: a manifest cannot change them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBounds {
+    /// Host memory in bytes: `/tmp` (the quota is part of it), names, descriptors, listings,
+    /// kv handles and batch answers, header fields the guest builds (see [`crate::budget`]).
+    pub host_memory_bytes: u64,
+    /// Resource handles alive at once (streams, descriptors, fields, buckets, ...).
+    pub max_resources: usize,
+    /// Guest stdout and stderr logged per request, in bytes and in lines; the rest is
+    /// dropped and counted.
+    pub log_bytes: usize,
+    pub log_lines: usize,
+    /// A request body must keep arriving: this long for the first bytes, then at least
+    /// `body_min_rate` bytes a second, or the request gets 408.
+    pub body_timeout: Duration,
+    pub body_min_rate: u64,
+}
+
+impl Default for RequestBounds {
+    fn default() -> Self {
+        RequestBounds {
+            host_memory_bytes: 128 << 20,
+            max_resources: 10_000,
+            log_bytes: 64 << 10,
+            log_lines: 1000,
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
+        }
+    }
 }
 
 /// Where instances get their memory, tables and stacks.
@@ -67,6 +101,7 @@ impl Default for Limits {
             kv: KvLimits::default(),
             tmp: TmpQuota::default(),
             session: SessionDefaults::default(),
+            request: RequestBounds::default(),
         }
     }
 }
@@ -95,6 +130,7 @@ pub struct AppLimits {
     pub queue_timeout: Duration,
     pub kv: KvLimits,
     pub tmp: TmpQuota,
+    pub request: RequestBounds,
 }
 
 impl AppLimits {
@@ -152,6 +188,7 @@ impl AppLimits {
                 max_bytes: cap("tmp_max_bytes", app.tmp_max_bytes, host.tmp.max_bytes),
                 max_files: cap("tmp_max_files", app.tmp_max_files, host.tmp.max_files),
             },
+            request: host.request,
         };
         (limits, capped)
     }

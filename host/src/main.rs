@@ -5,13 +5,14 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::app::App;
 use tabula::kv::KvLimits;
-use tabula::limits::{Allocator, Limits};
+use tabula::limits::{Allocator, Limits, RequestBounds};
 use tabula::project::{self, BuildOptions};
 use tabula::router::Router;
 use tabula::runtime::Runtime;
@@ -141,10 +142,49 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_MAX_HEADER_BYTES", default_value_t = ServerConfig::default().max_header_bytes)]
     max_header_bytes: usize,
 
-    /// Seconds a client has to send a request's headers, and to start its next request on an
-    /// idle kept-alive connection; slower clients are disconnected.
+    /// Seconds a new connection has to send its first request's headers (whatever the
+    /// protocol), a client has to send a request's headers, and to start its next request on
+    /// an idle kept-alive HTTP/1 connection; slower clients are disconnected.
     #[arg(long, env = "TABULA_HEADER_TIMEOUT", default_value_t = ServerConfig::default().header_timeout.as_secs_f64())]
     header_timeout: f64,
+
+    /// Seconds a connection may stay open with no request in flight (HTTP/2 connections that
+    /// only answer PINGs too); then it is closed (GOAWAY for HTTP/2).
+    #[arg(long, env = "TABULA_IDLE_TIMEOUT", default_value_t = ServerConfig::default().idle_timeout.as_secs_f64())]
+    idle_timeout: f64,
+
+    /// Seconds a write to a client may make no progress (it stopped reading) before the
+    /// connection is closed and its request's instance stopped.
+    #[arg(long, env = "TABULA_WRITE_TIMEOUT", default_value_t = ServerConfig::default().write_timeout.as_secs_f64())]
+    write_timeout: f64,
+
+    /// Seconds a request body has for its first bytes; after that it must keep arriving at
+    /// --body-min-rate, or the request gets 408.
+    #[arg(long, env = "TABULA_BODY_TIMEOUT", default_value_t = RequestBounds::default().body_timeout.as_secs_f64())]
+    body_timeout: f64,
+
+    /// Bytes per second a request body must keep up after --body-timeout.
+    #[arg(long, env = "TABULA_BODY_MIN_RATE", default_value_t = RequestBounds::default().body_min_rate)]
+    body_min_rate: u64,
+
+    /// MiB of host memory one request may make the host hold for it beyond its linear
+    /// memory: /tmp (whose quota is part of it), file names, open descriptors and listings,
+    /// kv handles and batch answers, header fields it builds. Past it, the call fails.
+    #[arg(long, env = "TABULA_REQUEST_HOST_MEMORY_MIB", default_value_t = RequestBounds::default().host_memory_bytes >> 20)]
+    request_host_memory_mib: u64,
+
+    /// Resource handles (streams, descriptors, fields, buckets, ...) a request may hold at once;
+    /// past it, the guest is stopped.
+    #[arg(long, env = "TABULA_MAX_RESOURCES", default_value_t = RequestBounds::default().max_resources)]
+    max_resources: usize,
+
+    /// Bytes of guest stdout and stderr logged per request; the rest is dropped and counted.
+    #[arg(long, env = "TABULA_GUEST_LOG_MAX_BYTES", default_value_t = RequestBounds::default().log_bytes)]
+    guest_log_max_bytes: usize,
+
+    /// Lines of guest stdout and stderr logged per request; the rest is dropped and counted.
+    #[arg(long, env = "TABULA_GUEST_LOG_MAX_LINES", default_value_t = RequestBounds::default().log_lines)]
+    guest_log_max_lines: usize,
 
     /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
     #[arg(long, env = "TABULA_DRAIN_TIMEOUT", default_value_t = ServerConfig::default().drain_timeout.as_secs_f64())]
@@ -265,6 +305,14 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             lifetime: positive_duration(args.session_lifetime as f64, "--session-lifetime")?,
             max_bytes: args.session_max_bytes,
         },
+        request: RequestBounds {
+            host_memory_bytes: args.request_host_memory_mib.saturating_mul(1 << 20),
+            max_resources: args.max_resources.max(1),
+            log_bytes: args.guest_log_max_bytes,
+            log_lines: args.guest_log_max_lines,
+            body_timeout: positive_duration(args.body_timeout, "--body-timeout")?,
+            body_min_rate: args.body_min_rate,
+        },
     };
     // Local development may keep state in memory; production must say where state lives.
     let store = match (args.store.as_deref(), mode) {
@@ -278,6 +326,8 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
     let server_config = ServerConfig {
         max_connections: args.max_connections.max(1),
         header_timeout: positive_duration(args.header_timeout, "--header-timeout")?,
+        idle_timeout: positive_duration(args.idle_timeout, "--idle-timeout")?,
+        write_timeout: positive_duration(args.write_timeout, "--write-timeout")?,
         max_header_bytes: args.max_header_bytes,
         drain_timeout: positive_duration(args.drain_timeout, "--drain-timeout")?,
         workers: args.workers.unwrap_or_else(|| {
@@ -316,8 +366,17 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         .thread_name("tabula-control")
         .enable_all()
         .build()?;
+    raise_open_files_limit();
     control.block_on(async move {
-        let shutdown = shutdown_signal()?;
+        // Turned on by the first signal, before the drain starts: `/readyz` then answers 503
+        // so load balancers stop sending new requests.
+        let draining = Arc::new(AtomicBool::new(false));
+        let signal = shutdown_signal()?;
+        let flag = draining.clone();
+        let shutdown = async move {
+            signal.await;
+            flag.store(true, Ordering::Relaxed);
+        };
         let storage = storage::open(&store).await?;
         match storage.ping().await {
             Ok(()) => info!(store = storage.describe(), "store ready"),
@@ -379,7 +438,8 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                     listener,
                     runtime.storage().clone(),
                     metrics,
-                    std::future::pending(),
+                    server_config.clone(),
+                    draining.clone(),
                 )))
             }
         };
@@ -406,6 +466,25 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard one: every connection is a file, and the
+/// soft default (often 1024) let 1100 idle connections make `accept` fail for everyone.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("could not raise the open-files limit; see `ulimit -n`");
+            }
+        }
+    }
 }
 
 /// Gives the memory that start-up work (compiling components) freed back to the system

@@ -7,10 +7,11 @@ use anyhow::{Result, bail};
 
 use crate::app::App;
 
-#[derive(Default)]
 pub struct Router {
     /// Longest route first, so the first match is the most specific one.
     apps: Vec<App>,
+    /// Every app's session cookie name: no guest sees or sets any of them.
+    session_cookies: Vec<String>,
 }
 
 impl Router {
@@ -47,7 +48,19 @@ impl Router {
                 );
             }
         }
-        Ok(Router { apps })
+        let session_cookies = apps
+            .iter()
+            .map(|app| app.session_config().cookie_name.clone())
+            .collect();
+        Ok(Router {
+            apps,
+            session_cookies,
+        })
+    }
+
+    /// Every app's session cookie name.
+    pub fn session_cookies(&self) -> &[String] {
+        &self.session_cookies
     }
 
     /// The app serving `path`, if any.

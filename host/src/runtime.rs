@@ -52,6 +52,8 @@ impl Runtime {
         wasmtime_wasi_io::add_to_linker_async(&mut linker)?;
         linker.allow_shadowing(false);
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        // …with the header fields a guest builds charged to its request's budget.
+        crate::instance::add_fields_limits(&mut linker)?;
         // tabula:host/kv and wasi:keyvalue, on the app's namespace.
         crate::kv::add_to_linker(&mut linker)?;
         crate::session::add_to_linker(&mut linker)?;

@@ -7,11 +7,13 @@
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,9 +21,9 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::instance::{self, Failure, ResponseBody};
@@ -37,9 +39,16 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct ServerConfig {
     /// Connections open at once; past it, new ones wait in the kernel's backlog.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers (slowloris), and to start the next
-    /// request on a kept-alive HTTP/1 connection (idle timeout).
+    /// Time a new connection has to send its first request's headers (whatever the
+    /// protocol: the HTTP/2 preface counts for nothing), a client has to send a request's
+    /// headers (slowloris), and to start the next request on a kept-alive HTTP/1 connection.
     pub header_timeout: Duration,
+    /// How long a connection with no request in flight stays open (HTTP/2 connections that
+    /// only answer PINGs included).
+    pub idle_timeout: Duration,
+    /// How long a write to a client may make no progress (a client that stops reading)
+    /// before the connection is closed.
+    pub write_timeout: Duration,
     /// Largest request head: HTTP/1 read buffer, HTTP/2 header list.
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish once shutdown begins.
@@ -53,6 +62,8 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(30),
             workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
@@ -160,12 +171,57 @@ struct Shared {
 }
 
 /// One worker's accept loop, and its drain once `stopped` turns true.
-async fn worker(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+async fn worker(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
     let config = &shared.config;
+    let builder = connection_builder(config);
+    // Every connection task holds a clone of `done`; the drain waits for the last to go.
+    let (done, mut all_done) = mpsc::channel::<()>(1);
+    let mut stop = stopped.clone();
+    loop {
+        let permit = tokio::select! {
+            permit = shared.connections.clone().acquire_owned() => permit.expect("never closed"),
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            conn = accept(&listener) => conn,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let worker = shared.clone();
+        let activity = Activity::new();
+        let tracked = activity.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let request = tracked.begin();
+            let (router, id) = (worker.router.clone(), worker.ids.next());
+            async move {
+                let _request = request;
+                serve(router, req, id).await
+            }
+        });
+        let (builder, config, stopped, done) = (
+            builder.clone(),
+            shared.config.clone(),
+            stopped.clone(),
+            done.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _done = done;
+            serve_connection(&builder, stream, peer, service, activity, &config, stopped).await;
+        });
+    }
+
+    drop(listener);
+    drop(done);
+    if tokio::time::timeout(config.drain_timeout, all_done.recv())
+        .await
+        .is_err()
+    {
+        warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections");
+    }
+}
+
+/// hyper's settings for every connection, the operator listener's included.
+fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -178,42 +234,211 @@ async fn worker(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(config.max_header_bytes as u32)
-        .keep_alive_interval(Some(config.header_timeout))
+        .keep_alive_interval(Some(config.idle_timeout))
         .keep_alive_timeout(config.header_timeout);
-    let graceful = GracefulShutdown::new();
-    let stop = stopped.wait_for(|stop| *stop);
-    tokio::pin!(stop);
+    builder
+}
 
+/// Serves one connection until it ends, it has been idle too long, or the server stops.
+///
+/// hyper bounds the time to send HTTP/1 headers, but nothing bounded the time before hyper
+/// knows the protocol (a client sending nothing, or just `P`), nor an HTTP/2 connection that
+/// answers PINGs and never opens a stream; 10k such connections made every app unreachable.
+/// Here a connection must start its first request within the header timeout and may then
+/// sit with no request in flight for the idle timeout; past either it is shut down
+/// gracefully (HTTP/2 gets GOAWAY) and, if that does not end it within the header timeout,
+/// dropped. Writes are bounded by [`StallTimeout`].
+async fn serve_connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    service: S,
+    activity: Arc<Activity>,
+    config: &ServerConfig,
+    mut stopped: watch::Receiver<bool>,
+) where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(StallTimeout::new(stream, config.write_timeout));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing: Option<tokio::time::Instant> = None;
     loop {
-        let permit = tokio::select! {
-            permit = shared.connections.clone().acquire_owned() => permit.expect("never closed"),
-            _ = &mut stop => break,
-        };
-        let (stream, peer) = tokio::select! {
-            conn = accept(&listener) => conn,
-            _ = &mut stop => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let worker = shared.clone();
-        let service = hyper::service::service_fn(move |req| {
-            serve(worker.router.clone(), req, worker.ids.next())
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.await {
-                info!(%peer, error = %e, "connection closed with an error");
+        let idle_at = activity.idle_deadline(config.header_timeout, config.idle_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    info!(%peer, error = %e, "connection closed with an error");
+                }
+                return;
             }
-        });
+            () = tokio::time::sleep_until(idle_at.into()), if closing.is_none() => {
+                if activity.is_idle_at(idle_at) {
+                    info!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(tokio::time::Instant::now() + config.header_timeout);
+                }
+            }
+            () = async { closing.map(tokio::time::sleep_until).expect("armed").await }, if closing.is_some() => {
+                info!(%peer, "dropping a connection that did not close when asked");
+                return;
+            }
+            Ok(_) = stopped.wait_for(|stop| *stop), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                // The worker's drain timeout bounds what follows.
+                closing = Some(tokio::time::Instant::now() + config.drain_timeout);
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when it last started or finished one.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened`; `u64::MAX` until the first request.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(u64::MAX),
+        })
     }
 
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(config.drain_timeout) => {
-            warn!(timeout = ?config.drain_timeout, "drain timed out; closing the remaining connections")
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// A request has started; it ends when the guard is dropped (answered or cancelled).
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// When the connection will be idle too long if nothing happens before.
+    fn idle_deadline(&self, first: Duration, idle: Duration) -> Instant {
+        match self.last.load(Ordering::Relaxed) {
+            u64::MAX => self.opened + first,
+            ms => self.opened + Duration::from_millis(ms) + idle,
         }
+    }
+
+    /// Whether nothing has happened since `deadline` was computed and nothing is in flight.
+    fn is_idle_at(&self, deadline: Instant) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= deadline
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A connection whose writes fail once they have made no progress for the write timeout: a
+/// client that stops reading its response would otherwise keep its socket, and the instance
+/// streaming to it, for as long as it liked.
+struct StallTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed when a write first has to wait, disarmed when one succeeds.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> StallTimeout<T> {
+        StallTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes on a write's outcome, failing a pending one that has waited too long.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading (write timeout)",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -279,8 +504,24 @@ async fn serve(
             id
         }
     };
-    let Some(app) = router.route(req.uri().path()) else {
-        let mut response = plain(StatusCode::NOT_FOUND, "no app serves this path\n");
+    // Guests are told the request's authority; HTTP/1.1 requires a Host header anyway.
+    let has_authority = req.uri().authority().is_some()
+        || req
+            .headers()
+            .get(hyper::header::HOST)
+            .is_some_and(|host| host.to_str().is_ok());
+    let refused = if !has_authority {
+        Some(plain(
+            StatusCode::BAD_REQUEST,
+            "the request has no Host header (or it is not ASCII)\n",
+        ))
+    } else {
+        None
+    };
+    let app = router.route(req.uri().path());
+    let (Some(app), None) = (app, &refused) else {
+        let mut response =
+            refused.unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "no app serves this path\n"));
         response.headers_mut().insert(REQUEST_ID.clone(), id);
         return Ok(response);
     };
@@ -291,13 +532,16 @@ async fn serve(
         method = %req.method(),
         path = req.uri().path()
     );
-    async move {
-        let mut response = match instance::handle(app, req).await {
+    async {
+        let mut response = match instance::handle(app, req, router.session_cookies()).await {
             Ok(response) => response,
             Err(failure) => {
                 failure.log();
                 let response = failure_response(&failure);
-                if matches!(failure, Failure::Busy(_) | Failure::BodyTooLarge(_)) {
+                if matches!(
+                    failure,
+                    Failure::Busy(_) | Failure::BodyTooLarge(_) | Failure::BodyTooSlow
+                ) {
                     metrics::get()
                         .rejected
                         .get_or_create(&StatusLabels {
@@ -347,6 +591,16 @@ fn failure_response(failure: &Failure) -> Response<ResponseBody> {
             StatusCode::PAYLOAD_TOO_LARGE,
             "the request body is larger than this app accepts\n",
         ),
+        Failure::BodyTooSlow => {
+            let mut response = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body arrived too slowly\n",
+            );
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 
@@ -375,29 +629,49 @@ fn text_response(
     response
 }
 
+/// Connections the operator listener keeps open at once: enough for scrapers and probes,
+/// few enough that idle ones cannot use up the process's file descriptors.
+const OPERATOR_CONNECTIONS: usize = 64;
+
 /// The operator listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
-/// `/readyz` (the backing store answers, so requests that need state can succeed).
+/// `/readyz` (the backing store answers, so requests that need state can succeed; unready as
+/// soon as `draining` turns true, so a load balancer stops sending before the drain). Its
+/// connections get the same timeouts as the main listener's, and at most
+/// [`OPERATOR_CONNECTIONS`] of them are open at once.
 pub async fn run_operator(
     listener: TcpListener,
     storage: Arc<dyn Storage>,
     metrics: MetricsSource,
-    shutdown: impl Future<Output = ()>,
+    config: ServerConfig,
+    draining: Arc<AtomicBool>,
 ) {
-    tokio::pin!(shutdown);
+    let builder = connection_builder(&config);
+    let connections = Arc::new(Semaphore::new(OPERATOR_CONNECTIONS));
+    // The operator listener is stopped by aborting its task, not drained.
+    let (_never, stopped) = watch::channel(false);
     loop {
-        let (stream, _) = tokio::select! {
-            conn = accept(&listener) => conn,
-            () = &mut shutdown => return,
-        };
-        let (storage, metrics) = (storage.clone(), metrics.clone());
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let (stream, peer) = accept(&listener).await;
+        let (storage, metrics, draining) = (storage.clone(), metrics.clone(), draining.clone());
+        let activity = Activity::new();
+        let tracked = activity.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (storage, metrics) = (storage.clone(), metrics.clone());
-            async move { Ok::<_, Infallible>(operator(req.uri().path(), &*storage, &metrics).await) }
+            let request = tracked.begin();
+            let (storage, metrics, draining) = (storage.clone(), metrics.clone(), draining.clone());
+            async move {
+                let _request = request;
+                let draining = draining.load(Ordering::Relaxed);
+                Ok::<_, Infallible>(operator(req.uri().path(), &*storage, &metrics, draining).await)
+            }
         });
+        let (builder, config, stopped) = (builder.clone(), config.clone(), stopped.clone());
         tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _permit = permit;
+            serve_connection(&builder, stream, peer, service, activity, &config, stopped).await;
         });
     }
 }
@@ -415,6 +689,7 @@ async fn operator(
     path: &str,
     storage: &dyn Storage,
     metrics: &MetricsSource,
+    draining: bool,
 ) -> Response<ResponseBody> {
     match path {
         "/metrics" => text_response(
@@ -426,6 +701,10 @@ async fn operator(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/healthz" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" if draining => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down\n",
+        ),
         "/readyz" => match storage.ping().await {
             Ok(()) => plain(StatusCode::OK, "ready\n"),
             Err(e) => {

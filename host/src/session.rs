@@ -144,6 +144,77 @@ impl SessionConfig {
     }
 }
 
+/// The prefix of every default session cookie name (`tabula_session_APP`).
+const DEFAULT_COOKIE_PREFIX: &str = "tabula_session_";
+
+/// Whether `name` is a session cookie of the host's: one of `names` (every app's), or any
+/// name with the default prefix (an app on another route or host of the same site).
+fn is_session_cookie(name: &str, names: &[String]) -> bool {
+    name.starts_with(DEFAULT_COOKIE_PREFIX) || names.iter().any(|n| n == name)
+}
+
+/// Removes every session cookie from a request's `Cookie` headers before the guest sees them.
+///
+/// The host owns session cookies: a guest reads its session through `tabula:host/session`.
+/// Without this, an app on a nested route (`/victim/admin`) received `/victim`'s raw session
+/// id, since browsers send a cookie to every path below its own.
+pub fn strip_cookies(headers: &mut http::HeaderMap, names: &[String]) {
+    let cookie = http::header::COOKIE;
+    let has_session = headers.get_all(&cookie).iter().any(|value| {
+        value.to_str().map_or(true, |v| {
+            v.split(';')
+                .any(|pair| is_session_cookie(pair.trim().split('=').next().unwrap_or(""), names))
+        })
+    });
+    if !has_session {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(&cookie)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| !is_session_cookie(pair.split('=').next().unwrap_or(""), names))
+        .map(str::to_string)
+        .collect();
+    headers.remove(&cookie);
+    if !kept.is_empty()
+        && let Ok(value) = http::HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(cookie, value);
+    }
+}
+
+/// Drops a guest's `Set-Cookie` headers that would set any app's session cookie, and says so
+/// in the log: otherwise one app could plant its own session id in another app's cookie and
+/// have that app serve the planted session to the visitor.
+pub fn refuse_guest_cookies(headers: &mut http::HeaderMap, names: &[String]) {
+    let set_cookie = http::header::SET_COOKIE;
+    let sets_session = |value: &http::HeaderValue| {
+        let name = value.as_bytes().split(|b| *b == b'=').next().unwrap_or(b"");
+        std::str::from_utf8(name).map_or(true, |name| is_session_cookie(name.trim(), names))
+    };
+    if !headers.get_all(&set_cookie).iter().any(sets_session) {
+        return;
+    }
+    tracing::warn!(
+        "the guest tried to set a session cookie, which only the host sets; the header was \
+         dropped (use tabula:host/session)"
+    );
+    let kept: Vec<http::HeaderValue> = headers
+        .get_all(&set_cookie)
+        .iter()
+        .filter(|value| !sets_session(value))
+        .cloned()
+        .collect();
+    headers.remove(&set_cookie);
+    for value in kept {
+        headers.append(&set_cookie, value);
+    }
+}
+
 fn is_well_formed_id(value: &str) -> bool {
     value.len() == ID_BYTES * 2
         && value
@@ -541,6 +612,31 @@ mod tests {
             &SessionSettings::default(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn session_cookies_never_reach_guests_nor_come_from_them() {
+        let names = vec!["custom".to_string()];
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            "cookie",
+            "a=1; tabula_session_victim=x; custom=y".parse().unwrap(),
+        );
+        headers.append("cookie", "b=2".parse().unwrap());
+        strip_cookies(&mut headers, &names);
+        assert_eq!(headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(headers["cookie"], "a=1; b=2");
+
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            "set-cookie",
+            "tabula_session_victim=x; Path=/".parse().unwrap(),
+        );
+        headers.append("set-cookie", "theme=dark".parse().unwrap());
+        headers.append("set-cookie", " custom=y".parse().unwrap());
+        refuse_guest_cookies(&mut headers, &names);
+        let left: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(left, ["theme=dark"]);
     }
 
     #[test]

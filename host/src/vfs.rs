@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
@@ -21,6 +22,7 @@ use wasmtime_wasi_io::streams::{
 };
 
 use crate::bindings::filesystem::wasi::filesystem::{preopens, types};
+use crate::budget::{Budget, Charge, OverBudget};
 use crate::instance::RequestCtx;
 use types::{
     DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, Filesize,
@@ -29,21 +31,76 @@ use types::{
 
 type FsResult<T> = wasmtime::Result<Result<T, ErrorCode>>;
 
-/// A directory's entries.
-type Entries = Arc<RwLock<BTreeMap<String, Node>>>;
+/// Longest name of one file or directory, as POSIX's usual `NAME_MAX`.
+const NAME_MAX: usize = 255;
+/// Longest path a guest may name or a descriptor may sit at, as POSIX's usual `PATH_MAX`.
+/// It also bounds the depth of a tree, and so the work of walking it.
+const PATH_MAX: usize = 4096;
+/// Bytes charged for each directory entry, descriptor or listed entry beyond its name: the
+/// map node, the `Node` and the table entry that hold it.
+const OVERHEAD: u64 = 64;
+
+/// A directory's entries by name.
+type Entries = BTreeMap<String, Entry>;
+
+/// A name in a directory, and the charge for keeping it there.
+#[derive(Debug)]
+struct Entry {
+    node: Node,
+    _name: Charge,
+}
 
 /// A file or directory. Clones share the same node.
 #[derive(Clone, Debug)]
 enum Node {
-    File(Arc<RwLock<Vec<u8>>>),
-    Dir(Entries),
+    File(Arc<File>),
+    Dir(Arc<Dir>),
+}
+
+/// A file's bytes, charged by their capacity for as long as the file exists: while it is in
+/// a directory or while any descriptor or stream still holds it, so neither truncating nor
+/// unlinking an open file frees budget that is still in use.
+#[derive(Debug)]
+struct File {
+    id: u64,
+    data: RwLock<FileData>,
+    _counted: Charge,
+}
+
+#[derive(Debug)]
+struct FileData {
+    bytes: Vec<u8>,
+    /// The length, against the `/tmp` quota.
+    length: Charge,
+    /// The capacity, against the request's budget.
+    memory: Charge,
+}
+
+#[derive(Debug)]
+struct Dir {
+    id: u64,
+    entries: RwLock<Entries>,
+    _counted: Charge,
+}
+
+/// Frees a tree without recursion: a `/tmp` as deep as its limits allow would otherwise
+/// overflow the worker thread's stack when the request ends.
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let entries = std::mem::take(self.entries.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let mut pending: Vec<Entry> = entries.into_values().collect();
+        while let Some(entry) = pending.pop() {
+            if let Node::Dir(dir) = entry.node
+                && let Some(mut dir) = Arc::into_inner(dir)
+            {
+                let entries = dir.entries.get_mut().unwrap_or_else(|e| e.into_inner());
+                pending.extend(std::mem::take(entries).into_values());
+            }
+        }
+    }
 }
 
 impl Node {
-    fn empty_dir() -> Node {
-        Node::Dir(Arc::default())
-    }
-
     fn kind(&self) -> DescriptorType {
         match self {
             Node::File(_) => DescriptorType::RegularFile,
@@ -51,30 +108,19 @@ impl Node {
         }
     }
 
+    /// The node's number within its mount: a counter, not an address, so nothing of the
+    /// host's memory layout reaches the guest.
     fn id(&self) -> u64 {
         match self {
-            Node::File(f) => Arc::as_ptr(f) as *const u8 as u64,
-            Node::Dir(d) => Arc::as_ptr(d) as *const u8 as u64,
+            Node::File(f) => f.id,
+            Node::Dir(d) => d.id,
         }
     }
 
     fn size(&self) -> u64 {
         match self {
-            Node::File(f) => f.read().map_or(0, |f| f.len() as u64),
-            Node::Dir(d) => d.read().map_or(0, |d| d.len() as u64),
-        }
-    }
-
-    /// Bytes and files held by this node and everything below it.
-    fn usage(&self) -> (u64, u64) {
-        match self {
-            Node::File(f) => (f.read().map_or(0, |f| f.len() as u64), 1),
-            Node::Dir(d) => d.read().map_or((0, 0), |d| {
-                d.values().fold((0, 1), |(b, n), child| {
-                    let (cb, cn) = child.usage();
-                    (b + cb, n + cn)
-                })
-            }),
+            Node::File(f) => f.data.read().map_or(0, |f| f.bytes.len() as u64),
+            Node::Dir(d) => d.entries.read().map_or(0, |d| d.len() as u64),
         }
     }
 }
@@ -85,25 +131,12 @@ pub struct Assets(Arc<Mount>);
 
 impl Assets {
     pub fn empty() -> Assets {
-        Assets::mount(Node::empty_dir())
-    }
-
-    /// The read-only mount every request of the app shares: built once, cloned per request.
-    fn mount(root: Node) -> Assets {
-        Assets(Arc::new(Mount {
-            root,
-            writable: false,
-            quota: TmpQuota {
-                max_bytes: 0,
-                max_files: 0,
-            },
-            used: RwLock::new((0, 0)),
-        }))
+        Assets::load_with(|_| Ok(Entries::new())).expect("an empty tree")
     }
 
     /// Reads the directory `dir` (recursively) into memory. Symlinks are not followed.
     pub fn load(dir: &Path) -> anyhow::Result<Assets> {
-        fn read(dir: &Path) -> anyhow::Result<Node> {
+        fn read(dir: &Path, mount: &Mount) -> anyhow::Result<Entries> {
             let mut entries = BTreeMap::new();
             for entry in
                 std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?
@@ -112,24 +145,48 @@ impl Assets {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let kind = entry.file_type()?;
                 let node = if kind.is_dir() {
-                    read(&entry.path())?
+                    mount.new_dir(read(&entry.path(), mount)?, Charge::none())
                 } else if kind.is_file() {
-                    Node::File(Arc::new(RwLock::new(std::fs::read(entry.path())?)))
+                    let data = FileData {
+                        bytes: std::fs::read(entry.path())?,
+                        length: Charge::none(),
+                        memory: Charge::none(),
+                    };
+                    mount.new_file(data, Charge::none())
                 } else {
                     continue;
                 };
-                entries.insert(name, node);
+                let entry = Entry {
+                    node,
+                    _name: Charge::none(),
+                };
+                entries.insert(name, entry);
             }
-            Ok(Node::Dir(Arc::new(RwLock::new(entries))))
+            Ok(entries)
         }
-        Ok(Assets::mount(read(dir)?))
+        Assets::load_with(|mount| read(dir, mount))
+    }
+
+    /// The read-only mount every request of the app shares: built once, cloned per request.
+    /// Its nodes are numbered from 2^40 so that they never share a number with `/tmp`'s.
+    fn load_with(fill: impl FnOnce(&Mount) -> anyhow::Result<Entries>) -> anyhow::Result<Assets> {
+        let mut mount = Mount {
+            root: None,
+            space: None,
+            next_id: AtomicU64::new(1 << 40),
+        };
+        let root = mount.new_dir(fill(&mount)?, Charge::none());
+        mount.root = Some(root);
+        Ok(Assets(Arc::new(mount)))
     }
 }
 
 /// Limits on a request's `/tmp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TmpQuota {
+    /// File contents, in bytes.
     pub max_bytes: u64,
+    /// Files and directories.
     pub max_files: u64,
 }
 
@@ -142,27 +199,115 @@ impl Default for TmpQuota {
     }
 }
 
-/// One mounted tree: its root, whether it is writable, and (for `/tmp`) what it holds.
+/// One mounted tree: its root, and for a writable one (`/tmp`) what it may hold.
 #[derive(Debug)]
 struct Mount {
-    root: Node,
-    writable: bool,
-    quota: TmpQuota,
-    used: RwLock<(u64, u64)>,
+    /// Always `Some` once built; a mount numbers its own root.
+    root: Option<Node>,
+    /// `None` for the read-only assets.
+    space: Option<Space>,
+    next_id: AtomicU64,
+}
+
+/// What a writable mount charges: file contents (by length) and files against its quotas,
+/// and the memory behind them (contents by capacity, and names) against the request's
+/// budget.
+#[derive(Debug)]
+struct Space {
+    bytes: Arc<Budget>,
+    files: Arc<Budget>,
+    memory: Arc<Budget>,
+}
+
+/// A quota refused a charge: the guest sees no space left.
+impl From<OverBudget> for ErrorCode {
+    fn from(_: OverBudget) -> ErrorCode {
+        ErrorCode::InsufficientSpace
+    }
 }
 
 impl Mount {
-    /// Reserves `bytes` more bytes and `files` more files, or says there is no space.
-    fn grow(&self, bytes: i64, files: i64) -> Result<(), ErrorCode> {
-        let mut used = self.used.write().unwrap_or_else(|e| e.into_inner());
-        let new_bytes = used.0.saturating_add_signed(bytes);
-        let new_files = used.1.saturating_add_signed(files);
-        if (bytes > 0 && new_bytes > self.quota.max_bytes)
-            || (files > 0 && new_files > self.quota.max_files)
-        {
-            return Err(ErrorCode::InsufficientSpace);
+    fn root(&self) -> &Node {
+        self.root.as_ref().expect("a mount has a root")
+    }
+
+    fn writable(&self) -> bool {
+        self.space.is_some()
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn new_dir(&self, entries: Entries, counted: Charge) -> Node {
+        Node::Dir(Arc::new(Dir {
+            id: self.next_id(),
+            entries: RwLock::new(entries),
+            _counted: counted,
+        }))
+    }
+
+    fn new_file(&self, data: FileData, counted: Charge) -> Node {
+        Node::File(Arc::new(File {
+            id: self.next_id(),
+            data: RwLock::new(data),
+            _counted: counted,
+        }))
+    }
+
+    fn space(&self) -> Result<&Space, ErrorCode> {
+        self.space.as_ref().ok_or(ErrorCode::ReadOnly)
+    }
+
+    /// A new, empty node under `name`: charged one file, and the name's bytes.
+    fn create(&self, name: &str, dir: bool) -> Result<Entry, ErrorCode> {
+        let space = self.space()?;
+        let counted = space.files.charge(1)?;
+        let name = space.memory.charge(name.len() as u64 + OVERHEAD)?;
+        let node = if dir {
+            self.new_dir(Entries::new(), counted)
+        } else {
+            let data = FileData {
+                bytes: Vec::new(),
+                length: space.bytes.empty_charge(),
+                memory: space.memory.empty_charge(),
+            };
+            self.new_file(data, counted)
+        };
+        Ok(Entry { node, _name: name })
+    }
+
+    /// The charge for keeping an existing node under a new name.
+    fn rename_charge(&self, name: &str) -> Result<Charge, ErrorCode> {
+        Ok(self.space()?.memory.charge(name.len() as u64 + OVERHEAD)?)
+    }
+}
+
+impl FileData {
+    /// Makes the file `len` bytes long (zero-filled when it grows). The length counts
+    /// against the `/tmp` quota, the memory behind it against the request's budget: growth
+    /// doubles the capacity while the budget allows (appends stay linear), then grows
+    /// exactly, and shrinking to under half gives the memory back to the allocator and the
+    /// budget, so truncating really frees.
+    fn set_len(&mut self, len: usize) -> Result<(), ErrorCode> {
+        self.length.resize(len as u64)?;
+        if len > self.bytes.capacity() {
+            let doubled = self.bytes.capacity().saturating_mul(2).max(len);
+            let capacity = if self.memory.resize(doubled as u64).is_ok() {
+                doubled
+            } else if self.memory.resize(len as u64).is_ok() {
+                len
+            } else {
+                let _ = self.length.resize(self.bytes.len() as u64);
+                return Err(ErrorCode::InsufficientMemory);
+            };
+            self.bytes.reserve_exact(capacity - self.bytes.len());
         }
-        *used = (new_bytes, new_files);
+        self.bytes.resize(len, 0);
+        if len < self.bytes.capacity() / 2 {
+            self.bytes.shrink_to_fit();
+        }
+        let _ = self.memory.resize(self.bytes.capacity() as u64);
         Ok(())
     }
 }
@@ -175,30 +320,64 @@ pub struct Descriptor {
     /// Path from the mount's root, for resolving `..`.
     path: Vec<String>,
     flags: DescriptorFlags,
+    _charge: Charge,
 }
 
 /// A snapshot of a directory's entries, handed out one by one.
 #[derive(Debug)]
-pub struct DirStream(std::vec::IntoIter<DirectoryEntry>);
+pub struct DirStream {
+    entries: std::vec::IntoIter<DirectoryEntry>,
+    _charge: Charge,
+}
 
 /// A request's filesystem.
 pub struct Vfs {
     tmp: Arc<Mount>,
     app: Arc<Mount>,
+    /// The request's budget, for what descriptors and listings hold.
+    budget: Arc<Budget>,
 }
 
 impl Vfs {
-    /// A fresh, empty `/tmp` and the app's shared assets at `/app`.
-    pub fn new(assets: &Assets, quota: TmpQuota) -> Vfs {
-        Vfs {
-            tmp: Arc::new(Mount {
-                root: Node::empty_dir(),
-                writable: true,
-                quota,
-                used: RwLock::new((0, 0)),
+    /// A fresh, empty `/tmp` whose contents count against `budget` as well as `quota`, and
+    /// the app's shared assets at `/app`.
+    pub fn new(assets: &Assets, quota: TmpQuota, budget: &Arc<Budget>) -> Vfs {
+        let mut tmp = Mount {
+            root: None,
+            space: Some(Space {
+                bytes: Budget::new(quota.max_bytes),
+                files: Budget::new(quota.max_files),
+                memory: budget.clone(),
             }),
+            next_id: AtomicU64::new(1),
+        };
+        tmp.root = Some(tmp.new_dir(Entries::new(), Charge::none()));
+        Vfs {
+            tmp: Arc::new(tmp),
             app: assets.0.clone(),
+            budget: budget.clone(),
         }
+    }
+
+    fn descriptor(
+        &self,
+        node: Node,
+        mount: &Arc<Mount>,
+        path: Vec<String>,
+        flags: DescriptorFlags,
+    ) -> Result<Descriptor, ErrorCode> {
+        let bytes: usize = path.iter().map(|p| p.len() + 1).sum();
+        let charge = self
+            .budget
+            .charge(bytes as u64 + OVERHEAD)
+            .map_err(|_| ErrorCode::InsufficientMemory)?;
+        Ok(Descriptor {
+            node,
+            mount: mount.clone(),
+            path,
+            flags,
+            _charge: charge,
+        })
     }
 }
 
@@ -229,19 +408,32 @@ pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// Splits `path` into the components to walk from `base`, refusing escapes.
+/// Splits `path` into the components to walk from `base`, refusing escapes, names longer
+/// than [`NAME_MAX`] and paths longer than [`PATH_MAX`].
 fn resolve(base: &[String], path: &str) -> Result<Vec<String>, ErrorCode> {
     if path.starts_with('/') {
         return Err(ErrorCode::NotPermitted);
     }
+    if path.len() > PATH_MAX {
+        return Err(ErrorCode::NameTooLong);
+    }
     let mut parts = base.to_vec();
+    let mut len: usize = parts.iter().map(|p| p.len() + 1).sum();
     for part in path.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                parts.pop().ok_or(ErrorCode::NotPermitted)?;
+                let gone = parts.pop().ok_or(ErrorCode::NotPermitted)?;
+                len -= gone.len() + 1;
             }
-            name => parts.push(name.to_string()),
+            name if name.len() > NAME_MAX => return Err(ErrorCode::NameTooLong),
+            name => {
+                len += name.len() + 1;
+                if len > PATH_MAX {
+                    return Err(ErrorCode::NameTooLong);
+                }
+                parts.push(name.to_string());
+            }
         }
     }
     Ok(parts)
@@ -252,10 +444,11 @@ fn walk(root: &Node, parts: &[String]) -> Result<Node, ErrorCode> {
     for part in parts {
         let next = match &node {
             Node::Dir(d) => d
+                .entries
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(part)
-                .cloned(),
+                .map(|entry| entry.node.clone()),
             Node::File(_) => return Err(ErrorCode::NotDirectory),
         };
         node = next.ok_or(ErrorCode::NoEntry)?;
@@ -266,29 +459,29 @@ fn walk(root: &Node, parts: &[String]) -> Result<Node, ErrorCode> {
 impl Descriptor {
     fn locate(&self, path: &str) -> Result<(Vec<String>, Node), ErrorCode> {
         let parts = resolve(&self.path, path)?;
-        let node = walk(&self.mount.root, &parts)?;
+        let node = walk(self.mount.root(), &parts)?;
         Ok((parts, node))
     }
 
     /// The directory that would hold `path`, and the last component's name.
-    fn parent_of(&self, path: &str) -> Result<(Entries, String), ErrorCode> {
+    fn parent_of(&self, path: &str) -> Result<(Arc<Dir>, String), ErrorCode> {
         let mut parts = resolve(&self.path, path)?;
         let name = parts.pop().ok_or(ErrorCode::Invalid)?;
-        match walk(&self.mount.root, &parts)? {
+        match walk(self.mount.root(), &parts)? {
             Node::Dir(d) => Ok((d, name)),
             Node::File(_) => Err(ErrorCode::NotDirectory),
         }
     }
 
     fn writable(&self) -> Result<(), ErrorCode> {
-        if self.mount.writable {
+        if self.mount.writable() {
             Ok(())
         } else {
             Err(ErrorCode::ReadOnly)
         }
     }
 
-    fn file(&self) -> Result<&Arc<RwLock<Vec<u8>>>, ErrorCode> {
+    fn file(&self) -> Result<&Arc<File>, ErrorCode> {
         match &self.node {
             Node::File(f) => Ok(f),
             Node::Dir(_) => Err(ErrorCode::IsDirectory),
@@ -308,25 +501,19 @@ impl Descriptor {
 }
 
 /// Writes `data` at `offset`, growing the file (and charging the mount's quota) as needed.
-fn write_at(
-    mount: &Mount,
-    file: &RwLock<Vec<u8>>,
-    offset: u64,
-    data: &[u8],
-) -> Result<(), ErrorCode> {
-    if !mount.writable {
+fn write_at(mount: &Mount, file: &File, offset: u64, data: &[u8]) -> Result<(), ErrorCode> {
+    if !mount.writable() {
         return Err(ErrorCode::ReadOnly);
     }
-    let mut file = file.write().unwrap_or_else(|e| e.into_inner());
+    let mut file = file.data.write().unwrap_or_else(|e| e.into_inner());
     let offset = usize::try_from(offset).map_err(|_| ErrorCode::FileTooLarge)?;
     let end = offset
         .checked_add(data.len())
         .ok_or(ErrorCode::FileTooLarge)?;
-    if end > file.len() {
-        mount.grow((end - file.len()) as i64, 0)?;
-        file.resize(end, 0);
+    if end > file.bytes.len() {
+        file.set_len(end)?;
     }
-    file[offset..end].copy_from_slice(data);
+    file.bytes[offset..end].copy_from_slice(data);
     Ok(())
 }
 
@@ -360,17 +547,17 @@ impl preopens::Host for VfsView<'_> {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let mut dirs = Vec::with_capacity(2);
         for (mount, name) in [(&self.vfs.tmp, "/tmp"), (&self.vfs.app, "/app")] {
-            let flags = if mount.writable {
+            let flags = if mount.writable() {
                 DescriptorFlags::READ | DescriptorFlags::WRITE | DescriptorFlags::MUTATE_DIRECTORY
             } else {
                 DescriptorFlags::READ
             };
-            let d = Descriptor {
-                node: mount.root.clone(),
-                mount: mount.clone(),
-                path: Vec::new(),
-                flags,
-            };
+            let d = self
+                .vfs
+                .descriptor(mount.root().clone(), mount, Vec::new(), flags)
+                .map_err(|code| {
+                    wasmtime::Error::msg(format!("no budget for the preopens: {code:?}"))
+                })?;
             dirs.push((self.table.push(d)?, name.to_string()));
         }
         Ok(dirs)
@@ -433,11 +620,9 @@ impl types::HostDescriptor for VfsView<'_> {
         let d = self.table.get(&fd)?;
         Ok((|| {
             d.writable()?;
-            let mut file = d.file()?.write().unwrap_or_else(|e| e.into_inner());
+            let mut file = d.file()?.data.write().unwrap_or_else(|e| e.into_inner());
             let size = usize::try_from(size).map_err(|_| ErrorCode::FileTooLarge)?;
-            d.mount.grow(size as i64 - file.len() as i64, 0)?;
-            file.resize(size, 0);
-            Ok(())
+            file.set_len(size)
         })())
     }
 
@@ -458,9 +643,13 @@ impl types::HostDescriptor for VfsView<'_> {
     ) -> FsResult<(Vec<u8>, bool)> {
         let d = self.table.get(&fd)?;
         Ok(d.file().map(|f| {
-            let file = f.read().unwrap_or_else(|e| e.into_inner());
-            let start = (offset as usize).min(file.len());
-            let end = start.saturating_add(len as usize).min(file.len());
+            let file = &f.data.read().unwrap_or_else(|e| e.into_inner()).bytes;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(file.len());
+            let end = start
+                .saturating_add(usize::try_from(len).unwrap_or(usize::MAX))
+                .min(file.len());
             (file[start..end].to_vec(), end >= file.len())
         }))
     }
@@ -482,16 +671,28 @@ impl types::HostDescriptor for VfsView<'_> {
         let Node::Dir(dir) = &d.node else {
             return Ok(Err(ErrorCode::NotDirectory));
         };
-        let entries: Vec<DirectoryEntry> = dir
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(name, node)| DirectoryEntry {
-                type_: node.kind(),
-                name: name.clone(),
-            })
-            .collect();
-        Ok(Ok(self.table.push(DirStream(entries.into_iter()))?))
+        // The snapshot is charged: a guest that keeps many listings open holds their names.
+        let entries = dir.entries.read().unwrap_or_else(|e| e.into_inner());
+        let bytes: usize = entries
+            .keys()
+            .map(|name| name.len() + OVERHEAD as usize)
+            .sum();
+        let Ok(charge) = self.vfs.budget.charge(bytes as u64 + OVERHEAD) else {
+            return Ok(Err(ErrorCode::InsufficientMemory));
+        };
+        let stream = DirStream {
+            entries: entries
+                .iter()
+                .map(|(name, entry)| DirectoryEntry {
+                    type_: entry.node.kind(),
+                    name: name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .into_iter(),
+            _charge: charge,
+        };
+        drop(entries);
+        Ok(Ok(self.table.push(stream)?))
     }
 
     fn sync(&mut self, _fd: Resource<Descriptor>) -> FsResult<()> {
@@ -503,12 +704,12 @@ impl types::HostDescriptor for VfsView<'_> {
         Ok((|| {
             d.writable()?;
             let (parent, name) = d.parent_of(&path)?;
-            let mut parent = parent.write().unwrap_or_else(|e| e.into_inner());
+            let mut parent = parent.entries.write().unwrap_or_else(|e| e.into_inner());
             if parent.contains_key(&name) {
                 return Err(ErrorCode::Exist);
             }
-            d.mount.grow(0, 1)?;
-            parent.insert(name, Node::empty_dir());
+            let entry = d.mount.create(&name, true)?;
+            parent.insert(name, entry);
             Ok(())
         })())
     }
@@ -568,7 +769,7 @@ impl types::HostDescriptor for VfsView<'_> {
                 d.writable()?;
             }
             let parts = resolve(&d.path, &path)?;
-            let node = match walk(&d.mount.root, &parts) {
+            let node = match walk(d.mount.root(), &parts) {
                 Ok(node) => {
                     if oflags.contains(OpenFlags::CREATE | OpenFlags::EXCLUSIVE) {
                         return Err(ErrorCode::Exist);
@@ -577,14 +778,12 @@ impl types::HostDescriptor for VfsView<'_> {
                 }
                 Err(ErrorCode::NoEntry) if oflags.contains(OpenFlags::CREATE) => {
                     let (parent, name) = d.parent_of(&path)?;
-                    let mut parent = parent.write().unwrap_or_else(|e| e.into_inner());
-                    d.mount.grow(0, 1)?;
-                    let node = if oflags.contains(OpenFlags::DIRECTORY) {
-                        Node::empty_dir()
-                    } else {
-                        Node::File(Arc::default())
-                    };
-                    parent.insert(name, node.clone());
+                    let mut parent = parent.entries.write().unwrap_or_else(|e| e.into_inner());
+                    let entry = d
+                        .mount
+                        .create(&name, oflags.contains(OpenFlags::DIRECTORY))?;
+                    let node = entry.node.clone();
+                    parent.insert(name, entry);
                     node
                 }
                 Err(e) => return Err(e),
@@ -593,19 +792,15 @@ impl types::HostDescriptor for VfsView<'_> {
                 return Err(ErrorCode::NotDirectory);
             }
             if let (true, Node::File(f)) = (oflags.contains(OpenFlags::TRUNCATE), &node) {
-                let mut f = f.write().unwrap_or_else(|e| e.into_inner());
-                d.mount.grow(-(f.len() as i64), 0)?;
-                f.clear();
+                f.data
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_len(0)?;
             }
             if matches!(node, Node::Dir(_)) && flags.contains(DescriptorFlags::WRITE) {
                 return Err(ErrorCode::IsDirectory);
             }
-            Ok(Descriptor {
-                node,
-                mount: d.mount.clone(),
-                path: parts,
-                flags,
-            })
+            self.vfs.descriptor(node, &d.mount, parts, flags)
         })();
         Ok(match opened {
             Ok(desc) => Ok(self.table.push(desc)?),
@@ -641,10 +836,11 @@ impl types::HostDescriptor for VfsView<'_> {
             let (src_dir, src_name) = from.parent_of(&old)?;
             let (dst_dir, dst_name) = to.parent_of(&new)?;
             let node = src_dir
+                .entries
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&src_name)
-                .cloned()
+                .map(|entry| entry.node.clone())
                 .ok_or(ErrorCode::NoEntry)?;
             // Moving a directory into itself would detach it from the tree.
             let src_parts = resolve(&from.path, &old)?;
@@ -658,11 +854,15 @@ impl types::HostDescriptor for VfsView<'_> {
             if src_parts == dst_parts {
                 return Ok(());
             }
-            let mut dst = dst_dir.write().unwrap_or_else(|e| e.into_inner());
+            let mut dst = dst_dir.entries.write().unwrap_or_else(|e| e.into_inner());
             if let Some(existing) = dst.get(&dst_name) {
-                match (existing, &node) {
+                match (&existing.node, &node) {
                     (Node::Dir(e), Node::Dir(_))
-                        if !e.read().unwrap_or_else(|e| e.into_inner()).is_empty() =>
+                        if !e
+                            .entries
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_empty() =>
                     {
                         return Err(ErrorCode::NotEmpty);
                     }
@@ -670,12 +870,18 @@ impl types::HostDescriptor for VfsView<'_> {
                     (Node::File(_), Node::Dir(_)) => return Err(ErrorCode::NotDirectory),
                     _ => {}
                 }
-                let (bytes, files) = existing.usage();
-                from.mount.grow(-(bytes as i64), -(files as i64))?;
             }
-            dst.insert(dst_name, node);
+            // What the replaced node held stays charged until nothing holds it: a
+            // descriptor still open on it keeps its bytes in use.
+            let entry = Entry {
+                node,
+                _name: from.mount.rename_charge(&dst_name)?,
+            };
+            let replaced = dst.insert(dst_name, entry);
             drop(dst);
+            drop(replaced);
             src_dir
+                .entries
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&src_name);
@@ -700,6 +906,8 @@ impl types::HostDescriptor for VfsView<'_> {
         Ok(self.table.get(&a)?.node.id() == self.table.get(&b)?.node.id())
     }
 
+    // The hash is the node's number and size: equal for the same file unchanged, and made of
+    // nothing but what the guest could learn anyway.
     fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<types::MetadataHashValue> {
         let node = &self.table.get(&fd)?.node;
         Ok(Ok(types::MetadataHashValue {
@@ -751,11 +959,16 @@ impl VfsView<'_> {
         Ok((|| {
             d.writable()?;
             let (parent, name) = d.parent_of(path)?;
-            let mut parent = parent.write().unwrap_or_else(|e| e.into_inner());
-            let node = parent.get(&name).ok_or(ErrorCode::NoEntry)?;
-            match (node, directory) {
+            let mut parent = parent.entries.write().unwrap_or_else(|e| e.into_inner());
+            let entry = parent.get(&name).ok_or(ErrorCode::NoEntry)?;
+            match (&entry.node, directory) {
                 (Node::Dir(dir), true) => {
-                    if !dir.read().unwrap_or_else(|e| e.into_inner()).is_empty() {
+                    if !dir
+                        .entries
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty()
+                    {
                         return Err(ErrorCode::NotEmpty);
                     }
                 }
@@ -763,9 +976,10 @@ impl VfsView<'_> {
                 (Node::Dir(_), false) => return Err(ErrorCode::IsDirectory),
                 (Node::File(_), true) => return Err(ErrorCode::NotDirectory),
             }
-            let (bytes, files) = node.usage();
-            d.mount.grow(-(bytes as i64), -(files as i64))?;
-            parent.remove(&name);
+            // The name's charge goes now; the node's, once nothing holds it open.
+            let removed = parent.remove(&name);
+            drop(parent);
+            drop(removed);
             Ok(())
         })())
     }
@@ -776,7 +990,7 @@ impl types::HostDirectoryEntryStream for VfsView<'_> {
         &mut self,
         stream: Resource<DirStream>,
     ) -> FsResult<Option<DirectoryEntry>> {
-        Ok(Ok(self.table.get_mut(&stream)?.0.next()))
+        Ok(Ok(self.table.get_mut(&stream)?.entries.next()))
     }
 
     fn drop(&mut self, stream: Resource<DirStream>) -> wasmtime::Result<()> {
@@ -787,14 +1001,21 @@ impl types::HostDirectoryEntryStream for VfsView<'_> {
 
 /// `read-via-stream`: reads from the file as it is at each read.
 struct FileReader {
-    file: Arc<RwLock<Vec<u8>>>,
+    file: Arc<File>,
     offset: u64,
 }
 
 impl InputStream for FileReader {
     fn read(&mut self, size: usize) -> Result<Bytes, StreamError> {
-        let file = self.file.read().unwrap_or_else(|e| e.into_inner());
-        let start = (self.offset as usize).min(file.len());
+        let file = &self
+            .file
+            .data
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes;
+        let start = usize::try_from(self.offset)
+            .unwrap_or(usize::MAX)
+            .min(file.len());
         if start == file.len() {
             return Err(StreamError::Closed);
         }
@@ -811,7 +1032,7 @@ impl wasmtime_wasi_io::poll::Pollable for FileReader {
 
 /// `write-via-stream` (at an offset that advances) or `append-via-stream` (`offset: None`).
 struct FileWriter {
-    file: Arc<RwLock<Vec<u8>>>,
+    file: Arc<File>,
     mount: Arc<Mount>,
     offset: Option<u64>,
 }
@@ -820,7 +1041,7 @@ impl OutputStream for FileWriter {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         let offset = match self.offset {
             Some(offset) => offset,
-            None => self.file.read().map_or(0, |f| f.len() as u64),
+            None => self.file.data.read().map_or(0, |f| f.bytes.len() as u64),
         };
         write_at(&self.mount, &self.file, offset, &bytes).map_err(|code| {
             StreamError::LastOperationFailed(wasmtime::Error::new(StreamCode(code)))

