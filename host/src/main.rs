@@ -250,8 +250,11 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("--log {filter:?} is not a valid filter (try `info`)"))?;
+    // Colour only for a terminal: in a file or a pipe, escape codes are noise, and they would
+    // hide whether a guest managed to put control characters into the log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

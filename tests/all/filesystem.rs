@@ -191,11 +191,11 @@ async fn memory_returns_after_many_large_file_requests() {
         }
     };
     round().await;
-    let baseline = crate::operations::rss(server.pid());
+    let baseline = crate::harness::rss(server.pid());
     for _ in 0..4 {
         round().await;
     }
-    let after = crate::operations::rss(server.pid());
+    let after = crate::harness::rss(server.pid());
     assert!(
         after <= baseline + (32 << 20),
         "RSS grew from {} MiB to {} MiB over 20 requests writing 16 MiB each",

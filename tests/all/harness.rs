@@ -3,7 +3,7 @@
 //! test starts its own `tabula serve` on a free loopback port.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,7 +15,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub const TABULA: &str = env!("CARGO_BIN_EXE_tabula");
+/// The binary under test: the one this build made, or `TABULA_TEST_BINARY` (to show that a
+/// test fails on an older build, e.g. one from before a fix).
+pub static TABULA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("TABULA_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tabula").into())
+});
 
 /// The workspace root, where `examples/` and `tests/` live.
 pub fn root() -> &'static Path {
@@ -27,7 +31,7 @@ pub fn guests() -> &'static HashMap<String, Guest> {
     static GUESTS: OnceLock<HashMap<String, Guest>> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let target_dir = root().join("target/guests");
-        let output = Command::new(TABULA)
+        let output = Command::new(&*TABULA)
             .current_dir(root())
             .args(["build", "examples", "tests/guests", "--target-dir"])
             .arg(&target_dir)
@@ -98,7 +102,7 @@ impl Server {
 
     /// Runs `tabula ARGS... --listen 127.0.0.1:0` and waits until it says where it listens.
     pub fn start(args: impl IntoIterator<Item = String>) -> Server {
-        let mut child = Command::new(TABULA)
+        let mut child = Command::new(&*TABULA)
             .current_dir(root())
             .args(args)
             .args([
@@ -275,7 +279,7 @@ pub async fn send(client: &HttpClient, req: hyper::Request<Full<Bytes>>) -> Repl
 
 /// Runs `tabula ARGS...` to completion and returns its exit status and stderr.
 pub fn run_tabula(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let output = Command::new(TABULA)
+    let output = Command::new(&*TABULA)
         .current_dir(root())
         .args(args)
         .stdin(Stdio::null())
@@ -304,4 +308,32 @@ pub async fn distinct_counts(mut requests: tokio::task::JoinSet<Reply>) -> Vec<u
         "each increment saw a distinct count"
     );
     answers
+}
+
+/// Sends raw bytes and returns what the server answers before it closes (or 5 s pass).
+pub fn raw_exchange(server: &Server, bytes: &[u8]) -> (String, Duration) {
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// The resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
 }

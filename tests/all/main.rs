@@ -4,6 +4,7 @@
 
 mod filesystem;
 mod harness;
+mod hostile;
 mod kv_apps;
 mod kv_conformance;
 mod operations;

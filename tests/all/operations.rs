@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::task::JoinSet;
 
-use crate::harness::{Server, app_args, client, get, send};
+use crate::harness::{Server, app_args, client, get, raw_exchange, rss, send};
 use crate::redis_server::RedisServer;
 
 fn serve(extra: &[&str], apps: &[&str]) -> Server {
@@ -20,34 +20,6 @@ fn serve(extra: &[&str], apps: &[&str]) -> Server {
             .map(|s| s.to_string())
             .chain(app_args(apps)),
     )
-}
-
-/// Sends raw bytes and returns what the server answers before it closes (or 5 s pass).
-fn raw_exchange(server: &Server, bytes: &[u8]) -> (String, Duration) {
-    let addr = server.base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let started = Instant::now();
-    stream.write_all(bytes).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    (
-        String::from_utf8_lossy(&answer).into_owned(),
-        started.elapsed(),
-    )
-}
-
-/// The resident memory of a process, in bytes.
-pub fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 #[tokio::test]

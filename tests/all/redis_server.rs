@@ -97,6 +97,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs one command with `redis-cli` and returns what it printed.
+    pub fn command(&self, args: &[&str]) -> String {
+        cli(self.port, args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
     /// Kills the server, as a crash or a network partition would look to clients.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

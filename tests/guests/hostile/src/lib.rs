@@ -28,7 +28,7 @@
 //! - `long-names` (n=100): `create-directory-at` with a 16 MiB name (first 8 bytes: `i`).
 //! - `descriptor-paths` (n=100): create a directory with a 16 MiB name once (setup), then
 //!   open it n times.
-//! - `dir-listings` (n=2000): create 200 files with 60 KiB names (setup), then open n
+//! - `dir-listings` (n=2000): create 990 files with 250-byte names (setup), then open n
 //!   `read-directory` streams on `/tmp` without reading them.
 //! - `deep-tree` (n=50000): `d/d/d/...` n levels deep, each created from a descriptor of its
 //!   parent, which is then closed (not kept).
@@ -51,7 +51,7 @@
 //!   `i64::MAX + 1` ms; the body has one `ttl-ms=T: RESULT` line for each.
 //!
 //! HTTP and logs:
-//! - `fields` (n=20000): `fields.from-list` with 25 headers of 4000 bytes each (~100 KiB).
+//! - `fields` (n=20000): `fields.from-list` with 12 headers of 4000 bytes each (~48 KiB).
 //! - `log-flood` (n=1000000): n lines of `line {i}\r` plus ANSI colour codes on stderr.
 //! - `status-101`: answers `101` with an empty body (or `200` saying the status was refused).
 //! - `set-cookie`: answers `200 ok` with `set-cookie: tabula_session_victim=aaa…; Path=/`,
@@ -280,8 +280,8 @@ fn descriptor_paths(n: u64, keep: &mut Keep) -> Result<(), Stop> {
 
 fn dir_listings(n: u64, keep: &mut Keep) -> Result<(), Stop> {
     let tmp = tmp()?;
-    let mut name = BigName::new(60 * 1024);
-    for i in 0..200 {
+    let mut name = BigName::new(250);
+    for i in 0..990 {
         setup(&format!("file {i}"), create_file(&tmp, name.numbered(i)))?;
     }
     steps(n, |_| {
@@ -391,7 +391,7 @@ fn huge_ttl() -> String {
 // HTTP and logs.
 
 fn fields(n: u64, keep: &mut Keep) -> Result<(), Stop> {
-    let entries: Vec<(String, Vec<u8>)> = (0..25)
+    let entries: Vec<(String, Vec<u8>)> = (0..12)
         .map(|j| (format!("x-a{j}"), vec![b'a'; 4000]))
         .collect();
     steps(n, |_| {
