@@ -15,23 +15,29 @@ use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use crate::budget::{Budget, Charge};
 use crate::instance::RequestCtx;
 use crate::metrics::StoreOperations;
-use crate::storage::{Storage, StorageError, Ttl};
+use crate::storage::{Quota, Storage, StorageError, Ttl};
 
 use crate::bindings::tabula::host::kv;
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 
-/// Size limits on what a guest may store.
+/// Limits on what a guest may store: each key and value, and its app's whole namespace (a
+/// quota of keys and of bytes, each key's name plus its value; 0 turns a quota off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
     pub max_key_bytes: u32,
     pub max_value_bytes: u32,
+    pub max_keys: u64,
+    pub max_bytes: u64,
 }
 
 impl Default for KvLimits {
     fn default() -> Self {
+        // A quota is what keeps one app from filling the Redis every app shares.
         KvLimits {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
+            max_keys: 1_000_000,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -51,6 +57,8 @@ pub struct Namespace {
     operations: StoreOperations,
     prefix: String,
     limits: KvLimits,
+    /// The app's storage quota, kept at `tabula:{APP}:q` beside its keys.
+    quota: Option<Quota>,
 }
 
 impl Namespace {
@@ -58,11 +66,18 @@ impl Namespace {
     /// made of `[A-Za-z0-9_-]`.
     pub fn new(storage: Arc<dyn Storage>, app: &str, limits: KvLimits) -> Namespace {
         debug_assert!(!app.contains(['{', '}', ':']));
+        let prefix = format!("tabula:{{{app}}}:");
+        let quota = (limits.max_keys > 0 || limits.max_bytes > 0).then(|| Quota {
+            usage: format!("{prefix}q"),
+            max_keys: nonzero_or_max(limits.max_keys),
+            max_bytes: nonzero_or_max(limits.max_bytes),
+        });
         Namespace {
             storage,
             operations: StoreOperations::new(app),
-            prefix: format!("tabula:{{{app}}}:"),
+            prefix,
             limits,
+            quota,
         }
     }
 
@@ -148,11 +163,17 @@ impl Namespace {
         let key = self.full_key(b, key)?;
         self.check_value(value)?;
         check_ttl(ttl)?;
-        Ok(self.storage.set(&key, value, ttl).await?)
+        Ok(self
+            .storage
+            .set(&key, value, ttl, self.quota.as_ref())
+            .await?)
     }
 
     async fn delete(&self, b: &Bucket, key: &str) -> KvResult<bool> {
-        Ok(self.storage.delete(&self.full_key(b, key)?).await?)
+        Ok(self
+            .storage
+            .delete(&self.full_key(b, key)?, self.quota.as_ref())
+            .await?)
     }
 
     async fn exists(&self, b: &Bucket, key: &str) -> KvResult<bool> {
@@ -162,7 +183,7 @@ impl Namespace {
     async fn increment(&self, b: &Bucket, key: &str, delta: i64) -> KvResult<i64> {
         Ok(self
             .storage
-            .increment(&self.full_key(b, key)?, delta)
+            .increment(&self.full_key(b, key)?, delta, self.quota.as_ref())
             .await?)
     }
 
@@ -179,7 +200,7 @@ impl Namespace {
         check_ttl(ttl)?;
         Ok(self
             .storage
-            .compare_and_swap(&key, expected, new, ttl)
+            .compare_and_swap(&key, expected, new, ttl, self.quota.as_ref())
             .await?)
     }
 
@@ -206,12 +227,16 @@ impl Namespace {
     async fn expire(&self, b: &Bucket, key: &str, ttl: Option<Duration>) -> KvResult<bool> {
         let key = self.full_key(b, key)?;
         check_ttl(ttl)?;
-        Ok(self.storage.expire(&key, ttl).await?)
+        Ok(self.storage.expire(&key, ttl, self.quota.as_ref()).await?)
     }
 
     async fn ttl(&self, b: &Bucket, key: &str) -> KvResult<Ttl> {
         Ok(self.storage.ttl(&self.full_key(b, key)?).await?)
     }
+}
+
+fn nonzero_or_max(limit: u64) -> u64 {
+    if limit == 0 { u64::MAX } else { limit }
 }
 
 fn check_ttl(ttl: Option<Duration>) -> KvResult<()> {
@@ -291,6 +316,7 @@ impl From<KvError> for kv::Error {
             KvError::TtlTooLong => kv::Error::Other(ttl_too_long()),
             KvError::OverBudget(why) => kv::Error::Other(why),
             KvError::Storage(StorageError::Unavailable(why)) => kv::Error::Unavailable(why),
+            KvError::Storage(StorageError::QuotaExceeded) => kv::Error::Other(quota_exceeded()),
             KvError::Storage(e) => kv::Error::Other(e.to_string()),
         }
     }
@@ -304,9 +330,16 @@ impl From<KvError> for store::Error {
             KvError::ValueTooLarge(max) => format!("value too large: the limit is {max} bytes"),
             KvError::TtlTooLong => ttl_too_long(),
             KvError::OverBudget(why) => why,
+            KvError::Storage(StorageError::QuotaExceeded) => quota_exceeded(),
             KvError::Storage(e) => e.to_string(),
         })
     }
+}
+
+fn quota_exceeded() -> String {
+    "storage quota exceeded: the app keeps as many keys or bytes as its quota allows \
+     (kv_max_keys, kv_max_bytes); delete keys or give them an expiry"
+        .into()
 }
 
 fn ttl_too_long() -> String {

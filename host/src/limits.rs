@@ -116,6 +116,8 @@ pub struct LimitSettings {
     pub max_concurrency: Option<u32>,
     pub kv_max_key_bytes: Option<u32>,
     pub kv_max_value_bytes: Option<u32>,
+    pub kv_max_keys: Option<u64>,
+    pub kv_max_bytes: Option<u64>,
     pub tmp_max_bytes: Option<u64>,
     pub tmp_max_files: Option<u64>,
 }
@@ -183,6 +185,15 @@ impl AppLimits {
                     app.kv_max_value_bytes.map(u64::from),
                     u64::from(host.kv.max_value_bytes),
                 ) as u32,
+                // A host quota of 0 is none: then the app's own, if it sets one, stands.
+                max_keys: match host.kv.max_keys {
+                    0 => app.kv_max_keys.unwrap_or(0),
+                    host_cap => cap("kv_max_keys", app.kv_max_keys, host_cap),
+                },
+                max_bytes: match host.kv.max_bytes {
+                    0 => app.kv_max_bytes.unwrap_or(0),
+                    host_cap => cap("kv_max_bytes", app.kv_max_bytes, host_cap),
+                },
             },
             tmp: TmpQuota {
                 max_bytes: cap("tmp_max_bytes", app.tmp_max_bytes, host.tmp.max_bytes),
@@ -213,6 +224,8 @@ mod tests {
             max_concurrency: Some(5),
             kv_max_key_bytes: None,
             kv_max_value_bytes: Some(100),
+            kv_max_keys: Some(10),
+            kv_max_bytes: None,
             tmp_max_bytes: None,
             tmp_max_files: None,
         };
@@ -224,6 +237,7 @@ mod tests {
             (l.kv.max_key_bytes, l.kv.max_value_bytes),
             (host.kv.max_key_bytes, 100)
         );
+        assert_eq!((l.kv.max_keys, l.kv.max_bytes), (10, host.kv.max_bytes));
         assert_eq!(capped.len(), 1, "{capped:?}");
     }
 }

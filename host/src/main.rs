@@ -115,6 +115,16 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_KV_MAX_VALUE_BYTES", default_value_t = KvLimits::default().max_value_bytes)]
     kv_max_value_bytes: u32,
 
+    /// Keys one app may keep in the store (0: no limit). Past it, writes of new keys fail
+    /// with "storage quota exceeded". Apps may lower it.
+    #[arg(long, env = "TABULA_KV_MAX_KEYS", default_value_t = KvLimits::default().max_keys)]
+    kv_max_keys: u64,
+
+    /// Bytes one app may keep in the store, each key's name plus its value (0: no limit).
+    /// Apps may lower it.
+    #[arg(long, env = "TABULA_KV_MAX_BYTES", default_value_t = KvLimits::default().max_bytes)]
+    kv_max_bytes: u64,
+
     /// Bytes a request may keep in its `/tmp`; writes past it fail with no-space.
     #[arg(long, env = "TABULA_TMP_MAX_BYTES", default_value_t = TmpQuota::default().max_bytes)]
     tmp_max_bytes: u64,
@@ -298,6 +308,8 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         kv: KvLimits {
             max_key_bytes: args.kv_max_key_bytes,
             max_value_bytes: args.kv_max_value_bytes,
+            max_keys: args.kv_max_keys,
+            max_bytes: args.kv_max_bytes,
         },
         session: SessionDefaults {
             secure: args.session_secure,

@@ -385,12 +385,12 @@ impl Session {
         };
         match self.remaining(created_ms) {
             Some(left) => {
-                storage.expire(&key, Some(left)).await?;
+                storage.expire(&key, Some(left), None).await?;
                 self.state = State::Active { id, created_ms };
             }
             // Past its absolute lifetime: gone, however recently it was used.
             None => {
-                storage.delete(&key).await?;
+                storage.delete(&key, None).await?;
             }
         }
         Ok(())
@@ -479,7 +479,7 @@ impl Session {
             let ttl = self
                 .remaining(*created_ms)
                 .unwrap_or(Duration::from_millis(1));
-            storage.delete(&key).await?;
+            storage.delete(&key, None).await?;
             let created = created_ms.to_string();
             storage
                 .hash_set(&key, CREATED, created.as_bytes(), usize::MAX, ttl)
@@ -491,7 +491,7 @@ impl Session {
     async fn destroy(&mut self) -> SessionResult<()> {
         self.resolve().await?;
         if let State::Active { id, .. } = &self.state {
-            self.namespace.storage().delete(&self.key(id)).await?;
+            self.namespace.storage().delete(&self.key(id), None).await?;
         }
         let had_cookie = self.presented.is_some() || matches!(self.state, State::Active { .. });
         self.state = State::Absent;

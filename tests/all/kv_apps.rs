@@ -120,12 +120,49 @@ async fn wasi_keyvalue_runs(server: &Server) {
     );
 }
 
+/// Each app has its own storage quota: past it a write fails with an error that says so,
+/// the other app is not affected, and deleting makes room.
+async fn quotas_bound_each_app(store: &str) {
+    let kvtool = guests()["kvtool"].wasm.display().to_string();
+    let server = Server::start([
+        "serve".to_string(),
+        "--store".into(),
+        store.into(),
+        "--kv-max-keys".into(),
+        "3".into(),
+        format!("/qa={kvtool}"),
+        format!("/qb={kvtool}"),
+    ]);
+    let c = client();
+    let put = |app: &str, key: &str| {
+        let url = server.url(&format!("/{app}?key={key}"));
+        let c = c.clone();
+        async move { request(&c, "PUT", &url, "v").await }
+    };
+    for key in ["k1", "k2", "k3"] {
+        assert_eq!(put("qa", key).await.status, 204);
+    }
+    let over = put("qa", "k4").await;
+    assert_eq!(over.status, 507, "{}", over.body);
+    assert!(
+        over.body.contains("storage quota exceeded"),
+        "{}",
+        over.body
+    );
+    assert_eq!(put("qa", "k1").await.status, 204, "overwriting adds no key");
+    assert_eq!(put("qb", "k4").await.status, 204, "qb has its own quota");
+    let url = server.url("/qa?key=k1");
+    assert_eq!(request(&c, "DELETE", &url, "").await.body, "true");
+    assert_eq!(put("qa", "k4").await.status, 204, "deleting made room");
+}
+
 async fn state_suite(store: &str) {
     let server = two_apps(store);
     namespaces_are_isolated(&server).await;
     limits_give_typed_errors(&server).await;
     ttl_expires_through_the_guest(&server).await;
     wasi_keyvalue_runs(&server).await;
+    quotas_bound_each_app(store).await;
 }
 
 #[tokio::test]

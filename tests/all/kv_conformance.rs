@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tabula::storage::{self, Storage, StorageError, Ttl};
+use tabula::storage::{self, Quota, Storage, StorageError, Ttl};
 
 use crate::redis_server::{RedisCluster, RedisServer};
 
@@ -14,20 +14,92 @@ fn k(name: &str) -> String {
     format!("tabula:{{conformance}}:{name}")
 }
 
+/// Every check, with the writes uncounted and then counted against a quota too large to
+/// matter (the counted writes run through other code: a Lua script on Redis), and the
+/// quota's own checks.
 async fn suite(s: Arc<dyn Storage>) {
     s.ping().await.expect("ping");
-    basic_operations(&*s).await;
-    binary_values(&*s).await;
-    increments(&*s).await;
-    expiry(&*s).await;
-    compare_and_swap(&*s).await;
-    compare_and_swap_under_contention(s.clone()).await;
-    paging_through_thousands_of_keys(&*s).await;
-    hashes(&*s).await;
-    rename(&*s).await;
+    let roomy = Quota {
+        usage: k("usage"),
+        max_keys: 1 << 40,
+        max_bytes: 1 << 40,
+    };
+    for quota in [None, Some(roomy)] {
+        let q = quota.as_ref();
+        basic_operations(&*s, q).await;
+        binary_values(&*s, q).await;
+        increments(&*s, q).await;
+        expiry(&*s, q).await;
+        compare_and_swap(&*s, q).await;
+        compare_and_swap_under_contention(s.clone(), quota.clone()).await;
+        paging_through_thousands_of_keys(&*s, q).await;
+    }
+    hashes(&*s, None).await;
+    rename(&*s, None).await;
+    quotas(&*s).await;
 }
 
-async fn basic_operations(s: &dyn Storage) {
+/// A namespace's quota of keys and bytes: writes over it change nothing and fail; deleting
+/// or expiring keys makes room again.
+async fn quotas(s: &dyn Storage) {
+    let quota = Quota {
+        usage: k("q:usage"),
+        max_keys: 3,
+        max_bytes: 100,
+    };
+    let q = Some(&quota);
+    let key = |name: &str| k(&format!("q:{name}"));
+    // Each key counts its name (`tabula:{conformance}:q:X`, 25 bytes) plus its value.
+    for name in ["a", "b", "c"] {
+        s.set(&key(name), b"1", None, q).await.unwrap();
+    }
+    assert_eq!(
+        s.set(&key("d"), b"1", None, q).await,
+        Err(StorageError::QuotaExceeded),
+        "a fourth key"
+    );
+    assert_eq!(s.get(&key("d")).await.unwrap(), None, "nothing was written");
+    assert_eq!(
+        s.increment(&key("d"), 1, q).await,
+        Err(StorageError::QuotaExceeded)
+    );
+    assert_eq!(
+        s.compare_and_swap(&key("d"), None, b"1", None, q).await,
+        Err(StorageError::QuotaExceeded)
+    );
+    assert!(!s.exists(&key("d")).await.unwrap());
+    s.set(&key("a"), b"12345", None, q).await.unwrap();
+    assert_eq!(
+        s.set(&key("a"), &[b'x'; 40], None, q).await,
+        Err(StorageError::QuotaExceeded),
+        "over the bytes"
+    );
+    assert_eq!(
+        s.get(&key("a")).await.unwrap().as_deref(),
+        Some(&b"12345"[..]),
+        "the refused write left the old value"
+    );
+    s.set(&key("a"), b"1", None, q).await.unwrap();
+    assert!(s.delete(&key("c"), q).await.unwrap());
+    s.set(&key("d"), b"1", Some(Duration::from_millis(200)), q)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.set(&key("e"), b"1", None, q).await,
+        Err(StorageError::QuotaExceeded)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.set(&key("e"), b"1", None, q)
+        .await
+        .expect("an expired key is given back");
+    for name in ["a", "b", "e"] {
+        s.delete(&key(name), q).await.unwrap();
+    }
+    s.set(&key("f"), b"1", None, q).await.unwrap();
+    s.delete(&key("f"), q).await.unwrap();
+}
+
+async fn basic_operations(s: &dyn Storage, q: Option<&Quota>) {
     let key = k("basic");
     assert_eq!(
         s.get(&key).await.unwrap(),
@@ -35,79 +107,82 @@ async fn basic_operations(s: &dyn Storage) {
         "missing key reads as None"
     );
     assert!(!s.exists(&key).await.unwrap());
-    s.set(&key, b"one", None).await.unwrap();
+    s.set(&key, b"one", None, q).await.unwrap();
     assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
     assert!(s.exists(&key).await.unwrap());
-    s.set(&key, b"two", None).await.unwrap();
+    s.set(&key, b"two", None, q).await.unwrap();
     assert_eq!(
         s.get(&key).await.unwrap().as_deref(),
         Some(&b"two"[..]),
         "set overwrites"
     );
     assert!(
-        s.delete(&key).await.unwrap(),
+        s.delete(&key, q).await.unwrap(),
         "delete reports an existing key"
     );
     assert!(
-        !s.delete(&key).await.unwrap(),
+        !s.delete(&key, q).await.unwrap(),
         "delete reports a missing key"
     );
     assert_eq!(s.get(&key).await.unwrap(), None);
 }
 
-async fn binary_values(s: &dyn Storage) {
+async fn binary_values(s: &dyn Storage, q: Option<&Quota>) {
     let key = k("binary");
     let value: Vec<u8> = (0..=255u8).chain([0, 0, 0xff, 0xfe]).collect();
-    s.set(&key, &value, None).await.unwrap();
+    s.set(&key, &value, None, q).await.unwrap();
     assert_eq!(
         s.get(&key).await.unwrap(),
         Some(value),
         "bytes round-trip exactly"
     );
-    s.set(&key, b"", None).await.unwrap();
+    s.set(&key, b"", None, q).await.unwrap();
     assert_eq!(
         s.get(&key).await.unwrap(),
         Some(vec![]),
         "an empty value is a value"
     );
-    s.delete(&key).await.unwrap();
+    s.delete(&key, q).await.unwrap();
 }
 
-async fn increments(s: &dyn Storage) {
+async fn increments(s: &dyn Storage, q: Option<&Quota>) {
     let key = k("counter");
     assert_eq!(
-        s.increment(&key, 5).await.unwrap(),
+        s.increment(&key, 5, q).await.unwrap(),
         5,
         "missing counts as 0"
     );
-    assert_eq!(s.increment(&key, -7).await.unwrap(), -2);
+    assert_eq!(s.increment(&key, -7, q).await.unwrap(), -2);
     assert_eq!(
         s.get(&key).await.unwrap().as_deref(),
         Some(&b"-2"[..]),
         "decimal text"
     );
-    s.set(&key, b"41", None).await.unwrap();
+    s.set(&key, b"41", None, q).await.unwrap();
     assert_eq!(
-        s.increment(&key, 1).await.unwrap(),
+        s.increment(&key, 1, q).await.unwrap(),
         42,
         "counts on a set value"
     );
-    s.set(&key, b"forty", None).await.unwrap();
-    assert_eq!(s.increment(&key, 1).await, Err(StorageError::NotAnInteger));
-    s.set(&key, b"1", Some(Duration::from_secs(60)))
+    s.set(&key, b"forty", None, q).await.unwrap();
+    assert_eq!(
+        s.increment(&key, 1, q).await,
+        Err(StorageError::NotAnInteger)
+    );
+    s.set(&key, b"1", Some(Duration::from_secs(60)), q)
         .await
         .unwrap();
-    s.increment(&key, 1).await.unwrap();
+    s.increment(&key, 1, q).await.unwrap();
     assert!(
         matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
         "increment keeps the expiry"
     );
-    s.delete(&key).await.unwrap();
+    s.delete(&key, q).await.unwrap();
 }
 
-async fn expiry(s: &dyn Storage) {
+async fn expiry(s: &dyn Storage, q: Option<&Quota>) {
     let key = k("ttl");
-    s.set(&key, b"soon gone", Some(Duration::from_millis(300)))
+    s.set(&key, b"soon gone", Some(Duration::from_millis(300)), q)
         .await
         .unwrap();
     match s.ttl(&key).await.unwrap() {
@@ -120,19 +195,21 @@ async fn expiry(s: &dyn Storage) {
     assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Missing);
 
     assert!(
-        !s.expire(&key, Some(Duration::from_secs(1))).await.unwrap(),
+        !s.expire(&key, Some(Duration::from_secs(1)), q)
+            .await
+            .unwrap(),
         "missing key"
     );
-    s.set(&key, b"v", None).await.unwrap();
+    s.set(&key, b"v", None, q).await.unwrap();
     assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
     assert!(
-        s.expire(&key, Some(Duration::from_millis(200)))
+        s.expire(&key, Some(Duration::from_millis(200)), q)
             .await
             .unwrap()
     );
     assert!(matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)));
     assert!(
-        s.expire(&key, None).await.unwrap(),
+        s.expire(&key, None, q).await.unwrap(),
         "persist an existing key"
     );
     assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
@@ -142,30 +219,30 @@ async fn expiry(s: &dyn Storage) {
         "a persisted key does not expire"
     );
 
-    s.set(&key, b"v", Some(Duration::from_millis(100)))
+    s.set(&key, b"v", Some(Duration::from_millis(100)), q)
         .await
         .unwrap();
-    s.set(&key, b"w", None).await.unwrap();
+    s.set(&key, b"w", None, q).await.unwrap();
     assert_eq!(
         s.ttl(&key).await.unwrap(),
         Ttl::Persistent,
         "set replaces the expiry"
     );
-    s.delete(&key).await.unwrap();
+    s.delete(&key, q).await.unwrap();
 }
 
-async fn compare_and_swap(s: &dyn Storage) {
+async fn compare_and_swap(s: &dyn Storage, q: Option<&Quota>) {
     let key = k("cas");
     assert!(
-        s.compare_and_swap(&key, None, b"a", None).await.unwrap(),
+        s.compare_and_swap(&key, None, b"a", None, q).await.unwrap(),
         "create if absent"
     );
     assert!(
-        !s.compare_and_swap(&key, None, b"b", None).await.unwrap(),
+        !s.compare_and_swap(&key, None, b"b", None, q).await.unwrap(),
         "exists now"
     );
     assert!(
-        !s.compare_and_swap(&key, Some(b"x"), b"b", None)
+        !s.compare_and_swap(&key, Some(b"x"), b"b", None, q)
             .await
             .unwrap(),
         "wrong value"
@@ -176,14 +253,14 @@ async fn compare_and_swap(s: &dyn Storage) {
         "unchanged"
     );
     assert!(
-        s.compare_and_swap(&key, Some(b"a"), b"b", None)
+        s.compare_and_swap(&key, Some(b"a"), b"b", None, q)
             .await
             .unwrap()
     );
     assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"b"[..]));
     let ttl = Some(Duration::from_millis(200));
     assert!(
-        s.compare_and_swap(&key, Some(b"b"), b"c", ttl)
+        s.compare_and_swap(&key, Some(b"b"), b"c", ttl, q)
             .await
             .unwrap()
     );
@@ -191,26 +268,28 @@ async fn compare_and_swap(s: &dyn Storage) {
         matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
         "CAS sets the expiry"
     );
-    s.delete(&key).await.unwrap();
+    s.delete(&key, q).await.unwrap();
 }
 
 /// Many tasks add one at a time with read-then-CAS: no update may be lost.
-async fn compare_and_swap_under_contention(s: Arc<dyn Storage>) {
+async fn compare_and_swap_under_contention(s: Arc<dyn Storage>, quota: Option<Quota>) {
+    let q = quota.as_ref();
     const TASKS: u64 = 16;
     const EACH: u64 = 25;
     let key = k("contended");
-    s.set(&key, b"0", None).await.unwrap();
+    s.set(&key, b"0", None, q).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..TASKS {
-        let (s, key) = (s.clone(), key.clone());
+        let (s, key, quota) = (s.clone(), key.clone(), quota.clone());
         tasks.spawn(async move {
+            let q = quota.as_ref();
             let mut conflicts = 0u64;
             for _ in 0..EACH {
                 loop {
                     let current = s.get(&key).await.unwrap().unwrap();
                     let n: u64 = std::str::from_utf8(&current).unwrap().parse().unwrap();
                     let next = (n + 1).to_string();
-                    if s.compare_and_swap(&key, Some(&current), next.as_bytes(), None)
+                    if s.compare_and_swap(&key, Some(&current), next.as_bytes(), None, q)
                         .await
                         .unwrap()
                     {
@@ -232,21 +311,21 @@ async fn compare_and_swap_under_contention(s: Arc<dyn Storage>) {
         (TASKS * EACH).to_string(),
         "no increment lost ({conflicts} retries)"
     );
-    s.delete(&key).await.unwrap();
+    s.delete(&key, q).await.unwrap();
 }
 
-async fn paging_through_thousands_of_keys(s: &dyn Storage) {
+async fn paging_through_thousands_of_keys(s: &dyn Storage, q: Option<&Quota>) {
     const N: usize = 3000;
     let prefix = k("page:");
     let mut expected = BTreeSet::new();
     for i in 0..N {
         let key = format!("{prefix}{i:05}");
-        s.set(&key, b"x", None).await.unwrap();
+        s.set(&key, b"x", None, q).await.unwrap();
         expected.insert(key);
     }
     // Neighbours that must not be listed: a sibling prefix and a glob-looking one.
-    s.set(&k("pagez"), b"x", None).await.unwrap();
-    s.set(&k("pa*e:1"), b"x", None).await.unwrap();
+    s.set(&k("pagez"), b"x", None, q).await.unwrap();
+    s.set(&k("pa*e:1"), b"x", None, q).await.unwrap();
 
     let mut seen = BTreeSet::new();
     let mut cursor: Option<String> = None;
@@ -286,7 +365,7 @@ async fn paging_through_thousands_of_keys(s: &dyn Storage) {
     );
 }
 
-async fn hashes(s: &dyn Storage) {
+async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
     let key = k("hash");
     let day = Duration::from_secs(86400);
     assert_eq!(s.hash_get(&key, "f").await.unwrap(), None);
@@ -326,7 +405,7 @@ async fn hashes(s: &dyn Storage) {
         Some(&b"two"[..])
     );
     assert!(s.get(&key).await.is_err(), "a hash is not bytes");
-    s.delete(&key).await.unwrap();
+    s.delete(&key, q).await.unwrap();
 
     let brief = k("brief-hash");
     assert!(
@@ -342,10 +421,10 @@ async fn hashes(s: &dyn Storage) {
     );
 }
 
-async fn rename(s: &dyn Storage) {
+async fn rename(s: &dyn Storage, q: Option<&Quota>) {
     let (from, to) = (k("from"), k("to"));
     assert!(!s.rename(&from, &to).await.unwrap(), "nothing to move");
-    s.set(&from, b"v", Some(Duration::from_secs(60)))
+    s.set(&from, b"v", Some(Duration::from_secs(60)), q)
         .await
         .unwrap();
     assert!(s.rename(&from, &to).await.unwrap());
@@ -355,7 +434,7 @@ async fn rename(s: &dyn Storage) {
         matches!(s.ttl(&to).await.unwrap(), Ttl::ExpiresIn(_)),
         "the expiry moves too"
     );
-    s.delete(&to).await.unwrap();
+    s.delete(&to, q).await.unwrap();
 }
 
 #[tokio::test]

@@ -2,24 +2,27 @@
 //!
 //! Expired keys are invisible at once (every read checks the deadline) and are swept from
 //! memory at most once a second, on writes, so an idle host does no work.
+//!
+//! Quotas are kept as in Redis: a record per namespace of the keys it counts and their sizes.
+//! Checking one walks that record, which is fine for a store meant for development.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Page, Storage, StorageError, StorageResult, Ttl};
+use super::{Page, Quota, Storage, StorageError, StorageResult, Ttl};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     value: Value,
     expires: Option<Instant>,
 }
 
 /// Like Redis, a key holds either bytes or a hash, and using one as the other is an error.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Value {
     Bytes(Vec<u8>),
     Hash(BTreeMap<String, Vec<u8>>),
@@ -47,6 +50,8 @@ impl Entry {
 #[derive(Debug)]
 struct Map {
     entries: BTreeMap<String, Entry>,
+    /// By quota usage key: the keys it counts and each one's size (name plus value).
+    usage: HashMap<String, BTreeMap<String, u64>>,
     last_sweep: Instant,
 }
 
@@ -67,6 +72,7 @@ impl MemoryStorage {
         MemoryStorage {
             map: Mutex::new(Map {
                 entries: BTreeMap::new(),
+                usage: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
         }
@@ -75,12 +81,62 @@ impl MemoryStorage {
     /// Runs `f` on the map with expired entries already out of sight.
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Entry>, Instant) -> R) -> R {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if now.duration_since(map.last_sweep) >= SWEEP_EVERY {
-            map.entries.retain(|_, e| e.live(now));
-            map.last_sweep = now;
-        }
+        let now = map.sweep();
         f(&mut map.entries, now)
+    }
+
+    /// Runs the write `f` on `key`, counted against `quota` when there is one: the write is
+    /// undone, and refused, if it would take the namespace over it.
+    fn with_quota<R>(
+        &self,
+        quota: Option<&Quota>,
+        key: &str,
+        f: impl FnOnce(&mut BTreeMap<String, Entry>, Instant) -> StorageResult<R>,
+    ) -> StorageResult<R> {
+        let Some(quota) = quota else {
+            return self.with(f);
+        };
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = map.sweep();
+        let Map { entries, usage, .. } = &mut *map;
+        let counted = usage.entry(quota.usage.clone()).or_default();
+        counted.retain(|k, _| entries.get(k).is_some_and(|e| e.live(now)));
+        let saved = entries.get(key).filter(|e| e.live(now)).cloned();
+        let result = f(entries, now)?;
+        let old = counted.get(key).copied();
+        let size = entries
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| (key.len() + e.bytes().map_or(0, <[u8]>::len)) as u64);
+        let Some(size) = size else {
+            counted.remove(key);
+            return Ok(result);
+        };
+        let keys = counted.len() as u64 + u64::from(old.is_none());
+        let bytes = counted.values().sum::<u64>() - old.unwrap_or(0) + size;
+        if (old.is_none() && keys > quota.max_keys)
+            || (size > old.unwrap_or(0) && bytes > quota.max_bytes)
+        {
+            match saved {
+                Some(entry) => entries.insert(key.to_string(), entry),
+                None => entries.remove(key),
+            };
+            return Err(StorageError::QuotaExceeded);
+        }
+        counted.insert(key.to_string(), size);
+        Ok(result)
+    }
+}
+
+impl Map {
+    /// Drops expired entries, at most once every [`SWEEP_EVERY`]; answers the time now.
+    fn sweep(&mut self) -> Instant {
+        let now = Instant::now();
+        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.entries.retain(|_, e| e.live(now));
+            self.last_sweep = now;
+        }
+        now
     }
 }
 
@@ -113,27 +169,35 @@ impl Storage for MemoryStorage {
         })
     }
 
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()> {
-        self.with(|m, now| {
+    async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        quota: Option<&Quota>,
+    ) -> StorageResult<()> {
+        self.with_quota(quota, key, |m, now| {
             let entry = Entry {
                 value: Value::Bytes(value.to_vec()),
                 expires: ttl.map(|t| now + t),
             };
             m.insert(key.to_string(), entry);
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
-    async fn delete(&self, key: &str) -> StorageResult<bool> {
-        Ok(self.with(|m, now| m.remove(key).is_some_and(|e| e.live(now))))
+    async fn delete(&self, key: &str, quota: Option<&Quota>) -> StorageResult<bool> {
+        self.with_quota(quota, key, |m, now| {
+            Ok(m.remove(key).is_some_and(|e| e.live(now)))
+        })
     }
 
     async fn exists(&self, key: &str) -> StorageResult<bool> {
         Ok(self.with(|m, now| live(m, key, now).is_some()))
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64> {
-        self.with(|m, now| {
+    async fn increment(&self, key: &str, delta: i64, quota: Option<&Quota>) -> StorageResult<i64> {
+        self.with_quota(quota, key, |m, now| {
             let current = match live(m, key, now) {
                 Some(e) => std::str::from_utf8(e.bytes()?)
                     .ok()
@@ -162,8 +226,9 @@ impl Storage for MemoryStorage {
         expected: Option<&[u8]>,
         new: &[u8],
         ttl: Option<Duration>,
+        quota: Option<&Quota>,
     ) -> StorageResult<bool> {
-        self.with(|m, now| {
+        self.with_quota(quota, key, |m, now| {
             let current = live(m, key, now).map(|e| e.bytes()).transpose()?;
             if current != expected {
                 return Ok(false);
@@ -206,14 +271,21 @@ impl Storage for MemoryStorage {
         }))
     }
 
-    async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool> {
-        Ok(self.with(|m, now| match live(m, key, now) {
-            Some(e) => {
-                e.expires = ttl.map(|t| now + t);
-                true
-            }
-            None => false,
-        }))
+    async fn expire(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        quota: Option<&Quota>,
+    ) -> StorageResult<bool> {
+        self.with_quota(quota, key, |m, now| {
+            Ok(match live(m, key, now) {
+                Some(e) => {
+                    e.expires = ttl.map(|t| now + t);
+                    true
+                }
+                None => false,
+            })
+        })
     }
 
     async fn ttl(&self, key: &str) -> StorageResult<Ttl> {

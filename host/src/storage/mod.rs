@@ -1,4 +1,4 @@
-//! The backing store behind `kv` (and later sessions): one [`Storage`] trait, two backends.
+//! The backing store behind `kv` and sessions: one [`Storage`] trait, two backends.
 //!
 //! - [`memory::MemoryStorage`]: in-process, with real TTL expiry. The default for `tabula up`,
 //!   so examples run with no Redis installed. Not shared between processes.
@@ -24,6 +24,8 @@ pub enum StorageError {
     Unavailable(String),
     /// `increment` on a value that is not a decimal integer, or that would overflow.
     NotAnInteger,
+    /// The write would take its namespace over its [`Quota`]; nothing was changed.
+    QuotaExceeded,
     /// Anything else the store reported.
     Other(String),
 }
@@ -33,6 +35,7 @@ impl std::fmt::Display for StorageError {
         match self {
             StorageError::Unavailable(why) => write!(f, "the store is unavailable: {why}"),
             StorageError::NotAnInteger => f.write_str("the value is not an integer"),
+            StorageError::QuotaExceeded => f.write_str("the namespace is at its storage quota"),
             StorageError::Other(why) => f.write_str(why),
         }
     }
@@ -50,6 +53,19 @@ pub enum Ttl {
     ExpiresIn(Duration),
 }
 
+/// How much one namespace may keep: keys, and bytes (each key's name plus its value). Writes
+/// given a quota keep its usage record up to date in the store itself, so every replica
+/// sees the same usage; a write that would go over it changes nothing and fails with
+/// [`StorageError::QuotaExceeded`]. Keys the store expires are given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// The store key of the usage record. In Redis Cluster it must share the namespace's
+    /// hash tag, so the record and the keys it counts live on one node.
+    pub usage: String,
+    pub max_keys: u64,
+    pub max_bytes: u64,
+}
+
 /// One page of a key listing. `cursor` is `None` when the listing is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
@@ -65,11 +81,19 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether the store answers right now.
     async fn ping(&self) -> StorageResult<()>;
     async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>>;
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()>;
-    async fn delete(&self, key: &str) -> StorageResult<bool>;
+    // The writes a guest can make take the quota of its namespace, if it has one.
+
+    async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        quota: Option<&Quota>,
+    ) -> StorageResult<()>;
+    async fn delete(&self, key: &str, quota: Option<&Quota>) -> StorageResult<bool>;
     async fn exists(&self, key: &str) -> StorageResult<bool>;
     /// Adds `delta` to the decimal integer at `key` (0 when missing), keeping its expiry.
-    async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64>;
+    async fn increment(&self, key: &str, delta: i64, quota: Option<&Quota>) -> StorageResult<i64>;
     /// Sets `new` if the current value equals `expected` (`None`: the key is missing).
     async fn compare_and_swap(
         &self,
@@ -77,11 +101,17 @@ pub trait Storage: Send + Sync + 'static {
         expected: Option<&[u8]>,
         new: &[u8],
         ttl: Option<Duration>,
+        quota: Option<&Quota>,
     ) -> StorageResult<bool>;
     /// Keys starting with `prefix`; `limit` is a hint for the page size.
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page>;
     /// Sets or clears a key's expiry; whether the key exists.
-    async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool>;
+    async fn expire(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        quota: Option<&Quota>,
+    ) -> StorageResult<bool>;
     async fn ttl(&self, key: &str) -> StorageResult<Ttl>;
 
     // Hashes: a key holding named fields, each updated on its own (sessions use them, so that

@@ -19,7 +19,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, FromRedisValue, RedisError, RedisFuture, Script, Value};
 
-use super::{Page, Storage, StorageError, StorageResult, Ttl};
+use super::{Page, Quota, Storage, StorageError, StorageResult, Ttl};
 
 /// How long connecting may take before a call gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -41,6 +41,87 @@ else
   redis.call('SET', KEYS[1], ARGV[3])
 end
 return 1
+"#;
+
+/// A kv write counted in its namespace's usage: KEYS[2] is a hash holding `#keys`, `#bytes`
+/// and `k:KEY` = the size (name plus value) of each key it counts; KEYS[3] a sorted set of
+/// when counted keys expire, through which keys Redis has expired are given back (a few per
+/// call). ARGV[1] is the operation (`set`, `cas`, `incr`, `del`, `expire`), ARGV[2] and
+/// ARGV[3] the quota's keys and bytes, the rest the operation's own arguments, as for the
+/// uncounted commands. A write that would go over the quota is undone before the script
+/// ends (so no one ever sees it) and answered with a `TABULA_QUOTA` error.
+const COUNTED_SCRIPT: &str = r#"
+local key, usage, index = KEYS[1], KEYS[2], KEYS[3]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local function forget(k)
+  local size = redis.call('HGET', usage, 'k:' .. k)
+  if size then
+    redis.call('HDEL', usage, 'k:' .. k)
+    redis.call('HINCRBY', usage, '#keys', -1)
+    redis.call('HINCRBY', usage, '#bytes', -tonumber(size))
+  end
+  redis.call('ZREM', index, k)
+end
+for _, k in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 32)) do
+  local left = redis.call('PTTL', k)
+  if left == -2 then forget(k)
+  elseif left == -1 then redis.call('ZREM', index, k)
+  else redis.call('ZADD', index, now + left, k) end
+end
+if redis.call('EXISTS', key) == 0 then forget(key) end
+local op = ARGV[1]
+if op == 'del' then
+  local n = redis.call('DEL', key)
+  forget(key)
+  return n
+elseif op == 'expire' then
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  if ARGV[4] == '' then
+    redis.call('PERSIST', key)
+    redis.call('ZREM', index, key)
+  else
+    redis.call('PEXPIRE', key, ARGV[4])
+    if redis.call('HEXISTS', usage, 'k:' .. key) == 1 then
+      redis.call('ZADD', index, now + tonumber(ARGV[4]), key)
+    end
+  end
+  return 1
+end
+local before = redis.call('GET', key)
+local before_ttl = redis.call('PTTL', key)
+local result = 1
+if op == 'set' then
+  if ARGV[5] ~= '' then redis.call('SET', key, ARGV[4], 'PX', ARGV[5])
+  else redis.call('SET', key, ARGV[4]) end
+elseif op == 'cas' then
+  if ARGV[4] == '1' then
+    if before ~= ARGV[5] then return 0 end
+  elseif before then
+    return 0
+  end
+  if ARGV[7] ~= '' then redis.call('SET', key, ARGV[6], 'PX', ARGV[7])
+  else redis.call('SET', key, ARGV[6]) end
+else
+  result = redis.call('INCRBY', key, ARGV[4])
+end
+local tracked = redis.call('HEXISTS', usage, 'k:' .. key) == 1
+local old = tonumber(redis.call('HGET', usage, 'k:' .. key) or '0')
+local size = #key + redis.call('STRLEN', key)
+local keys = tonumber(redis.call('HGET', usage, '#keys') or '0') + (tracked and 0 or 1)
+local bytes = tonumber(redis.call('HGET', usage, '#bytes') or '0') + size - old
+if (not tracked and keys > tonumber(ARGV[2])) or (size > old and bytes > tonumber(ARGV[3])) then
+  if not before then redis.call('DEL', key)
+  elseif before_ttl > 0 then redis.call('SET', key, before, 'PX', before_ttl)
+  else redis.call('SET', key, before) end
+  return redis.error_reply('TABULA_QUOTA the namespace is at its storage quota')
+end
+redis.call('HSET', usage, 'k:' .. key, size)
+redis.call('HINCRBY', usage, '#keys', tracked and 0 or 1)
+redis.call('HINCRBY', usage, '#bytes', size - old)
+local left = redis.call('PTTL', key)
+if left > 0 then redis.call('ZADD', index, now + left, key) else redis.call('ZREM', index, key) end
+return result
 "#;
 
 /// Sets one hash field and the hash's expiry, unless the hash would then exceed a size:
@@ -155,6 +236,7 @@ pub struct RedisStorage {
     conn: Connections,
     description: String,
     cas: Script,
+    counted: Script,
     hash_set: Script,
     rename: Script,
 }
@@ -183,6 +265,7 @@ impl RedisStorage {
             })),
             description: format!("Redis at {}", redact(url)),
             cas: Script::new(CAS_SCRIPT),
+            counted: Script::new(COUNTED_SCRIPT),
             hash_set: Script::new(HASH_SET_SCRIPT),
             rename: Script::new(RENAME_SCRIPT),
         })
@@ -212,9 +295,32 @@ impl RedisStorage {
                     .join(", ")
             ),
             cas: Script::new(CAS_SCRIPT),
+            counted: Script::new(COUNTED_SCRIPT),
             hash_set: Script::new(HASH_SET_SCRIPT),
             rename: Script::new(RENAME_SCRIPT),
         })
+    }
+
+    /// Runs `op` on `key` through [`COUNTED_SCRIPT`], counted against `quota`; `args` are
+    /// the operation's own arguments.
+    async fn counted<T: FromRedisValue>(
+        &self,
+        quota: &Quota,
+        key: &str,
+        op: &str,
+        args: &[&[u8]],
+    ) -> StorageResult<T> {
+        let mut invocation = self.counted.key(key);
+        invocation
+            .key(&quota.usage)
+            .key(format!("{}:expiry", quota.usage))
+            .arg(op)
+            .arg(quota.max_keys)
+            .arg(quota.max_bytes);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.invoke(&invocation).await
     }
 
     /// Runs a prepared script invocation within [`CALL_TIMEOUT`].
@@ -253,6 +359,8 @@ fn classify(e: RedisError) -> StorageError {
         || e.is_unrecoverable_error()
     {
         StorageError::Unavailable(e.to_string())
+    } else if e.to_string().contains("TABULA_QUOTA") {
+        StorageError::QuotaExceeded
     } else if e.to_string().contains("not an integer") {
         StorageError::NotAnInteger
     } else {
@@ -290,6 +398,11 @@ fn glob_escape(prefix: &str) -> String {
     out
 }
 
+/// An expiry as the scripts take it: milliseconds, or empty for none.
+fn ttl_arg(ttl: Option<Duration>) -> String {
+    ttl.map(|t| millis(t).to_string()).unwrap_or_default()
+}
+
 fn millis(ttl: Duration) -> u64 {
     // Redis rejects 0 as an expiry; the shortest it takes is 1 ms.
     (ttl.as_millis() as u64).max(1)
@@ -309,7 +422,20 @@ impl Storage for RedisStorage {
         self.query(redis::cmd("GET").arg(key)).await
     }
 
-    async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()> {
+    async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        quota: Option<&Quota>,
+    ) -> StorageResult<()> {
+        if let Some(quota) = quota {
+            let ttl = ttl_arg(ttl);
+            return self
+                .counted::<i64>(quota, key, "set", &[value, ttl.as_bytes()])
+                .await
+                .map(drop);
+        }
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         if let Some(ttl) = ttl {
@@ -318,7 +444,13 @@ impl Storage for RedisStorage {
         self.query(&cmd).await
     }
 
-    async fn delete(&self, key: &str) -> StorageResult<bool> {
+    async fn delete(&self, key: &str, quota: Option<&Quota>) -> StorageResult<bool> {
+        if let Some(quota) = quota {
+            return self
+                .counted::<u64>(quota, key, "del", &[])
+                .await
+                .map(|n| n > 0);
+        }
         self.query::<u64>(redis::cmd("DEL").arg(key))
             .await
             .map(|n| n > 0)
@@ -330,7 +462,11 @@ impl Storage for RedisStorage {
             .map(|n| n > 0)
     }
 
-    async fn increment(&self, key: &str, delta: i64) -> StorageResult<i64> {
+    async fn increment(&self, key: &str, delta: i64, quota: Option<&Quota>) -> StorageResult<i64> {
+        if let Some(quota) = quota {
+            let delta = delta.to_string();
+            return self.counted(quota, key, "incr", &[delta.as_bytes()]).await;
+        }
         self.query(redis::cmd("INCRBY").arg(key).arg(delta)).await
     }
 
@@ -340,13 +476,27 @@ impl Storage for RedisStorage {
         expected: Option<&[u8]>,
         new: &[u8],
         ttl: Option<Duration>,
+        quota: Option<&Quota>,
     ) -> StorageResult<bool> {
+        if let Some(quota) = quota {
+            let (has, ttl) = (if expected.is_some() { "1" } else { "0" }, ttl_arg(ttl));
+            let args: [&[u8]; 4] = [
+                has.as_bytes(),
+                expected.unwrap_or_default(),
+                new,
+                ttl.as_bytes(),
+            ];
+            return self
+                .counted::<i64>(quota, key, "cas", &args)
+                .await
+                .map(|n| n == 1);
+        }
         let mut invocation = self.cas.key(key);
         invocation
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
             .arg(new)
-            .arg(ttl.map(|t| millis(t).to_string()).unwrap_or_default());
+            .arg(ttl_arg(ttl));
         self.invoke::<i64>(&invocation).await.map(|n| n == 1)
     }
 
@@ -401,7 +551,19 @@ impl Storage for RedisStorage {
         })
     }
 
-    async fn expire(&self, key: &str, ttl: Option<Duration>) -> StorageResult<bool> {
+    async fn expire(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        quota: Option<&Quota>,
+    ) -> StorageResult<bool> {
+        if let Some(quota) = quota {
+            let ttl = ttl_arg(ttl);
+            return self
+                .counted::<u64>(quota, key, "expire", &[ttl.as_bytes()])
+                .await
+                .map(|n| n == 1);
+        }
         match ttl {
             Some(ttl) => self
                 .query::<u64>(redis::cmd("PEXPIRE").arg(key).arg(millis(ttl)))

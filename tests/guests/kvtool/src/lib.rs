@@ -1,7 +1,8 @@
 //! The kv API over HTTP, for the host's tests: `?key=K` names a key.
 //! `GET` reads it (404 when missing), `PUT` stores the body (`&ttl_ms=N` to expire),
 //! `DELETE` deletes it, `GET ?list=PREFIX` lists keys one per line. A key or value over the
-//! host's limits answers 414 or 413; an unavailable store 503.
+//! host's limits answers 414 or 413; a write over the app's storage quota 507 with the
+//! host's message; an unavailable store 503.
 //! Sessions: `PUT ?session=NAME` stores the body in the session, `GET ?session=NAME` reads it.
 
 use std::time::Duration;
@@ -53,6 +54,10 @@ fn kvtool(req: Request) -> Result<Response, Error> {
         }
         Err(kv::Error::ValueTooLarge { limit }) => {
             Ok(Response::text(format!("value over {limit}")).with_status(413))
+        }
+        // What the host says when the app is at its storage quota, passed on as 507.
+        Err(kv::Error::Other(why)) if why.contains("quota") => {
+            Ok(Response::text(why).with_status(507))
         }
         other => Ok(other?),
     }
