@@ -18,7 +18,10 @@ pub const WASM_TARGET: &str = "wasm32-wasip2";
 #[derive(Debug, Clone)]
 pub enum Source {
     /// A directory with a `tabula.toml`, to be built.
-    Project { dir: PathBuf, manifest: Manifest },
+    Project {
+        dir: PathBuf,
+        manifest: Box<Manifest>,
+    },
     /// A ready component, served at `route`.
     Component {
         name: String,
@@ -95,7 +98,7 @@ pub fn discover(args: &[String]) -> Result<Vec<Source>> {
 fn project(dir: &Path) -> Result<Source> {
     Ok(Source::Project {
         dir: dir.to_path_buf(),
-        manifest: Manifest::read(dir)?,
+        manifest: Box::new(Manifest::read(dir)?),
     })
 }
 
