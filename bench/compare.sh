@@ -13,6 +13,8 @@
 #   bench/compare.sh                      # DURATION=5s CONNS="1 16 256 1000"
 #   PIPE_CONNS=32 bench/compare.sh        # connections of the HTTP/1 pipelining run (default)
 #   PYTHON=0 bench/compare.sh             # skip the Python component
+#   BASELINE=/tmp/tabula-old bench/compare.sh  # also another tabula build (e.g. from before a
+#                                         # change) on hello, in the same run
 #
 # Installs wasmtime-cli 48.0.8 with `cargo install` and componentize-py with pip when missing.
 # Needs wrk and redis-server. Loopback only.
@@ -25,6 +27,7 @@ CONNS=${CONNS:-"1 16 256 1000"}
 PIPE_CONNS=${PIPE_CONNS:-32}
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-1}
+BASELINE=${BASELINE:-}
 WASMTIME_VERSION=48.0.8
 ulimit -n 65536 2>/dev/null || true
 
@@ -92,6 +95,12 @@ run_component() {
         TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
             --listen "127.0.0.1:$PORT" "/=$wasm"
         measure "tabula ($label)" "$c"; stop
+        if [ -n "$BASELINE" ] && [ "$label" = hello ]; then
+            PORT=$(free_port)
+            TABULA_LOG=warn serve baseline "$BASELINE" serve --store memory --operator-listen off \
+                --listen "127.0.0.1:$PORT" "/=$wasm"
+            measure "tabula baseline build ($label)" "$c"; stop
+        fi
         if [ "$label" = python ]; then
             # One process per core, sharing a Redis: no cross-core TLB shootdowns (README).
             PORT=$(free_port)
@@ -166,6 +175,9 @@ for conns, r in rows.items():
             extra = f", native/tabula {native / t:.2f}x" if native else ""
             defaults = f", /defaults {t / d:.2f}x" if d else ""
             print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x{defaults}{extra}")
+    base = r.get("tabula baseline build (hello)")
+    if base:
+        print(f"  tabula / baseline build    c={conns:>4}: {r['tabula (hello)'] / base:.2f}x")
 PY
 rm -f "$RESULTS"
 
