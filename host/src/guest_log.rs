@@ -153,16 +153,20 @@ impl GuestLog {
     }
 }
 
-/// `line` with control characters (but tab) written as escapes: `\r`, `\u{1b}`.
+/// `line` with control characters (but tab) written as escapes, `\r`, `\u{1b}`, and
+/// backslashes doubled, so an escape in the log is never the guest's own text.
 fn escape(line: &str) -> std::borrow::Cow<'_, str> {
-    if !line.chars().any(|c| c.is_control() && c != '\t') {
+    if !line
+        .chars()
+        .any(|c| c == '\\' || (c.is_control() && c != '\t'))
+    {
         return line.into();
     }
     let mut out = String::with_capacity(line.len() + 8);
     for c in line.chars() {
         match c {
             '\t' => out.push(c),
-            c if c.is_control() => {
+            c if c == '\\' || c.is_control() => {
                 let _ = write!(out, "{}", c.escape_default());
             }
             c => out.push(c),
@@ -248,6 +252,11 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(escape("plain\ttext"), "plain\ttext");
         assert_eq!(escape("a\rb\u{1b}[31m"), "a\\rb\\u{1b}[31m");
+        assert_eq!(
+            escape("a\\rb"),
+            "a\\\\rb",
+            "a guest's own backslash is doubled"
+        );
     }
 
     #[test]

@@ -361,9 +361,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<wasmtime_wasi_http::Error>,
 {
-    let started = Instant::now();
     let limits = app.limits();
     let timeout = limits.request_timeout;
+    // No body will be sent for these: the response is complete once its head is.
+    let bodyless_method = req.method() == hyper::Method::HEAD;
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -398,7 +399,9 @@ where
             // The start of the body arrives before an instance is taken: a client trickling
             // its body holds a connection, never one of the app's instance slots.
             let mut req = req;
-            req.body_mut().prebuffer().await;
+            req.body_mut()
+                .prebuffer(app.runtime().prebuffer_budget())
+                .await;
             match req.body().verdict.get() {
                 BodyVerdict::TOO_LARGE => {
                     return Err(Failure::BodyTooLarge(app.limits().max_body_bytes));
@@ -422,13 +425,15 @@ where
                     limits.queue_timeout
                 )));
             };
-            // Both live exactly as long as the instance: until this task ends.
+            // Both live exactly as long as the instance: until this task ends. The request's
+            // time starts now, once its body has begun and it has an instance slot.
             let _live = app.metrics().live_instance();
+            let admitted = Instant::now();
             let run = async {
-                let mut fresh = FreshInstance::new(&app, session, started + timeout).await?;
+                let mut fresh = FreshInstance::new(&app, session, admitted + timeout).await?;
                 app.metrics()
                     .instantiation
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(admitted.elapsed().as_secs_f64());
                 // Dropped before `fresh` (and so before the response body's channel closes)
                 // however this ends: a failure, the deadline, an abort.
                 let mut marker = UnfinishedMarker(Some(task_unfinished));
@@ -462,6 +467,19 @@ where
             response.status()
         ))),
         Ok(Ok(mut response)) => {
+            let mut task = task;
+            let status = response.status();
+            if bodyless_method
+                || status == hyper::StatusCode::NO_CONTENT
+                || status == hyper::StatusCode::NOT_MODIFIED
+            {
+                task.disarm();
+            }
+            // hyper stops reading a body once its declared length has gone out, and drops it.
+            let declared = response
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             session::refuse_guest_cookies(response.headers_mut(), session_cookies);
             let cookie = jar
                 .lock()
@@ -475,6 +493,7 @@ where
                     inner: body,
                     task,
                     unfinished,
+                    declared,
                 }
                 .boxed_unsync()
             }))
@@ -533,12 +552,15 @@ impl Drop for UnfinishedMarker {
 /// or ran out of time halfway: a client (or a cache) would take a cut-short body for a whole
 /// one. Here such an end is an error instead, so HTTP/1 closes the connection without the
 /// last chunk and HTTP/2 resets the stream. Dropping the body unfinished (the client went
-/// away) aborts the guest.
+/// away) aborts the guest; a body is finished at its end, at its declared length, or, for
+/// HEAD, 204 and 304, at once.
 struct GuestResponseBody {
     inner: HyperOutgoingBody,
     task: AbortOnDrop,
     /// Set before the guest's store is dropped when the guest did not finish.
     unfinished: Arc<AtomicBool>,
+    /// The bytes still to come of a body with a declared length: at 0 the client has it all.
+    declared: Option<u64>,
 }
 
 impl Body for GuestResponseBody {
@@ -552,7 +574,15 @@ impl Body for GuestResponseBody {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match frame {
             Some(Ok(frame)) => {
-                if frame.is_trailers() {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                let complete = match &mut self.declared {
+                    Some(left) => {
+                        *left = left.saturating_sub(len);
+                        *left == 0
+                    }
+                    None => frame.is_trailers(),
+                };
+                if complete {
                     self.task.disarm();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -600,19 +630,27 @@ const PREBUFFER: usize = 64 << 10;
 
 /// A request body as the guest reads it: what arrived before the instance was made, then the
 /// rest as it streams. It fails once more than the app's limit has come through, or when the
-/// client is too slow: the body gets `body_timeout` for its first bytes and then must keep
-/// up `body_min_rate` bytes a second (as Apache's `mod_reqtimeout` does), so a client
-/// trickling a byte every few seconds cannot hold an instance for the whole request timeout.
+/// client is too slow, counting only the time spent waiting for it (not the guest's own): no
+/// single wait may exceed `body_timeout`, and all the waits together may not exceed
+/// `body_timeout` plus a second per `body_min_rate` bytes received (as Apache's
+/// `mod_reqtimeout` does), so a client trickling a byte every few seconds, or pausing after
+/// a fast start, cannot hold an instance for the whole request timeout.
 struct GuestRequestBody<B> {
     inner: B,
-    /// Read ahead by [`GuestRequestBody::prebuffer`], handed out first.
+    /// Read ahead by [`GuestRequestBody::prebuffer`], handed out first, and what holding it
+    /// takes from the process's prebuffer budget until then.
     buffered: Option<Bytes>,
+    buffered_charge: Charge,
     trailers: Option<http::HeaderMap>,
+    /// An error met while prebuffering, handed out after the data that came before it.
+    error: Option<wasmtime_wasi_http::Error>,
     ended: bool,
     remaining: u64,
     limit: u64,
     received: u64,
-    started: Instant,
+    /// Time spent waiting for the client so far, and since when it is being waited for now.
+    waited: Duration,
+    waiting_since: Option<Instant>,
     grace: Duration,
     min_rate: u64,
     /// Armed only while the body is waited for, so a body that arrives at once costs no
@@ -631,11 +669,14 @@ where
             ended: inner.is_end_stream(),
             inner,
             buffered: None,
+            buffered_charge: Charge::none(),
             trailers: None,
+            error: None,
             remaining: limits.max_body_bytes,
             limit: limits.max_body_bytes,
             received: 0,
-            started: Instant::now(),
+            waited: Duration::ZERO,
+            waiting_since: None,
             grace: limits.request.body_timeout,
             min_rate: limits.request.body_min_rate.max(1),
             timer: None,
@@ -643,40 +684,50 @@ where
         }
     }
 
-    /// When the body must have reached its current length plus one more frame.
-    fn deadline(&self) -> Instant {
-        self.started
-            + self.grace
-            + Duration::from_secs_f64(self.received as f64 / self.min_rate as f64)
+    /// When the current wait for the client, begun at `since`, runs out.
+    fn deadline(&self, since: Instant) -> Instant {
+        let earned = Duration::try_from_secs_f64(self.received as f64 / self.min_rate as f64)
+            .unwrap_or(Duration::MAX);
+        let allowance = self.grace.saturating_add(earned);
+        let left = self.grace.min(allowance.saturating_sub(self.waited));
+        since
+            .checked_add(left)
+            .unwrap_or_else(|| since + Duration::from_secs(365 * 24 * 3600))
     }
 
-    /// Reads the body until it ends or [`PREBUFFER`] bytes have come; a failure is left for
-    /// the guest's first read to report.
-    async fn prebuffer(&mut self) {
+    /// Reads the body until it ends or [`PREBUFFER`] bytes have come, holding them against
+    /// `budget` (shared by the process, so many streams prebuffering at once cannot add up
+    /// without bound: past it, bodies stream without a read-ahead). A failure is handed to
+    /// the guest after the data that came before it.
+    async fn prebuffer(&mut self, budget: &Arc<Budget>) {
         if self.ended {
             return;
         }
         let mut data = bytes::BytesMut::new();
+        let mut charge = budget.empty_charge();
         while data.len() < PREBUFFER && !self.ended {
             match std::future::poll_fn(|cx| self.poll_inner(cx)).await {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => data.extend_from_slice(&chunk),
+                    Ok(chunk) => {
+                        data.extend_from_slice(&chunk);
+                        if charge.resize(data.len() as u64).is_err() {
+                            break;
+                        }
+                    }
                     Err(frame) => {
                         self.trailers = frame.into_trailers().ok();
                         self.ended = true;
                     }
                 },
                 Some(Err(e)) => {
-                    // Keep what came, then the error (the verdict already says which).
-                    self.buffered = Some(data.freeze());
+                    self.error = Some(e);
                     self.ended = true;
-                    drop(e);
-                    return;
                 }
                 None => self.ended = true,
             }
         }
         self.buffered = Some(data.freeze());
+        self.buffered_charge = charge;
     }
 
     /// The next frame from the client, within the size limit and the pace.
@@ -696,9 +747,15 @@ where
             });
         }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => frame,
+            Poll::Ready(frame) => {
+                if let Some(since) = self.waiting_since.take() {
+                    self.waited += since.elapsed();
+                }
+                frame
+            }
             Poll::Pending => {
-                let deadline = tokio::time::Instant::from_std(self.deadline());
+                let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                let deadline = tokio::time::Instant::from_std(self.deadline(since));
                 let timer = self
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -750,11 +807,17 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(data) = self.buffered.take().filter(|d| !d.is_empty()) {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
+        if let Some(data) = self.buffered.take() {
+            self.buffered_charge = Charge::none();
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
         }
         if let Some(trailers) = self.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if let Some(error) = self.error.take() {
+            return Poll::Ready(Some(Err(error)));
         }
         self.poll_inner(cx)
     }
@@ -763,13 +826,14 @@ where
         self.ended
             && self.buffered.as_ref().is_none_or(Bytes::is_empty)
             && self.trailers.is_none()
+            && self.error.is_none()
             && self.verdict.get() == BodyVerdict::FINE
     }
 
     fn size_hint(&self) -> SizeHint {
         match (&self.buffered, &self.trailers, self.ended) {
             (None, None, false) => self.inner.size_hint(),
-            (None, None, true) => SizeHint::with_exact(0),
+            (None, None, true) if self.error.is_none() => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
     }

@@ -133,10 +133,9 @@ impl From<StorageError> for KvError {
 type KvResult<T> = Result<T, KvError>;
 
 impl Namespace {
-    /// The store key of `key` in `bucket`. A bucket's name counts toward the key limit, so
-    /// long bucket names cannot carry what a long key may not.
+    /// The store key of `key` in `bucket`, for reading it.
     fn full_key(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
-        if bucket.name_len() + key.len() > self.limits.max_key_bytes as usize {
+        if key.len() > self.limits.max_key_bytes as usize {
             return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
         }
         Ok(self.key(&format!("{}{key}", bucket.space)))
@@ -153,6 +152,16 @@ impl Namespace {
         Ok(self.storage.get(&self.full_key(b, key)?).await?)
     }
 
+    /// The store key of `key` in `bucket`, for writing it. A bucket's name counts toward the
+    /// key limit here, so long bucket names cannot store what a long key may not (keys
+    /// written before this rule stay readable and deletable through [`Namespace::full_key`]).
+    fn full_key_to_write(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
+        if bucket.name_len() + key.len() > self.limits.max_key_bytes as usize {
+            return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
+        }
+        self.full_key(bucket, key)
+    }
+
     async fn set(
         &self,
         b: &Bucket,
@@ -160,7 +169,7 @@ impl Namespace {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> KvResult<()> {
-        let key = self.full_key(b, key)?;
+        let key = self.full_key_to_write(b, key)?;
         self.check_value(value)?;
         check_ttl(ttl)?;
         Ok(self
@@ -183,7 +192,7 @@ impl Namespace {
     async fn increment(&self, b: &Bucket, key: &str, delta: i64) -> KvResult<i64> {
         Ok(self
             .storage
-            .increment(&self.full_key(b, key)?, delta, self.quota.as_ref())
+            .increment(&self.full_key_to_write(b, key)?, delta, self.quota.as_ref())
             .await?)
     }
 
@@ -195,7 +204,7 @@ impl Namespace {
         new: &[u8],
         ttl: Option<Duration>,
     ) -> KvResult<bool> {
-        let key = self.full_key(b, key)?;
+        let key = self.full_key_to_write(b, key)?;
         self.check_value(new)?;
         check_ttl(ttl)?;
         Ok(self

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::budget::Budget;
 use crate::instance::RequestCtx;
 use crate::limits::{Allocator, Limits};
 use crate::storage::Storage;
@@ -18,6 +19,10 @@ use crate::storage::Storage;
 /// How often the epoch ticks: how long guest code runs before it yields to other requests,
 /// and so the resolution of request deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Request-body bytes the process may hold read ahead, across all requests waiting for an
+/// instance (64 KiB each at most; see `instance::handle`). Past it, bodies stream unread.
+const PREBUFFER_BUDGET: u64 = 256 << 20;
 
 /// The shared engine and linker. Cheap to clone.
 #[derive(Clone)]
@@ -30,6 +35,7 @@ struct RuntimeInner {
     linker: Linker<RequestCtx>,
     limits: Limits,
     storage: Arc<dyn Storage>,
+    prebuffer: Arc<Budget>,
 }
 
 impl Runtime {
@@ -63,6 +69,7 @@ impl Runtime {
                 linker,
                 limits,
                 storage,
+                prebuffer: Budget::new(PREBUFFER_BUDGET),
             }),
         })
     }
@@ -81,6 +88,11 @@ impl Runtime {
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
+    }
+
+    /// What request bodies read ahead of their instance may hold, across the process.
+    pub fn prebuffer_budget(&self) -> &Arc<Budget> {
+        &self.inner.prebuffer
     }
 }
 

@@ -192,10 +192,7 @@ async fn worker(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Rece
         let service = hyper::service::service_fn(move |req| {
             let request = tracked.begin();
             let (router, id) = (worker.router.clone(), worker.ids.next());
-            async move {
-                let _request = request;
-                serve(router, req, id).await
-            }
+            async move { Ok(request.until_sent(serve(router, req, id).await)) }
         });
         let (builder, config, stopped, done) = (
             builder.clone(),
@@ -272,7 +269,7 @@ async fn serve_connection<S>(
     tokio::pin!(conn);
     let mut closing: Option<tokio::time::Instant> = None;
     loop {
-        let idle_at = activity.idle_deadline(config.header_timeout, config.idle_timeout);
+        let check_at = activity.next_check(config.header_timeout, config.idle_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -280,8 +277,8 @@ async fn serve_connection<S>(
                 }
                 return;
             }
-            () = tokio::time::sleep_until(idle_at.into()), if closing.is_none() => {
-                if activity.is_idle_at(idle_at) {
+            () = tokio::time::sleep_until(check_at.into()), if closing.is_none() => {
+                if activity.is_idle(config.header_timeout, config.idle_timeout) {
                     info!(%peer, "closing an idle connection");
                     conn.as_mut().graceful_shutdown();
                     closing = Some(tokio::time::Instant::now() + config.header_timeout);
@@ -300,7 +297,8 @@ async fn serve_connection<S>(
     }
 }
 
-/// Requests in flight on one connection, and when it last started or finished one.
+/// Requests in flight on one connection (from their head until their response has been
+/// sent), and when it last started or finished one.
 struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
@@ -329,21 +327,79 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// When the connection will be idle too long if nothing happens before.
-    fn idle_deadline(&self, first: Duration, idle: Duration) -> Instant {
-        match self.last.load(Ordering::Relaxed) {
-            u64::MAX => self.opened + first,
-            ms => self.opened + Duration::from_millis(ms) + idle,
+    /// When a connection with nothing in flight has been idle too long: `first` after it
+    /// opened if it never started a request, else `idle` after its last one.
+    fn idle_after(&self, first: Duration, idle: Duration) -> Instant {
+        let (from, wait) = match self.last.load(Ordering::Relaxed) {
+            u64::MAX => (self.opened, first),
+            ms => (self.opened + Duration::from_millis(ms), idle),
+        };
+        from.checked_add(wait).unwrap_or(from + YEAR)
+    }
+
+    /// When to look again: at the idle deadline, or, while a request is in flight, after
+    /// another `idle` (it may well end before).
+    fn next_check(&self, first: Duration, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let now = Instant::now();
+            now.checked_add(idle).unwrap_or(now + YEAR)
+        } else {
+            self.idle_after(first, idle)
         }
     }
 
-    /// Whether nothing has happened since `deadline` was computed and nothing is in flight.
-    fn is_idle_at(&self, deadline: Instant) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0 && Instant::now() >= deadline
+    /// Whether nothing is in flight and nothing has happened for too long.
+    fn is_idle(&self, first: Duration, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && Instant::now() >= self.idle_after(first, idle)
     }
 }
 
+/// Far enough to mean never, for timeouts set beyond what an `Instant` can add.
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A request in flight on its connection, until dropped.
 struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// The response, holding this guard until its body has been sent (or dropped): a
+    /// response still streaming keeps its connection busy.
+    fn until_sent(self, response: Response<ResponseBody>) -> Response<ResponseBody> {
+        response.map(|body| {
+            SentBody {
+                inner: body,
+                _in_flight: self,
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] guard.
+struct SentBody {
+    inner: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = Bytes;
+    type Error = anyhow::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, anyhow::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -493,7 +549,7 @@ async fn serve(
     router: Arc<Router>,
     mut req: Request<Incoming>,
     fresh_id: String,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Response<ResponseBody> {
     let started = Instant::now();
     // The guest sees the id too, so its own logs can carry it.
     let id = match incoming_id(&req) {
@@ -523,7 +579,7 @@ async fn serve(
         let mut response =
             refused.unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "no app serves this path\n"));
         response.headers_mut().insert(REQUEST_ID.clone(), id);
-        return Ok(response);
+        return response;
     };
     let span = info_span!(
         "request",
@@ -564,7 +620,7 @@ async fn serve(
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "served"
         );
-        Ok(response)
+        response
     }
     .instrument(span)
     .await
@@ -663,9 +719,9 @@ pub async fn run_operator(
             let request = tracked.begin();
             let (storage, metrics, draining) = (storage.clone(), metrics.clone(), draining.clone());
             async move {
-                let _request = request;
                 let draining = draining.load(Ordering::Relaxed);
-                Ok::<_, Infallible>(operator(req.uri().path(), &*storage, &metrics, draining).await)
+                let response = operator(req.uri().path(), &*storage, &metrics, draining).await;
+                Ok::<_, Infallible>(request.until_sent(response))
             }
         });
         let (builder, config, stopped) = (builder.clone(), config.clone(), stopped.clone());

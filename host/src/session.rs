@@ -160,28 +160,27 @@ fn is_session_cookie(name: &str, names: &[String]) -> bool {
 /// id, since browsers send a cookie to every path below its own.
 pub fn strip_cookies(headers: &mut http::HeaderMap, names: &[String]) {
     let cookie = http::header::COOKIE;
-    let has_session = headers.get_all(&cookie).iter().any(|value| {
-        value.to_str().map_or(true, |v| {
-            v.split(';')
-                .any(|pair| is_session_cookie(pair.trim().split('=').next().unwrap_or(""), names))
-        })
-    });
-    if !has_session {
+    // Bytes, not text: a cookie value may be any octet a browser sends, and none is lost.
+    let pairs = |value: &http::HeaderValue| -> Vec<Vec<u8>> {
+        value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .map(|pair| pair.trim_ascii().to_vec())
+            .filter(|pair| !pair.is_empty())
+            .collect()
+    };
+    let is_session = |pair: &[u8]| {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(b"");
+        std::str::from_utf8(name.trim_ascii()).is_ok_and(|name| is_session_cookie(name, names))
+    };
+    let all: Vec<Vec<u8>> = headers.get_all(&cookie).iter().flat_map(pairs).collect();
+    if !all.iter().any(|pair| is_session(pair)) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(&cookie)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| !is_session_cookie(pair.split('=').next().unwrap_or(""), names))
-        .map(str::to_string)
-        .collect();
+    let kept: Vec<Vec<u8>> = all.into_iter().filter(|pair| !is_session(pair)).collect();
     headers.remove(&cookie);
     if !kept.is_empty()
-        && let Ok(value) = http::HeaderValue::from_str(&kept.join("; "))
+        && let Ok(value) = http::HeaderValue::from_bytes(&kept.join(&b"; "[..]))
     {
         headers.insert(cookie, value);
     }

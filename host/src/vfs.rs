@@ -34,7 +34,8 @@ type FsResult<T> = wasmtime::Result<Result<T, ErrorCode>>;
 /// Longest name of one file or directory, as POSIX's usual `NAME_MAX`.
 const NAME_MAX: usize = 255;
 /// Longest path a guest may name or a descriptor may sit at, as POSIX's usual `PATH_MAX`.
-/// It also bounds the depth of a tree, and so the work of walking it.
+/// It bounds the work of walking a path (a tree can still grow deeper through renames, which
+/// is why trees are freed without recursion).
 const PATH_MAX: usize = 4096;
 /// Bytes charged for each directory entry, descriptor or listed entry beyond its name: the
 /// map node, the `Node` and the table entry that hold it.
@@ -263,7 +264,7 @@ impl Mount {
     fn create(&self, name: &str, dir: bool) -> Result<Entry, ErrorCode> {
         let space = self.space()?;
         let counted = space.files.charge(1)?;
-        let name = space.memory.charge(name.len() as u64 + OVERHEAD)?;
+        let name = Mount::name_charge(space, name)?;
         let node = if dir {
             self.new_dir(Entries::new(), counted)
         } else {
@@ -279,7 +280,15 @@ impl Mount {
 
     /// The charge for keeping an existing node under a new name.
     fn rename_charge(&self, name: &str) -> Result<Charge, ErrorCode> {
-        Ok(self.space()?.memory.charge(name.len() as u64 + OVERHEAD)?)
+        Mount::name_charge(self.space()?, name)
+    }
+
+    /// A name's bytes, against the request's budget.
+    fn name_charge(space: &Space, name: &str) -> Result<Charge, ErrorCode> {
+        space
+            .memory
+            .charge(name.len() as u64 + OVERHEAD)
+            .map_err(|_| ErrorCode::InsufficientMemory)
     }
 }
 

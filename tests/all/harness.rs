@@ -329,10 +329,20 @@ pub fn raw_exchange(server: &Server, bytes: &[u8]) -> (String, Duration) {
 
 /// The resident memory of a process, in bytes.
 pub fn rss(pid: u32) -> u64 {
+    memory_status(pid, "VmRSS:")
+}
+
+/// The peak resident memory of a process so far, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    memory_status(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/PID/status`, in bytes.
+fn memory_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
     kb * 1024

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::harness::{
-    Reply, Server, app_args, client, get, guests, h2_client, raw_exchange, request,
+    Reply, Server, app_args, client, get, guests, h2_client, peak_rss, raw_exchange, request,
 };
 use crate::redis_server::RedisServer;
 
@@ -31,17 +31,6 @@ fn hostile_server(store: &str, extra: &[&str]) -> Server {
 
 async fn attack(server: &Server, name: &str) -> Reply {
     get(&client(), &server.url(&format!("/hostile?attack={name}"))).await
-}
-
-/// The peak resident memory of a process so far (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
 }
 
 /// `tabula_live_instances` for the hostile app, from the operator's `/metrics`.
