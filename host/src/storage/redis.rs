@@ -48,8 +48,12 @@ return 1
 /// when counted keys expire, through which keys Redis has expired are given back (a few per
 /// call). ARGV[1] is the operation (`set`, `cas`, `incr`, `del`, `expire`), ARGV[2] and
 /// ARGV[3] the quota's keys and bytes, the rest the operation's own arguments, as for the
-/// uncounted commands. A write that would go over the quota is undone before the script
-/// ends (so no one ever sees it) and answered with a `TABULA_QUOTA` error.
+/// uncounted commands. A write that would go over the quota is refused with a `TABULA_QUOTA`
+/// error before it is made (an increment, whose size is known only after, is undone in the
+/// same script, so no one ever sees it).
+///
+/// A counted key that has expired but is not given back yet is simply written again: it is
+/// still counted once. The common case, an increment of a counted key, is six commands.
 const COUNTED_SCRIPT: &str = r#"
 local key, usage, index = KEYS[1], KEYS[2], KEYS[3]
 local t = redis.call('TIME')
@@ -69,14 +73,16 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 3
   elseif left == -1 then redis.call('ZREM', index, k)
   else redis.call('ZADD', index, now + left, k) end
 end
-if redis.call('EXISTS', key) == 0 then forget(key) end
 local op = ARGV[1]
 if op == 'del' then
   local n = redis.call('DEL', key)
   forget(key)
   return n
 elseif op == 'expire' then
-  if redis.call('EXISTS', key) == 0 then return 0 end
+  if redis.call('EXISTS', key) == 0 then
+    forget(key)
+    return 0
+  end
   if ARGV[4] == '' then
     redis.call('PERSIST', key)
     redis.call('ZREM', index, key)
@@ -88,40 +94,55 @@ elseif op == 'expire' then
   end
   return 1
 end
-local before = redis.call('GET', key)
-local before_ttl = redis.call('PTTL', key)
-local result = 1
-if op == 'set' then
-  if ARGV[5] ~= '' then redis.call('SET', key, ARGV[4], 'PX', ARGV[5])
-  else redis.call('SET', key, ARGV[4]) end
-elseif op == 'cas' then
+local got = redis.call('HMGET', usage, '#keys', '#bytes', 'k:' .. key)
+local tracked = got[3] ~= false
+local keys = tonumber(got[1] or '0') + (tracked and 0 or 1)
+local old = tracked and tonumber(got[3]) or 0
+local bytes = tonumber(got[2] or '0') - old
+local function over(size)
+  return (not tracked and keys > tonumber(ARGV[2])) or
+    (size > old and bytes + size > tonumber(ARGV[3]))
+end
+local function record(size)
+  redis.call('HSET', usage, 'k:' .. key, size, '#keys', keys, '#bytes', bytes + size)
+end
+local refused = 'TABULA_QUOTA the namespace is at its storage quota'
+if op == 'incr' then
+  local existed = tracked or redis.call('EXISTS', key) == 1
+  local n = redis.call('INCRBY', key, ARGV[4])
+  local size = #key + redis.call('STRLEN', key)
+  if over(size) then
+    if existed then redis.call('DECRBY', key, ARGV[4]) else redis.call('DEL', key) end
+    return redis.error_reply(refused)
+  end
+  if not tracked then
+    local left = redis.call('PTTL', key)
+    if left > 0 then redis.call('ZADD', index, now + left, key) end
+  end
+  record(size)
+  return n
+end
+local value, ttl = ARGV[4], ARGV[5]
+if op == 'cas' then
+  local current = redis.call('GET', key)
   if ARGV[4] == '1' then
-    if before ~= ARGV[5] then return 0 end
-  elseif before then
+    if current ~= ARGV[5] then return 0 end
+  elseif current then
     return 0
   end
-  if ARGV[7] ~= '' then redis.call('SET', key, ARGV[6], 'PX', ARGV[7])
-  else redis.call('SET', key, ARGV[6]) end
+  value, ttl = ARGV[6], ARGV[7]
+end
+local size = #key + #value
+if over(size) then return redis.error_reply(refused) end
+if ttl ~= '' then
+  redis.call('SET', key, value, 'PX', ttl)
+  redis.call('ZADD', index, now + tonumber(ttl), key)
 else
-  result = redis.call('INCRBY', key, ARGV[4])
+  redis.call('SET', key, value)
+  if tracked then redis.call('ZREM', index, key) end
 end
-local tracked = redis.call('HEXISTS', usage, 'k:' .. key) == 1
-local old = tonumber(redis.call('HGET', usage, 'k:' .. key) or '0')
-local size = #key + redis.call('STRLEN', key)
-local keys = tonumber(redis.call('HGET', usage, '#keys') or '0') + (tracked and 0 or 1)
-local bytes = tonumber(redis.call('HGET', usage, '#bytes') or '0') + size - old
-if (not tracked and keys > tonumber(ARGV[2])) or (size > old and bytes > tonumber(ARGV[3])) then
-  if not before then redis.call('DEL', key)
-  elseif before_ttl > 0 then redis.call('SET', key, before, 'PX', before_ttl)
-  else redis.call('SET', key, before) end
-  return redis.error_reply('TABULA_QUOTA the namespace is at its storage quota')
-end
-redis.call('HSET', usage, 'k:' .. key, size)
-redis.call('HINCRBY', usage, '#keys', tracked and 0 or 1)
-redis.call('HINCRBY', usage, '#bytes', size - old)
-local left = redis.call('PTTL', key)
-if left > 0 then redis.call('ZADD', index, now + left, key) else redis.call('ZREM', index, key) end
-return result
+record(size)
+return 1
 "#;
 
 /// Sets one hash field and the hash's expiry, unless the hash would then exceed a size:
