@@ -341,31 +341,40 @@ pub struct DirStream {
 
 /// A request's filesystem.
 pub struct Vfs {
-    tmp: Arc<Mount>,
+    /// Made when the guest first asks for its preopens: most requests never touch files.
+    tmp: std::sync::OnceLock<Arc<Mount>>,
+    quota: TmpQuota,
     app: Arc<Mount>,
-    /// The request's budget, for what descriptors and listings hold.
+    /// The request's budget, for what descriptors, listings and `/tmp` hold.
     budget: Arc<Budget>,
 }
 
 impl Vfs {
-    /// A fresh, empty `/tmp` whose contents count against `budget` as well as `quota`, and
+    /// A fresh, empty `/tmp` (within `quota`, its memory also counted against `budget`), and
     /// the app's shared assets at `/app`.
     pub fn new(assets: &Assets, quota: TmpQuota, budget: &Arc<Budget>) -> Vfs {
-        let mut tmp = Mount {
-            root: None,
-            space: Some(Space {
-                bytes: Budget::new(quota.max_bytes),
-                files: Budget::new(quota.max_files),
-                memory: budget.clone(),
-            }),
-            next_id: AtomicU64::new(1),
-        };
-        tmp.root = Some(tmp.new_dir(Entries::new(), Charge::none()));
         Vfs {
-            tmp: Arc::new(tmp),
+            tmp: std::sync::OnceLock::new(),
+            quota,
             app: assets.0.clone(),
             budget: budget.clone(),
         }
+    }
+
+    fn tmp(&self) -> &Arc<Mount> {
+        self.tmp.get_or_init(|| {
+            let mut tmp = Mount {
+                root: None,
+                space: Some(Space {
+                    bytes: Budget::new(self.quota.max_bytes),
+                    files: Budget::new(self.quota.max_files),
+                    memory: self.budget.clone(),
+                }),
+                next_id: AtomicU64::new(1),
+            };
+            tmp.root = Some(tmp.new_dir(Entries::new(), Charge::none()));
+            Arc::new(tmp)
+        })
     }
 
     fn descriptor(
@@ -555,7 +564,7 @@ impl types::Host for VfsView<'_> {
 impl preopens::Host for VfsView<'_> {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let mut dirs = Vec::with_capacity(2);
-        for (mount, name) in [(&self.vfs.tmp, "/tmp"), (&self.vfs.app, "/app")] {
+        for (mount, name) in [(self.vfs.tmp(), "/tmp"), (&self.vfs.app, "/app")] {
             let flags = if mount.writable() {
                 DescriptorFlags::READ | DescriptorFlags::WRITE | DescriptorFlags::MUTATE_DIRECTORY
             } else {
