@@ -469,11 +469,24 @@ async fn slow_readers_are_disconnected_and_their_instances_stopped() {
     drop(stream);
 }
 
-/// HTTP/2 streams cancelled by the client stop their guests at once, instead of holding the
-/// app's instance slots until the deadline.
+/// Clients that go away stop their guests at once (an HTTP/1 connection closed, HTTP/2
+/// streams cancelled), instead of holding the app's instance slots until the deadline.
 #[tokio::test]
-async fn cancelled_http2_streams_free_their_instances() {
+async fn clients_that_go_away_free_their_instances() {
     let server = hostile_server("memory", &[]);
+    let addr = server.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /hostile?attack=spin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(wait_for_live(&server, 1, Duration::from_secs(5)).await, 1);
+    drop(stream);
+    let live = wait_for_live(&server, 0, Duration::from_secs(5)).await;
+    assert_eq!(
+        live, 0,
+        "a closed HTTP/1 connection still holds its instance"
+    );
+
     let c = h2_client();
     let requests: Vec<_> = (0..20)
         .map(|_| {
