@@ -54,8 +54,9 @@ pub struct RequestBounds {
     /// dropped and counted.
     pub log_bytes: usize,
     pub log_lines: usize,
-    /// A request body must keep arriving: this long for the first bytes, then at least
-    /// `body_min_rate` bytes a second, or the request gets 408.
+    /// A request body must keep arriving: no single wait for it longer than `body_timeout`,
+    /// and all waits together no longer than `body_timeout` plus a second per
+    /// `body_min_rate` bytes received, or the request gets 408.
     pub body_timeout: Duration,
     pub body_min_rate: u64,
 }

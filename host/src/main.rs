@@ -168,12 +168,13 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_WRITE_TIMEOUT", default_value_t = ServerConfig::default().write_timeout.as_secs_f64())]
     write_timeout: f64,
 
-    /// Seconds a request body has for its first bytes; after that it must keep arriving at
-    /// --body-min-rate, or the request gets 408.
+    /// Seconds a request body may keep the server waiting at a time; in all it may keep it
+    /// waiting this long plus a second per --body-min-rate bytes received. Slower bodies get
+    /// 408, so a trickling client cannot hold an instance.
     #[arg(long, env = "TABULA_BODY_TIMEOUT", default_value_t = RequestBounds::default().body_timeout.as_secs_f64())]
     body_timeout: f64,
 
-    /// Bytes per second a request body must keep up after --body-timeout.
+    /// Bytes per second a request body must keep up, beyond --body-timeout (see there).
     #[arg(long, env = "TABULA_BODY_MIN_RATE", default_value_t = RequestBounds::default().body_min_rate)]
     body_min_rate: u64,
 
