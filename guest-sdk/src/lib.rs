@@ -1,4 +1,5 @@
-//! Write [tabula](https://github.com/) HTTP handlers in a few lines of Rust.
+//! Write HTTP handlers for tabula (a WebAssembly host that runs every request in a fresh
+//! instance) in a few lines of Rust.
 //!
 //! ```
 //! use tabula_sdk::{handler, Request, Response};

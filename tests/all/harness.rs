@@ -26,7 +26,8 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// Built components by app name: `hello`, `stateless`, `plain`, `trap`.
+/// Built components by app name: every project under `examples/` and `tests/guests/`
+/// (`hello`, `counter`, `kvtool`, `fstool`, `hostile`, ...).
 pub fn guests() -> &'static HashMap<String, Guest> {
     static GUESTS: OnceLock<HashMap<String, Guest>> = OnceLock::new();
     GUESTS.get_or_init(|| {
