@@ -37,6 +37,8 @@ for _ in $(seq $((DURATION / 10))); do
 done
 wait "$load"
 wait "$attacks" 2>/dev/null || true
-sleep 2
-echo "after the attacks: rss $(mib VmRSS) MiB"
+for wait in 2 10; do
+    sleep "$wait"
+    echo "after the attacks, +${wait}s: rss $(mib VmRSS) MiB"
+done
 grep -E "Requests/sec|Non-2xx|Socket errors" "${TMPDIR:-/tmp}/hostile-soak-wrk.txt"
