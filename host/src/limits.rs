@@ -45,8 +45,8 @@ pub struct Limits {
 /// memory. Host-wide: a manifest cannot change them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBounds {
-    /// Host memory in bytes: `/tmp` (the quota is part of it), names, descriptors, listings,
-    /// kv handles and batch answers, header fields the guest builds (see [`crate::budget`]).
+    /// Host memory in bytes: `/tmp` contents, names, descriptors, listings, kv CAS handles
+    /// and batch answers, header fields the guest builds (see [`crate::budget`]).
     pub host_memory_bytes: u64,
     /// Resource handles alive at once (streams, descriptors, fields, buckets, ...).
     pub max_resources: usize,

@@ -179,8 +179,8 @@ struct ServeArgs {
     body_min_rate: u64,
 
     /// MiB of host memory one request may make the host hold for it beyond its linear
-    /// memory: /tmp (whose quota is part of it), file names, open descriptors and listings,
-    /// kv handles and batch answers, header fields it builds. Past it, the call fails.
+    /// memory: /tmp contents, file names, open descriptors and listings, kv CAS handles and
+    /// batch answers, header fields it builds. Past it, the call fails.
     #[arg(long, env = "TABULA_REQUEST_HOST_MEMORY_MIB", default_value_t = RequestBounds::default().host_memory_bytes >> 20)]
     request_host_memory_mib: u64,
 
