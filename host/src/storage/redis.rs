@@ -53,9 +53,30 @@ return 1
 /// same script, so no one ever sees it).
 ///
 /// A counted key that has expired but is not given back yet is simply written again: it is
-/// still counted once. The common case, an increment of a counted key, is six commands.
+/// still counted once. The common case, an increment of a counted key, is two commands (three
+/// when its number of digits changes).
 const COUNTED_SCRIPT: &str = r#"
 local key, usage, index = KEYS[1], KEYS[2], KEYS[3]
+local op, counted = ARGV[1], 'k:' .. KEYS[1]
+local refused = 'TABULA_QUOTA the namespace is at its storage quota'
+local got = redis.call('HMGET', usage, '#keys', '#bytes', counted)
+local tracked = got[3] ~= false
+-- The common case first: incrementing a counted key. Only a change in its number of digits
+-- changes the usage, and nothing else needs looking at.
+if op == 'incr' and tracked then
+  local n = redis.call('INCRBY', key, ARGV[4])
+  local digits = (n > -1e14 and n < 1e14) and #tostring(n) or redis.call('STRLEN', key)
+  local size, old = #key + digits, tonumber(got[3])
+  if size ~= old then
+    local bytes = tonumber(got[2] or '0') - old + size
+    if size > old and bytes > tonumber(ARGV[3]) then
+      redis.call('DECRBY', key, ARGV[4])
+      return redis.error_reply(refused)
+    end
+    redis.call('HSET', usage, counted, size, '#bytes', bytes)
+  end
+  return n
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local function forget(k)
@@ -73,7 +94,6 @@ for _, k in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 3
   elseif left == -1 then redis.call('ZREM', index, k)
   else redis.call('ZADD', index, now + left, k) end
 end
-local op = ARGV[1]
 if op == 'del' then
   local n = redis.call('DEL', key)
   forget(key)
@@ -88,14 +108,15 @@ elseif op == 'expire' then
     redis.call('ZREM', index, key)
   else
     redis.call('PEXPIRE', key, ARGV[4])
-    if redis.call('HEXISTS', usage, 'k:' .. key) == 1 then
+    if redis.call('HEXISTS', usage, counted) == 1 then
       redis.call('ZADD', index, now + tonumber(ARGV[4]), key)
     end
   end
   return 1
 end
-local got = redis.call('HMGET', usage, '#keys', '#bytes', 'k:' .. key)
-local tracked = got[3] ~= false
+-- The reclaim above may have given this key back: read the usage again.
+got = redis.call('HMGET', usage, '#keys', '#bytes', counted)
+tracked = got[3] ~= false
 local keys = tonumber(got[1] or '0') + (tracked and 0 or 1)
 local old = tracked and tonumber(got[3]) or 0
 local bytes = tonumber(got[2] or '0') - old
@@ -104,21 +125,18 @@ local function over(size)
     (size > old and bytes + size > tonumber(ARGV[3]))
 end
 local function record(size)
-  redis.call('HSET', usage, 'k:' .. key, size, '#keys', keys, '#bytes', bytes + size)
+  redis.call('HSET', usage, counted, size, '#keys', keys, '#bytes', bytes + size)
 end
-local refused = 'TABULA_QUOTA the namespace is at its storage quota'
 if op == 'incr' then
-  local existed = tracked or redis.call('EXISTS', key) == 1
+  local existed = redis.call('EXISTS', key) == 1
   local n = redis.call('INCRBY', key, ARGV[4])
   local size = #key + redis.call('STRLEN', key)
   if over(size) then
     if existed then redis.call('DECRBY', key, ARGV[4]) else redis.call('DEL', key) end
     return redis.error_reply(refused)
   end
-  if not tracked then
-    local left = redis.call('PTTL', key)
-    if left > 0 then redis.call('ZADD', index, now + left, key) end
-  end
+  local left = redis.call('PTTL', key)
+  if left > 0 then redis.call('ZADD', index, now + left, key) end
   record(size)
   return n
 end
