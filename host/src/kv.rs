@@ -13,7 +13,6 @@ use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::budget::{Budget, Charge};
-use crate::instance::RequestCtx;
 use crate::metrics::StoreOperations;
 use crate::storage::{Quota, Storage, StorageError, Ttl};
 
@@ -303,11 +302,17 @@ impl HasData for KvData {
 }
 
 /// Adds `tabula:host/kv` and `wasi:keyvalue` to the linker.
-pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
-    kv::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)?;
-    store::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)?;
-    atomics::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)?;
-    batch::add_to_linker::<RequestCtx, KvData>(linker, RequestCtx::kv)
+///
+/// `get` hands out the view from the embedder's store data, which this module never names (as
+/// wasmtime's own capability crates do), so the capability depends on nothing above it.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> KvView<'_>,
+) -> wasmtime::Result<()> {
+    kv::add_to_linker::<T, KvData>(linker, get)?;
+    store::add_to_linker::<T, KvData>(linker, get)?;
+    atomics::add_to_linker::<T, KvData>(linker, get)?;
+    batch::add_to_linker::<T, KvData>(linker, get)
 }
 
 fn log_unavailable(e: &KvError) {

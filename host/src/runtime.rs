@@ -51,7 +51,7 @@ impl Runtime {
         // each denied or emptied by `RequestCtx`, plus wasi:http with outbound requests denied.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // …except that the filesystem is ours: in memory, fresh per request.
-        crate::vfs::add_to_linker(&mut linker)?;
+        crate::vfs::add_to_linker(&mut linker, RequestCtx::vfs)?;
         // …and that streams and pollables reach the resource table without the WASI context,
         // which is then only built for a guest that asks for clocks, random or stdio.
         linker.allow_shadowing(true);
@@ -61,8 +61,8 @@ impl Runtime {
         // …with the header fields a guest builds charged to its request's budget.
         crate::instance::add_fields_limits(&mut linker)?;
         // tabula:host/kv and wasi:keyvalue, on the app's namespace.
-        crate::kv::add_to_linker(&mut linker)?;
-        crate::session::add_to_linker(&mut linker)?;
+        crate::kv::add_to_linker(&mut linker, RequestCtx::kv)?;
+        crate::session::add_to_linker(&mut linker, RequestCtx::session)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,

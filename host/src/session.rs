@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::component::{HasData, Linker};
 
 use crate::bindings::tabula::host::session as wit;
-use crate::instance::RequestCtx;
 use crate::kv::Namespace;
 use crate::storage::StorageError;
 
@@ -541,8 +540,13 @@ impl HasData for SessionData {
 }
 
 /// Adds `tabula:host/session` to the linker.
-pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
-    wit::add_to_linker::<RequestCtx, SessionData>(linker, RequestCtx::session)
+/// Adds `tabula:host/session`; `get` hands out the request's session from the embedder's
+/// store data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut Session,
+) -> wasmtime::Result<()> {
+    wit::add_to_linker::<T, SessionData>(linker, get)
 }
 
 impl Session {

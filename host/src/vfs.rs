@@ -23,7 +23,6 @@ use wasmtime_wasi_io::streams::{
 
 use crate::bindings::filesystem::wasi::filesystem::{preopens, types};
 use crate::budget::{Budget, Charge, OverBudget};
-use crate::instance::RequestCtx;
 use types::{
     DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, Filesize,
     OpenFlags, PathFlags,
@@ -417,11 +416,15 @@ impl HasData for VfsData {
     type Data<'a> = VfsView<'a>;
 }
 
-/// Replaces wasmtime-wasi's `wasi:filesystem` (already in `linker`) with this one.
-pub fn add_to_linker(linker: &mut Linker<RequestCtx>) -> wasmtime::Result<()> {
+/// Replaces wasmtime-wasi's `wasi:filesystem` (already in `linker`) with this one; `get`
+/// hands out the view from the embedder's store data.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> VfsView<'_>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
-    types::add_to_linker::<RequestCtx, VfsData>(linker, RequestCtx::vfs)?;
-    preopens::add_to_linker::<RequestCtx, VfsData>(linker, RequestCtx::vfs)?;
+    types::add_to_linker::<T, VfsData>(linker, get)?;
+    preopens::add_to_linker::<T, VfsData>(linker, get)?;
     linker.allow_shadowing(false);
     Ok(())
 }
