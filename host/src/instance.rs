@@ -365,11 +365,7 @@ where
     let timeout = limits.request_timeout;
     // No body will be sent for these: the response is complete once its head is.
     let bodyless_method = req.method() == hyper::Method::HEAD;
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limits.max_body_bytes) {
+    if content_length(req.headers()).is_some_and(|len| len > limits.max_body_bytes) {
         return Err(Failure::BodyTooLarge(limits.max_body_bytes));
     }
     let presented = app.session_config().id_from_cookies(
@@ -402,12 +398,8 @@ where
             req.body_mut()
                 .prebuffer(app.runtime().prebuffer_budget())
                 .await;
-            match req.body().verdict.get() {
-                BodyVerdict::TOO_LARGE => {
-                    return Err(Failure::BodyTooLarge(app.limits().max_body_bytes));
-                }
-                BodyVerdict::TOO_SLOW => return Err(Failure::BodyTooSlow),
-                _ => {}
+            if let Some(failure) = req.body().verdict.failure(app.limits().max_body_bytes) {
+                return Err(failure);
             }
             // Admitted here, when the task runs, rather than before it is spawned: a burst of
             // requests (one per ready connection in a scheduler tick) would otherwise hold
@@ -456,11 +448,14 @@ where
     );
     let task = AbortOnDrop(Some(task));
 
-    match receiver.await {
-        Ok(Ok(_)) if verdict.get() == BodyVerdict::TOO_LARGE => {
-            Err(Failure::BodyTooLarge(limits.max_body_bytes))
-        }
-        Ok(Ok(_)) if verdict.get() == BodyVerdict::TOO_SLOW => Err(Failure::BodyTooSlow),
+    let answer = receiver.await;
+    // A guest may answer anyway after its body read failed; the client hears why it failed.
+    if matches!(answer, Ok(Ok(_)))
+        && let Some(failure) = verdict.failure(limits.max_body_bytes)
+    {
+        return Err(failure);
+    }
+    match answer {
         Ok(Ok(response)) if response.status().is_informational() => Err(Failure::Guest(anyhow!(
             "the guest answered {}: a handler must send a final status (1xx responses and \
              upgrades are not supported)",
@@ -476,10 +471,7 @@ where
                 task.disarm();
             }
             // hyper stops reading a body once its declared length has gone out, and drops it.
-            let declared = response
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let declared = content_length(response.headers());
             session::refuse_guest_cookies(response.headers_mut(), session_cookies);
             let cookie = jar
                 .lock()
@@ -623,6 +615,34 @@ impl BodyVerdict {
     fn set(&self, verdict: u8) {
         self.0.store(verdict, Ordering::Relaxed);
     }
+
+    /// What the request fails with, given the app's body `limit`, if the body was refused.
+    fn failure(&self, limit: u64) -> Option<Failure> {
+        match self.get() {
+            BodyVerdict::TOO_LARGE => Some(Failure::BodyTooLarge(limit)),
+            BodyVerdict::TOO_SLOW => Some(Failure::BodyTooSlow),
+            _ => None,
+        }
+    }
+
+    /// What the guest's read fails with, given the app's body `limit`, if the body was
+    /// refused.
+    fn error(&self, limit: u64) -> Option<wasmtime_wasi_http::Error> {
+        match self.get() {
+            BodyVerdict::TOO_LARGE => {
+                Some(wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit)))
+            }
+            BodyVerdict::TOO_SLOW => Some(wasmtime_wasi_http::Error::ConnectionReadTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// A message's declared `Content-Length`, if it has a valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
 /// The most of a request body read before the request takes an instance.
@@ -730,21 +750,23 @@ where
         self.buffered_charge = charge;
     }
 
+    /// Ends the body with `verdict`, and hands the guest its error.
+    fn refuse(
+        &mut self,
+        verdict: u8,
+    ) -> Poll<Option<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>> {
+        self.verdict.set(verdict);
+        self.ended = true;
+        Poll::Ready(self.verdict.error(self.limit).map(Err))
+    }
+
     /// The next frame from the client, within the size limit and the pace.
     fn poll_inner(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, wasmtime_wasi_http::Error>>> {
         if self.ended {
-            return Poll::Ready(match self.verdict.get() {
-                BodyVerdict::TOO_LARGE => Some(Err(
-                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(self.limit)),
-                )),
-                BodyVerdict::TOO_SLOW => {
-                    Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout))
-                }
-                _ => None,
-            });
+            return Poll::Ready(self.verdict.error(self.limit).map(Err));
         }
         let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
@@ -763,9 +785,7 @@ where
                     timer.as_mut().reset(deadline);
                 }
                 ready!(timer.as_mut().poll(cx));
-                self.verdict.set(BodyVerdict::TOO_SLOW);
-                self.ended = true;
-                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)));
+                return self.refuse(BodyVerdict::TOO_SLOW);
             }
         };
         let frame = match frame {
@@ -782,11 +802,7 @@ where
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;
             if len > self.remaining {
-                self.verdict.set(BodyVerdict::TOO_LARGE);
-                self.ended = true;
-                return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
-                    Some(self.limit),
-                ))));
+                return self.refuse(BodyVerdict::TOO_LARGE);
             }
             self.remaining -= len;
             self.received += len;

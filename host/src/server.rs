@@ -187,13 +187,7 @@ async fn worker(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Rece
             _ = stop.wait_for(|stop| *stop) => break,
         };
         let worker = shared.clone();
-        let activity = Activity::new();
-        let tracked = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let request = tracked.begin();
-            let (router, id) = (worker.router.clone(), worker.ids.next());
-            async move { Ok(request.until_sent(serve(router, req, id).await)) }
-        });
+        let handle = move |req| serve(worker.router.clone(), req, worker.ids.next());
         let (builder, config, stopped, done) = (
             builder.clone(),
             shared.config.clone(),
@@ -203,7 +197,7 @@ async fn worker(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Rece
         tokio::spawn(async move {
             let _permit = permit;
             let _done = done;
-            serve_connection(&builder, stream, peer, service, activity, &config, stopped).await;
+            serve_connection(&builder, stream, peer, handle, &config, stopped).await;
         });
     }
 
@@ -245,24 +239,28 @@ fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// sit with no request in flight for the idle timeout; past either it is shut down
 /// gracefully (HTTP/2 gets GOAWAY) and, if that does not end it within the header timeout,
 /// dropped. Writes are bounded by [`StallTimeout`].
-async fn serve_connection<S>(
+///
+/// `handle` answers each request; the requests in flight (until their responses are sent) are
+/// what keeps the connection from being idle.
+async fn serve_connection<F, Fut>(
     builder: &auto::Builder<TokioExecutor>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    service: S,
-    activity: Arc<Activity>,
+    handle: F,
     config: &ServerConfig,
     mut stopped: watch::Receiver<bool>,
 ) where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ResponseBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
+    let activity = Activity::new();
+    let tracked = activity.clone();
+    let handle = Arc::new(handle);
+    let service = hyper::service::service_fn(move |req| {
+        let request = tracked.begin();
+        let answer = handle(req);
+        async move { Ok::<_, Infallible>(request.until_sent(answer.await)) }
+    });
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(StallTimeout::new(stream, config.write_timeout));
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -713,21 +711,15 @@ pub async fn run_operator(
             .expect("never closed");
         let (stream, peer) = accept(&listener).await;
         let (storage, metrics, draining) = (storage.clone(), metrics.clone(), draining.clone());
-        let activity = Activity::new();
-        let tracked = activity.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let request = tracked.begin();
-            let (storage, metrics, draining) = (storage.clone(), metrics.clone(), draining.clone());
-            async move {
-                let draining = draining.load(Ordering::Relaxed);
-                let response = operator(req.uri().path(), &*storage, &metrics, draining).await;
-                Ok::<_, Infallible>(request.until_sent(response))
-            }
-        });
+        let handle = move |req: Request<Incoming>| {
+            let (storage, metrics) = (storage.clone(), metrics.clone());
+            let draining = draining.load(Ordering::Relaxed);
+            async move { operator(req.uri().path(), &*storage, &metrics, draining).await }
+        };
         let (builder, config, stopped) = (builder.clone(), config.clone(), stopped.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(&builder, stream, peer, service, activity, &config, stopped).await;
+            serve_connection(&builder, stream, peer, handle, &config, stopped).await;
         });
     }
 }
