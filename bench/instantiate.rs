@@ -11,18 +11,13 @@
 //! `TABULA_BENCH_ITERS` sets the number of timed requests per case (default 20000).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tabula::app::App;
-use tabula::instance::{self, FreshInstance};
-use tabula::limits::{Allocator, Limits};
-use tabula::project::{self, AppSpec, BuildOptions};
-use tabula::runtime::Runtime;
-use tabula::session::Session;
-use tabula::storage::memory::MemoryStorage;
+use tabula::config::{Allocator, AppSpec, HostConfig};
+use tabula::project::{self, BuildOptions};
+use tabula::{App, Host, bench, storage};
 
 /// The allocator the `tabula` binary uses, so the figures are the binary's.
 #[global_allocator]
@@ -35,23 +30,23 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(20_000);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let build = |dir: &str| -> anyhow::Result<AppSpec> {
-        let sources = project::discover(&[root.join(dir).display().to_string()])?;
         let options = BuildOptions {
             target_dir: Some(root.join("target/guests")),
         };
-        Ok(project::build_all(&sources, &options)?.remove(0))
+        Ok(project::build(&[root.join(dir).display().to_string()], &options)?.remove(0))
     };
     let hello = build("examples/hello")?;
     let fstool = build("tests/guests/fstool")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let runtime = |allocator| {
-        let limits = Limits {
+    let storage = rt.block_on(storage::open("memory"))?;
+    let host = |allocator| {
+        let config = HostConfig {
             allocator,
-            ..Limits::default()
+            ..HostConfig::default()
         };
-        Runtime::new(limits, Arc::new(MemoryStorage::new()))
+        Host::new(config, storage.clone())
     };
 
     println!("per-request cost, {iters} sequential requests per case");
@@ -60,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         ("hello, on-demand allocator", Allocator::OnDemand),
         ("hello, tabula (pooling)", Allocator::Pooling),
     ] {
-        let app = App::load(&runtime(allocator)?, &hello)?;
+        let app = App::load(&host(allocator)?, &hello)?;
         let stats = rt.block_on(measure(
             &app,
             iters,
@@ -78,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let app = App::load(&runtime(Allocator::Pooling)?, &hello)?;
+    let app = App::load(&host(Allocator::Pooling)?, &hello)?;
     let split = rt.block_on(measure_split(
         &app,
         iters,
@@ -91,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     print_row("  drop", &split.drop);
     print_row("  instantiate + drop", &Stats::of(split.instantiate_drop));
 
-    let app = App::load(&runtime(Allocator::Pooling)?, &fstool)?;
+    let app = App::load(&host(Allocator::Pooling)?, &fstool)?;
     let plain = rt.block_on(measure(&app, iters, "/fstool/nothing", b"not found\n"))?;
     print_row("fstool, no file", &plain);
     let fs = rt.block_on(measure(
@@ -145,7 +140,7 @@ struct Split {
     instantiate_drop: Vec<Duration>,
 }
 
-/// The phases of a request that `instance::handle` runs in one task, timed one by one:
+/// The phases of a request that the request path runs in one task, timed one by one:
 /// a new store and instantiation, the guest's `handle` (with the response body read to its
 /// end), and the drop of the store with the instance in it.
 async fn measure_split(
@@ -160,20 +155,11 @@ async fn measure_split(
         Vec::with_capacity(iters),
     ];
     for i in 0..iters + iters / 10 {
-        let session = Session::new(app.session_config().clone(), app.namespace().clone(), None);
         let far = Instant::now() + Duration::from_secs(60);
         let t0 = Instant::now();
-        let mut fresh = FreshInstance::new(app, session, far)
-            .await
-            .map_err(|f| anyhow::anyhow!("instantiation failed: {f:?}"))?;
+        let mut fresh = bench::instantiate(app, far).await?;
         let t1 = Instant::now();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let (called, body) = tokio::join!(fresh.handle(request(path)?, tx), async {
-            let response = rx.await??;
-            anyhow::Ok(response.into_body().collect().await?.to_bytes())
-        });
-        called.map_err(|f| anyhow::anyhow!("handle failed: {f:?}"))?;
-        let body = body?;
+        let body = fresh.call(request(path)?).await?;
         anyhow::ensure!(body.as_ref() == expect, "unexpected body {body:?}");
         let t2 = Instant::now();
         drop(fresh);
@@ -210,10 +196,7 @@ fn request(
 }
 
 async fn one_request(app: &App, path: &str, expect: &[u8]) -> anyhow::Result<()> {
-    let response = instance::handle(app, request(path)?, &[])
-        .await
-        .map_err(|f| anyhow::anyhow!("request failed: {f:?}"))?;
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = bench::handle(app, request(path)?).await?;
     anyhow::ensure!(body.as_ref() == expect, "unexpected body {body:?}");
     Ok(())
 }

@@ -13,31 +13,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::instance::RequestCtx;
-use crate::kv::Namespace;
-use crate::limits::AppLimits;
+use crate::capabilities::{self, AppCapabilities, Assets};
+use crate::config::{AppConfig, AppSpec, validate_name};
+use crate::host::Host;
 use crate::metrics::AppMetrics;
-use crate::project::AppSpec;
-use crate::runtime::Runtime;
-use crate::session::SessionConfig;
-use crate::vfs::{Assets, TmpQuota};
+use crate::state::RequestState;
 
 /// The interface every app exports, in the version the host's bindings were made from; a
 /// component exporting another 0.2.x version is found too (lookups are semver-aware).
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler@0.2.12";
-
-/// Interface packages a guest may import. Anything else is refused at load time.
-const ALLOWED_IMPORTS: &[&str] = &[
-    "wasi:cli/",
-    "wasi:clocks/",
-    "wasi:filesystem/",
-    "wasi:http/",
-    "wasi:io/",
-    "wasi:random/",
-    "wasi:sockets/",
-    "wasi:keyvalue/",
-    "tabula:host/",
-];
 
 /// A loaded app, shared by every request routed to it. Cheap to clone.
 #[derive(Clone)]
@@ -48,17 +32,15 @@ pub struct App {
 struct AppInner {
     name: Arc<str>,
     route: String,
-    pre: InstancePre<RequestCtx>,
+    pre: InstancePre<RequestState>,
     /// The component's `wasi:http/incoming-handler.handle`.
     handle: ComponentExportIndex,
-    /// Whether an instance has had `handle`'s type checked against the signature
-    /// [`crate::instance`] calls it with (see [`App::handle_checked`]).
+    /// Whether an instance has had `handle`'s type checked against the signature the
+    /// request path calls it with (see [`App::handle_checked`]).
     handle_checked: AtomicBool,
-    runtime: Runtime,
-    namespace: Arc<Namespace>,
-    session: Arc<SessionConfig>,
-    limits: AppLimits,
-    assets: Assets,
+    host: Host,
+    config: AppConfig,
+    capabilities: AppCapabilities,
     /// One permit per instance the app may have alive at once.
     admission: Arc<Semaphore>,
     metrics: AppMetrics,
@@ -66,39 +48,39 @@ struct AppInner {
 
 impl App {
     /// Compiles the component `spec` names and prepares it to be instantiated per request.
-    pub fn load(runtime: &Runtime, spec: &AppSpec) -> Result<App> {
+    pub fn load(host: &Host, spec: &AppSpec) -> Result<App> {
         let path = &spec.wasm;
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        App::from_bytes(runtime, spec, &bytes)
+        App::from_bytes(host, spec, &bytes)
             .with_context(|| format!("loading app `{}` from {}", spec.name, path.display()))
     }
 
     /// Like [`App::load`], with the component's bytes already in memory.
-    pub fn from_bytes(runtime: &Runtime, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
+    pub fn from_bytes(host: &Host, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
                  `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
             );
         }
-        let component = Component::new(runtime.engine(), bytes)
+        let component = Component::new(host.engine(), bytes)
             .map_err(anyhow::Error::from)
             .context("compiling the component")?;
-        App::from_component(runtime, spec, component)
+        App::from_component(host, spec, component)
     }
 
     /// Like [`App::load`], from a component that [`App::serialize`] compiled for an engine
-    /// configured like `runtime`'s: how `--processes` workers skip compiling.
+    /// configured like `host`'s: how `--processes` workers skip compiling.
     ///
     /// # Safety
     /// `compiled` must be a file [`App::serialize`] wrote and nobody else could change:
     /// wasmtime maps it and runs its machine code as is.
-    pub unsafe fn load_compiled(runtime: &Runtime, spec: &AppSpec, compiled: &Path) -> Result<App> {
+    pub unsafe fn load_compiled(host: &Host, spec: &AppSpec, compiled: &Path) -> Result<App> {
         // SAFETY: the caller vouches for the file.
-        let component = unsafe { Component::deserialize_file(runtime.engine(), compiled) }
+        let component = unsafe { Component::deserialize_file(host.engine(), compiled) }
             .map_err(anyhow::Error::from)
             .with_context(|| format!("loading the compiled app `{}`", spec.name))?;
-        App::from_component(runtime, spec, component)
+        App::from_component(host, spec, component)
     }
 
     /// The app's compiled component, for [`App::load_compiled`].
@@ -110,16 +92,15 @@ impl App {
             .map_err(anyhow::Error::from)
     }
 
-    fn from_component(runtime: &Runtime, spec: &AppSpec, component: Component) -> Result<App> {
+    fn from_component(host: &Host, spec: &AppSpec, component: Component) -> Result<App> {
         let (name, route) = (spec.name.as_str(), spec.route.as_str());
         validate_name(name)?;
-        let session = SessionConfig::new(name, route, &runtime.limits().session, &spec.session)?;
-        let (limits, capped) = AppLimits::resolve(runtime.limits(), &spec.limits);
+        let (config, capped) = AppConfig::resolve(host.config(), name, route, &spec.settings)?;
         for what in capped {
             tracing::warn!(app = name, "{what}: using the cap");
         }
-        check_imports(runtime, &component)?;
-        let pre = runtime
+        capabilities::check_imports(host.engine(), &component)?;
+        let pre = host
             .linker()
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
@@ -135,41 +116,55 @@ impl App {
             .get_export_index(None, INCOMING_HANDLER)
             .and_then(|handler| component.get_export_index(Some(&handler), "handle"))
             .context("finding `handle` in the component's exports")?;
+        let assets = match &spec.assets {
+            Some(dir) => {
+                Assets::load(dir).with_context(|| format!("loading the assets of app `{name}`"))?
+            }
+            None => Assets::empty(),
+        };
+        let name: Arc<str> = name.into();
+        let capabilities = AppCapabilities::new(
+            &name,
+            host.storage(),
+            config.request,
+            config.kv,
+            config.session.clone(),
+            config.tmp,
+            assets,
+        );
         Ok(App {
             inner: Arc::new(AppInner {
-                name: name.into(),
                 route: route.to_string(),
                 pre,
                 handle,
                 handle_checked: AtomicBool::new(false),
-                runtime: runtime.clone(),
-                namespace: Arc::new(Namespace::new(runtime.storage().clone(), name, limits.kv)),
-                session: Arc::new(session),
-                admission: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
-                metrics: AppMetrics::new(name),
-                assets: match &spec.assets {
-                    Some(dir) => Assets::load(dir)
-                        .with_context(|| format!("loading the assets of app `{name}`"))?,
-                    None => Assets::empty(),
-                },
-                limits,
+                host: host.clone(),
+                admission: Arc::new(Semaphore::new(config.max_concurrency as usize)),
+                metrics: AppMetrics::new(&name),
+                name,
+                config,
+                capabilities,
             }),
         })
     }
 
+    /// The app's name.
     pub fn name(&self) -> &Arc<str> {
         &self.inner.name
     }
 
-    pub fn metrics(&self) -> &AppMetrics {
+    /// The app's counters and histograms.
+    pub(crate) fn metrics(&self) -> &AppMetrics {
         &self.inner.metrics
     }
 
+    /// The path prefix the app serves.
     pub fn route(&self) -> &str {
         &self.inner.route
     }
 
-    pub(crate) fn pre(&self) -> &InstancePre<RequestCtx> {
+    /// The app's component, linked and ready to instantiate.
+    pub(crate) fn pre(&self) -> &InstancePre<RequestState> {
         &self.inner.pre
     }
 
@@ -189,79 +184,36 @@ impl App {
         self.inner.handle_checked.store(true, Ordering::Relaxed);
     }
 
-    pub fn runtime(&self) -> &Runtime {
-        &self.inner.runtime
+    /// The host the app runs on.
+    pub(crate) fn host(&self) -> &Host {
+        &self.inner.host
     }
 
-    /// The app's own slice of the store.
-    pub fn namespace(&self) -> &Arc<Namespace> {
-        &self.inner.namespace
+    /// The app's configuration.
+    pub(crate) fn config(&self) -> &AppConfig {
+        &self.inner.config
     }
 
-    pub fn session_config(&self) -> &Arc<SessionConfig> {
-        &self.inner.session
-    }
-
-    pub fn limits(&self) -> &AppLimits {
-        &self.inner.limits
-    }
-
-    /// The read-only files mounted at `/app`.
-    pub fn assets(&self) -> &Assets {
-        &self.inner.assets
-    }
-
-    pub fn tmp_quota(&self) -> TmpQuota {
-        self.inner.limits.tmp
+    /// What the capabilities keep for the app.
+    pub(crate) fn capabilities(&self) -> &AppCapabilities {
+        &self.inner.capabilities
     }
 
     /// A permit for one more live instance: at once if the app is under its concurrency
     /// limit, else as soon as an instance ends, waiting at most the app's queue timeout.
-    pub async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn admit(&self) -> Option<OwnedSemaphorePermit> {
         let admission = &self.inner.admission;
         if let Ok(permit) = admission.clone().try_acquire_owned() {
             return Some(permit);
         }
         tokio::time::timeout(
-            self.inner.limits.queue_timeout,
+            self.inner.config.queue_timeout,
             admission.clone().acquire_owned(),
         )
         .await
         .ok()?
         .ok()
     }
-}
-
-/// App names become key namespaces and log fields, so they are kept to `[A-Za-z0-9_-]`.
-pub fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        bail!("app name {name:?} must be made of letters, digits, `-` and `_`");
-    }
-    Ok(())
-}
-
-/// Refuses imports outside [`ALLOWED_IMPORTS`], naming all of them in one error.
-fn check_imports(runtime: &Runtime, component: &Component) -> Result<()> {
-    let ty = component.component_type();
-    let refused: Vec<String> = ty
-        .imports(runtime.engine())
-        .map(|(name, _)| name)
-        .filter(|name| !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)))
-        .map(str::to_string)
-        .collect();
-    if !refused.is_empty() {
-        bail!(
-            "the component imports interfaces tabula does not provide: {}. \
-             Allowed are WASI 0.2 ({})",
-            refused.join(", "),
-            ALLOWED_IMPORTS.join(" ")
-        );
-    }
-    Ok(())
 }
 
 /// A core module's header is `\0asm` followed by version 1; a component's has a different

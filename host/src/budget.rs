@@ -52,6 +52,7 @@ impl Budget {
     }
 
     /// What is in use now.
+    #[cfg(test)]
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }

@@ -1,28 +1,18 @@
-//! The `tabula` command: a thin layer of flags over the library.
+//! The `tabula` command: flags and environment variables into the library's configuration,
+//! and nothing else. What serving means is [`tabula::serve`].
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tabula::app::App;
-use tabula::kv::KvLimits;
-use tabula::limits::{Allocator, Limits, RequestBounds};
+use tabula::config::{Allocator, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota};
 use tabula::project::{self, BuildOptions};
-use tabula::router::Router;
-use tabula::runtime::Runtime;
-use tabula::server::{MetricsSource, ServerConfig};
-use tabula::session::SessionDefaults;
-use tabula::storage;
-use tabula::supervisor::{self, Supervisor, WorkDir, WorkerSetup};
-use tabula::vfs::TmpQuota;
-use tokio::net::TcpListener;
-use tracing::{error, info};
+use tabula::serve::ServeOptions;
+use tabula::server::ServerConfig;
 
 /// Every request allocates and frees a little (its store, its WASI contexts, hyper's buffers),
 /// on every worker thread. mimalloc's thread-local heaps make that cheaper than glibc's
@@ -87,24 +77,24 @@ struct ServeArgs {
     operator_listen: String,
 
     /// Instances alive at once across all apps; more concurrent requests get 503.
-    #[arg(long, env = "TABULA_MAX_INSTANCES", default_value_t = Limits::default().max_instances)]
+    #[arg(long, env = "TABULA_MAX_INSTANCES", default_value_t = HostConfig::default().max_instances)]
     max_instances: u32,
 
     /// Largest linear memory an instance may have, in MiB.
-    #[arg(long, env = "TABULA_MAX_MEMORY_MIB", default_value_t = Limits::default().max_memory_bytes >> 20)]
+    #[arg(long, env = "TABULA_MAX_MEMORY_MIB", default_value_t = HostConfig::default().max_memory_bytes >> 20)]
     max_memory_mib: usize,
 
     /// Instances of one app alive at once; beyond it requests queue (see --queue-timeout).
-    #[arg(long, env = "TABULA_MAX_CONCURRENCY", default_value_t = Limits::default().max_concurrency)]
+    #[arg(long, env = "TABULA_MAX_CONCURRENCY", default_value_t = HostConfig::default().max_concurrency)]
     max_concurrency: u32,
 
     /// Seconds a request over an app's concurrency limit waits for an instance to end before
     /// it gets 503.
-    #[arg(long, env = "TABULA_QUEUE_TIMEOUT", default_value_t = Limits::default().queue_timeout.as_secs_f64())]
+    #[arg(long, env = "TABULA_QUEUE_TIMEOUT", default_value_t = HostConfig::default().queue_timeout.as_secs_f64())]
     queue_timeout: f64,
 
     /// Largest request body in bytes; larger ones get 413.
-    #[arg(long, env = "TABULA_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    #[arg(long, env = "TABULA_MAX_BODY_BYTES", default_value_t = HostConfig::default().max_body_bytes)]
     max_body_bytes: u64,
 
     /// Longest kv key in bytes. Apps may lower it.
@@ -202,7 +192,7 @@ struct ServeArgs {
     drain_timeout: f64,
 
     /// Seconds a request may run before its instance is stopped (the client gets 500).
-    #[arg(long, env = "TABULA_REQUEST_TIMEOUT", default_value_t = Limits::default().request_timeout.as_secs_f64())]
+    #[arg(long, env = "TABULA_REQUEST_TIMEOUT", default_value_t = HostConfig::default().request_timeout.as_secs_f64())]
     request_timeout: f64,
 
     /// Where apps keep state: `memory` (this process only; the default for `up`),
@@ -227,7 +217,7 @@ struct ServeArgs {
     session_max_bytes: u32,
 
     /// MiB of linear memory each pool slot keeps mapped between instances (see README).
-    #[arg(long, env = "TABULA_KEEP_RESIDENT_MIB", default_value_t = Limits::default().keep_resident_bytes >> 20)]
+    #[arg(long, env = "TABULA_KEEP_RESIDENT_MIB", default_value_t = HostConfig::default().keep_resident_bytes >> 20)]
     keep_resident_mib: usize,
 
     /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
@@ -275,11 +265,10 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
 }
 
 fn build(args: &BuildArgs) -> Result<()> {
-    let sources = project::discover(&args.paths)?;
     let options = BuildOptions {
         target_dir: args.target_dir.clone(),
     };
-    for built in project::build_all(&sources, &options)? {
+    for built in project::build(&args.paths, &options)? {
         println!("{}\t{}\t{}", built.name, built.route, built.wasm.display());
     }
     Ok(())
@@ -292,7 +281,7 @@ enum Mode {
 }
 
 fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
-    let limits = Limits {
+    let host = HostConfig {
         max_instances: args.max_instances,
         max_memory_bytes: args.max_memory_mib << 20,
         request_timeout: positive_duration(args.request_timeout, "--request-timeout")?,
@@ -351,164 +340,21 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             NonZeroUsize::new(cores / args.processes.get()).unwrap_or(NonZeroUsize::MIN)
         }),
     };
-    let worker = WorkerSetup::from_env()?;
-    if worker.is_none() && args.processes.get() > 1 && store == "memory" {
-        bail!(
-            "--processes needs a store the processes share: the in-memory store lives in one \
-             process. Use --store redis://… or drop --processes"
-        );
-    }
-    let specs = match &worker {
-        // A worker serves what its supervisor built and compiled (`WorkerSetup::load_apps`),
-        // and goes when its supervisor goes.
-        Some(_) => {
-            // SAFETY: prctl with PR_SET_PDEATHSIG only sets a flag on this process.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-            Vec::new()
-        }
-        None => {
-            let sources = project::discover(&args.build.paths)?;
-            let options = BuildOptions {
-                target_dir: args.build.target_dir.clone(),
-            };
-            project::build_all(&sources, &options)?
-        }
-    };
-
-    // This runtime only starts things up and runs the signals, the operator listener and the
-    // store's connection; requests are served by the server's own worker threads.
-    let control = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("tabula-control")
-        .enable_all()
-        .build()?;
-    raise_open_files_limit();
-    control.block_on(async move {
-        // Turned on by the first signal, before the drain starts: `/readyz` then answers 503
-        // so load balancers stop sending new requests.
-        let draining = Arc::new(AtomicBool::new(false));
-        let signal = shutdown_signal()?;
-        let flag = draining.clone();
-        let shutdown = async move {
-            signal.await;
-            flag.store(true, Ordering::Relaxed);
-        };
-        let storage = storage::open(&store).await?;
-        match storage.ping().await {
-            Ok(()) => info!(store = storage.describe(), "store ready"),
-            Err(e) => error!(
-                store = storage.describe(),
-                error = %e,
-                "the store does not answer yet; kv calls will fail as unavailable until it does"
-            ),
-        }
-        let runtime = Runtime::new(limits, storage)?;
-
-        if let Some(worker) = worker {
-            let router = Arc::new(Router::new(worker.load_apps(&runtime)?)?);
-            let listener = worker.listener()?;
-            let metrics = tokio::spawn(async move { worker.serve_metrics().await });
-            tabula::server::run(listener, router, server_config, shutdown).await?;
-            metrics.abort();
-            return Ok(());
-        }
-
-        let apps = specs
-            .iter()
-            .map(|spec| App::load(&runtime, spec))
-            .collect::<Result<Vec<_>>>()?;
-        release_free_memory();
-        let workdir = match args.processes.get() {
-            1 => None,
-            _ => Some(WorkDir::create()?),
-        };
-        // Written before the apps move into the router: `apps[i]` was loaded from `specs[i]`.
-        let compiled = workdir
-            .as_ref()
-            .map(|dir| supervisor::write_compiled(&apps, &specs, dir))
-            .transpose()?;
-        let router = Arc::new(Router::new(apps)?);
-        // A socket per process; the worker threads of a process share theirs.
-        let mut listeners = tabula::server::bind(args.listen, args.processes.get())?;
-        let supervisor = workdir
-            .as_ref()
-            .zip(compiled)
-            .map(|(dir, apps)| Supervisor {
-                listeners: &listeners,
-                apps,
-                dir,
-                drain: server_config.drain_timeout,
-            });
-        let operator = match args.operator_listen.as_str() {
+    tabula::serve::run(ServeOptions {
+        paths: args.build.paths,
+        build: BuildOptions {
+            target_dir: args.build.target_dir,
+        },
+        listen: args.listen,
+        operator_listen: match args.operator_listen.as_str() {
             "off" => None,
-            addr => {
-                let listener = TcpListener::bind(addr).await.with_context(|| {
-                    format!("operator listener on {addr} (in use? set --operator-listen, or `off`)")
-                })?;
-                println!("tabula: operator on http://{}", listener.local_addr()?);
-                let metrics = match &supervisor {
-                    None => MetricsSource::Local,
-                    Some(supervisor) => MetricsSource::Workers(supervisor.metrics()),
-                };
-                Some(tokio::spawn(tabula::server::run_operator(
-                    listener,
-                    runtime.storage().clone(),
-                    metrics,
-                    server_config.clone(),
-                    draining.clone(),
-                )))
-            }
-        };
-        let addr = listeners[0].local_addr()?;
-        println!("tabula: serving on http://{addr}");
-        for app in router.apps() {
-            println!("  {:<16} http://{addr}{}", app.name(), app.route());
-        }
-        match supervisor {
-            // One process, so one socket.
-            None => {
-                let listener = listeners.swap_remove(0);
-                tabula::server::run(listener, router, server_config, shutdown).await?
-            }
-            Some(supervisor) => {
-                // The workers serve from the compiled files: the supervisor's copies can go.
-                drop(router);
-                release_free_memory();
-                supervisor.run(shutdown).await?
-            }
-        }
-        if let Some(operator) = operator {
-            operator.abort();
-        }
-        Ok(())
+            addr => Some(addr.to_string()),
+        },
+        processes: args.processes,
+        store,
+        host,
+        server: server_config,
     })
-}
-
-/// Raises the soft limit on open files to the hard one: every connection is a file, and the
-/// soft default (often 1024) let 1100 idle connections make `accept` fail for everyone.
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!("could not raise the open-files limit; see `ulimit -n`");
-            }
-        }
-    }
-}
-
-/// Gives the memory that start-up work (compiling components) freed back to the system
-/// instead of keeping it in the allocator's free lists: ~265 MiB of the ~440 MiB that
-/// compiling an 18 MB Python component leaves behind.
-fn release_free_memory() {
-    // SAFETY: mi_collect only returns free memory to the system.
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 fn positive_duration(secs: f64, flag: &str) -> Result<Duration> {
@@ -516,19 +362,4 @@ fn positive_duration(secs: f64, flag: &str) -> Result<Duration> {
         .ok()
         .filter(|d| !d.is_zero())
         .with_context(|| format!("{flag} must be a positive number"))
-}
-
-/// A future that resolves on ctrl-c or SIGTERM. The handlers are installed right away, before
-/// the server announces itself: a SIGTERM that arrives during start-up must also drain, not
-/// kill the process with the default action.
-fn shutdown_signal() -> Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = interrupt.recv() => {}
-        }
-    })
 }

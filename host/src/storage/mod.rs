@@ -5,12 +5,15 @@
 //! - [`redis::RedisStorage`]: Redis, standalone or Cluster, for production and for many
 //!   replicas sharing one state.
 //!
-//! The trait speaks in full keys. Namespacing (which app owns which keys) is the caller's
-//! business: see [`crate::kv::Namespace`]. The same conformance tests run against both
-//! backends (`tests/all/kv_conformance.rs`).
+//! The trait speaks in full keys; [`Namespace`] gives each app its own slice of them, for
+//! every capability that keeps state. The same conformance tests run against both backends
+//! (`tests/all/kv_conformance.rs`), through [`open`].
 
-pub mod memory;
-pub mod redis;
+mod memory;
+mod namespace;
+mod redis;
+
+pub use namespace::{Namespace, StoreOutcome};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,13 +46,17 @@ impl std::fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
+/// What a storage call returns.
 pub type StorageResult<T> = Result<T, StorageError>;
 
 /// The expiry state of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {
+    /// There is no such key.
     Missing,
+    /// The key does not expire.
     Persistent,
+    /// The key expires in this long.
     ExpiresIn(Duration),
 }
 
@@ -62,14 +69,18 @@ pub struct Quota {
     /// The store key of the usage record. In Redis Cluster it must share the namespace's
     /// hash tag, so the record and the keys it counts live on one node.
     pub usage: String,
+    /// Keys the namespace may hold.
     pub max_keys: u64,
+    /// Bytes the namespace may hold, each key's name plus its value.
     pub max_bytes: u64,
 }
 
 /// One page of a key listing. `cursor` is `None` when the listing is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
+    /// The keys of this page.
     pub keys: Vec<String>,
+    /// Where the next page starts.
     pub cursor: Option<String>,
 }
 
@@ -80,9 +91,11 @@ pub trait Storage: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Whether the store answers right now.
     async fn ping(&self) -> StorageResult<()>;
+    /// The value at `key`.
     async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>>;
     // The writes a guest can make take the quota of its namespace, if it has one.
 
+    /// Stores `value` at `key`, replacing any value and expiry; with `ttl` it expires then.
     async fn set(
         &self,
         key: &str,
@@ -90,7 +103,9 @@ pub trait Storage: Send + Sync + 'static {
         ttl: Option<Duration>,
         quota: Option<&Quota>,
     ) -> StorageResult<()>;
+    /// Removes `key`; whether it was there.
     async fn delete(&self, key: &str, quota: Option<&Quota>) -> StorageResult<bool>;
+    /// Whether `key` is there.
     async fn exists(&self, key: &str) -> StorageResult<bool>;
     /// Adds `delta` to the decimal integer at `key` (0 when missing), keeping its expiry.
     async fn increment(&self, key: &str, delta: i64, quota: Option<&Quota>) -> StorageResult<i64>;
@@ -112,6 +127,7 @@ pub trait Storage: Send + Sync + 'static {
         ttl: Option<Duration>,
         quota: Option<&Quota>,
     ) -> StorageResult<bool>;
+    /// `key`'s expiry.
     async fn ttl(&self, key: &str) -> StorageResult<Ttl>;
 
     // Hashes: a key holding named fields, each updated on its own (sessions use them, so that

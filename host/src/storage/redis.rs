@@ -7,7 +7,7 @@
 //! without a restart.
 //!
 //! Cluster note: keys are expected to carry a hash tag per namespace (`…{app}…`, see
-//! [`crate::kv::Namespace`]), so one app's keys share a slot. That is what makes a prefix
+//! [`super::Namespace`]), so one app's keys share a slot. That is what makes a prefix
 //! listing a single-node `SCAN` and keeps every operation on one node.
 
 use std::sync::{Arc, Weak};

@@ -25,8 +25,9 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::app::App;
+use crate::config::AppSpec;
+use crate::host::Host;
 use crate::metrics;
-use crate::project::AppSpec;
 
 /// The environment variable that makes a `tabula serve` process a worker.
 pub const WORKER_ENV: &str = "TABULA_INTERNAL_WORKER";
@@ -67,12 +68,12 @@ impl WorkerSetup {
     }
 
     /// Loads the apps the supervisor compiled.
-    pub fn load_apps(&self, runtime: &crate::runtime::Runtime) -> Result<Vec<App>> {
+    pub fn load_apps(&self, host: &Host) -> Result<Vec<App>> {
         self.apps
             .iter()
             // SAFETY: the supervisor wrote these files into its own directory, which only
             // this user can write, with an engine configured like this one.
-            .map(|(spec, compiled)| unsafe { App::load_compiled(runtime, spec, compiled) })
+            .map(|(spec, compiled)| unsafe { App::load_compiled(host, spec, compiled) })
             .collect()
     }
 

@@ -12,17 +12,21 @@
 //!
 //! The session is resolved lazily, on the handler's first session call: requests that do not
 //! use it cost nothing and never create one. What the cookie should become is recorded in a
-//! [`CookieJar`] shared with [`crate::instance`], which adds the `Set-Cookie` header to the
-//! response.
+//! [`CookieJar`] that the request path reads when the response head goes out; [`cookie`]
+//! also keeps every session cookie away from guests.
+
+mod bindings;
+mod cookie;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasData, Linker};
 
-use crate::bindings::tabula::host::session as wit;
-use crate::kv::Namespace;
-use crate::storage::StorageError;
+use crate::storage::{Namespace, StorageError, StoreOutcome};
+use bindings::tabula::host::session as wit;
+use cookie::CookieChange;
+pub use cookie::{CookieJar, refuse_guest_cookies, strip_cookies};
 
 /// Field names: guest values are `v:NAME`, the creation time (ms since the epoch) is
 /// `m:created`, so no name a guest picks can overwrite the host's bookkeeping.
@@ -50,9 +54,13 @@ pub struct SessionConfig {
 /// Host-wide defaults, which an app's manifest may override.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDefaults {
+    /// Whether cookies are marked `Secure`.
     pub secure: bool,
+    /// How long an unused session lives.
     pub idle_timeout: Duration,
+    /// How long any session lives, however busy.
     pub lifetime: Duration,
+    /// Largest session, counting names and values.
     pub max_bytes: u32,
 }
 
@@ -72,10 +80,15 @@ impl Default for SessionDefaults {
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSettings {
+    /// The cookie's name; `tabula_session_APP` by default.
     pub cookie_name: Option<String>,
+    /// Whether the cookie is marked `Secure`.
     pub secure: Option<bool>,
+    /// How long an unused session lives, in seconds.
     pub idle_timeout_secs: Option<u64>,
+    /// How long any session lives, in seconds.
     pub lifetime_secs: Option<u64>,
+    /// Largest session, in bytes.
     pub max_bytes: Option<u32>,
 }
 
@@ -143,76 +156,6 @@ impl SessionConfig {
     }
 }
 
-/// The prefix of every default session cookie name (`tabula_session_APP`).
-const DEFAULT_COOKIE_PREFIX: &str = "tabula_session_";
-
-/// Whether `name` is a session cookie of the host's: one of `names` (every app's), or any
-/// name with the default prefix (an app on another route or host of the same site).
-fn is_session_cookie(name: &str, names: &[String]) -> bool {
-    name.starts_with(DEFAULT_COOKIE_PREFIX) || names.iter().any(|n| n == name)
-}
-
-/// Removes every session cookie from a request's `Cookie` headers before the guest sees them.
-///
-/// The host owns session cookies: a guest reads its session through `tabula:host/session`.
-/// Without this, an app on a nested route (`/victim/admin`) received `/victim`'s raw session
-/// id, since browsers send a cookie to every path below its own.
-pub fn strip_cookies(headers: &mut http::HeaderMap, names: &[String]) {
-    let cookie = http::header::COOKIE;
-    // Bytes, not text: a cookie value may be any octet a browser sends, and none is lost.
-    let pairs = |value: &http::HeaderValue| -> Vec<Vec<u8>> {
-        value
-            .as_bytes()
-            .split(|b| *b == b';')
-            .map(|pair| pair.trim_ascii().to_vec())
-            .filter(|pair| !pair.is_empty())
-            .collect()
-    };
-    let is_session = |pair: &[u8]| {
-        let name = pair.split(|b| *b == b'=').next().unwrap_or(b"");
-        std::str::from_utf8(name.trim_ascii()).is_ok_and(|name| is_session_cookie(name, names))
-    };
-    let all: Vec<Vec<u8>> = headers.get_all(&cookie).iter().flat_map(pairs).collect();
-    if !all.iter().any(|pair| is_session(pair)) {
-        return;
-    }
-    let kept: Vec<Vec<u8>> = all.into_iter().filter(|pair| !is_session(pair)).collect();
-    headers.remove(&cookie);
-    if !kept.is_empty()
-        && let Ok(value) = http::HeaderValue::from_bytes(&kept.join(&b"; "[..]))
-    {
-        headers.insert(cookie, value);
-    }
-}
-
-/// Drops a guest's `Set-Cookie` headers that would set any app's session cookie, and says so
-/// in the log: otherwise one app could plant its own session id in another app's cookie and
-/// have that app serve the planted session to the visitor.
-pub fn refuse_guest_cookies(headers: &mut http::HeaderMap, names: &[String]) {
-    let set_cookie = http::header::SET_COOKIE;
-    let sets_session = |value: &http::HeaderValue| {
-        let name = value.as_bytes().split(|b| *b == b'=').next().unwrap_or(b"");
-        std::str::from_utf8(name).map_or(true, |name| is_session_cookie(name.trim(), names))
-    };
-    if !headers.get_all(&set_cookie).iter().any(sets_session) {
-        return;
-    }
-    tracing::warn!(
-        "the guest tried to set a session cookie, which only the host sets; the header was \
-         dropped (use tabula:host/session)"
-    );
-    let kept: Vec<http::HeaderValue> = headers
-        .get_all(&set_cookie)
-        .iter()
-        .filter(|value| !sets_session(value))
-        .cloned()
-        .collect();
-    headers.remove(&set_cookie);
-    for value in kept {
-        headers.append(&set_cookie, value);
-    }
-}
-
 fn is_well_formed_id(value: &str) -> bool {
     value.len() == ID_BYTES * 2
         && value
@@ -234,41 +177,6 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// What the response's `Set-Cookie` should say, decided by the session calls of a request.
-#[derive(Debug, Default)]
-pub struct CookieJar {
-    change: Option<CookieChange>,
-    /// Set once the response head has gone out; later changes can no longer reach it.
-    sent: bool,
-}
-
-#[derive(Debug)]
-enum CookieChange {
-    Set(String),
-    Clear,
-}
-
-impl CookieJar {
-    /// The `Set-Cookie` value for the response, if the session changed; marks the jar sent.
-    pub fn take_header(&mut self, config: &SessionConfig) -> Option<String> {
-        self.sent = true;
-        match self.change.take()? {
-            CookieChange::Set(id) => Some(config.set_cookie(&id, false)),
-            CookieChange::Clear => Some(config.set_cookie("", true)),
-        }
-    }
-
-    fn record(&mut self, change: CookieChange) {
-        if self.sent {
-            tracing::warn!(
-                "the session changed after the response head was sent; the cookie was not \
-                 updated (finish session calls before setting the response)"
-            );
-        }
-        self.change = Some(change);
-    }
 }
 
 #[derive(Debug)]
@@ -304,6 +212,15 @@ impl From<StorageError> for SessionError {
     }
 }
 
+impl StoreOutcome for SessionError {
+    fn storage_error(&self) -> Option<&StorageError> {
+        match self {
+            SessionError::Storage(e) => Some(e),
+            SessionError::TooLarge(_) => None,
+        }
+    }
+}
+
 impl From<SessionError> for wit::Error {
     fn from(e: SessionError) -> Self {
         match e {
@@ -335,7 +252,7 @@ impl Session {
         }
     }
 
-    /// The jar that [`crate::instance`] reads when the response head goes out.
+    /// The jar that the request path reads when the response head goes out.
     pub fn jar(&self) -> Arc<Mutex<CookieJar>> {
         self.jar.clone()
     }
@@ -533,18 +450,27 @@ impl Session {
     }
 }
 
+/// What the session host functions borrow from a request's store: its session.
+pub struct SessionView<'a>(&'a mut Session);
+
+impl<'a> SessionView<'a> {
+    /// The view of `session`.
+    pub fn new(session: &'a mut Session) -> SessionView<'a> {
+        SessionView(session)
+    }
+}
+
 struct SessionData;
 
 impl HasData for SessionData {
-    type Data<'a> = &'a mut Session;
+    type Data<'a> = SessionView<'a>;
 }
 
-/// Adds `tabula:host/session` to the linker.
-/// Adds `tabula:host/session`; `get` hands out the request's session from the embedder's
-/// store data.
+/// Adds `tabula:host/session`; `get` hands out the view from the embedder's store data,
+/// which this module never names.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
-    get: fn(&mut T) -> &mut Session,
+    get: fn(&mut T) -> SessionView<'_>,
 ) -> wasmtime::Result<()> {
     wit::add_to_linker::<T, SessionData>(linker, get)
 }
@@ -552,20 +478,15 @@ pub fn add_to_linker<T: Send + 'static>(
 impl Session {
     /// The guest's answer, counted in the metrics.
     fn answer<T>(&self, result: SessionResult<T>) -> wasmtime::Result<Result<T, wit::Error>> {
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(SessionError::Storage(StorageError::Unavailable(_))) => "unavailable",
-            Err(_) => "error",
-        };
-        self.namespace.record("session", outcome);
+        self.namespace.record("session", &result);
         Ok(result.map_err(wit::Error::from))
     }
 }
 
-impl wit::Host for &mut Session {
+impl wit::Host for SessionView<'_> {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<Option<Vec<u8>>, wit::Error>> {
-        let result = Session::get(self, &name).await;
-        self.answer(result)
+        let result = self.0.get(&name).await;
+        self.0.answer(result)
     }
 
     async fn set(
@@ -573,33 +494,33 @@ impl wit::Host for &mut Session {
         name: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), wit::Error>> {
-        let result = Session::set(self, &name, &value).await;
-        self.answer(result)
+        let result = self.0.set(&name, &value).await;
+        self.0.answer(result)
     }
 
     async fn remove(&mut self, name: String) -> wasmtime::Result<Result<(), wit::Error>> {
-        let result = Session::remove(self, &name).await;
-        self.answer(result)
+        let result = self.0.remove(&name).await;
+        self.0.answer(result)
     }
 
     async fn clear(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
-        let result = Session::clear(self).await;
-        self.answer(result)
+        let result = self.0.clear().await;
+        self.0.answer(result)
     }
 
     async fn destroy(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
-        let result = Session::destroy(self).await;
-        self.answer(result)
+        let result = self.0.destroy().await;
+        self.0.answer(result)
     }
 
     async fn regenerate(&mut self) -> wasmtime::Result<Result<(), wit::Error>> {
-        let result = Session::regenerate(self).await;
-        self.answer(result)
+        let result = self.0.regenerate().await;
+        self.0.answer(result)
     }
 
     async fn id(&mut self) -> wasmtime::Result<Result<Option<String>, wit::Error>> {
-        let result = Session::id(self).await;
-        self.answer(result)
+        let result = self.0.id().await;
+        self.0.answer(result)
     }
 }
 
@@ -615,31 +536,6 @@ mod tests {
             &SessionSettings::default(),
         )
         .unwrap()
-    }
-
-    #[test]
-    fn session_cookies_never_reach_guests_nor_come_from_them() {
-        let names = vec!["custom".to_string()];
-        let mut headers = http::HeaderMap::new();
-        headers.append(
-            "cookie",
-            "a=1; tabula_session_victim=x; custom=y".parse().unwrap(),
-        );
-        headers.append("cookie", "b=2".parse().unwrap());
-        strip_cookies(&mut headers, &names);
-        assert_eq!(headers.get_all("cookie").iter().count(), 1);
-        assert_eq!(headers["cookie"], "a=1; b=2");
-
-        let mut headers = http::HeaderMap::new();
-        headers.append(
-            "set-cookie",
-            "tabula_session_victim=x; Path=/".parse().unwrap(),
-        );
-        headers.append("set-cookie", "theme=dark".parse().unwrap());
-        headers.append("set-cookie", " custom=y".parse().unwrap());
-        refuse_guest_cookies(&mut headers, &names);
-        let left: Vec<_> = headers.get_all("set-cookie").iter().collect();
-        assert_eq!(left, ["theme=dark"]);
     }
 
     #[test]

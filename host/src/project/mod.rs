@@ -7,39 +7,33 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::limits::LimitSettings;
-use crate::manifest::{self, Manifest};
-use crate::session::SessionSettings;
+mod manifest;
+
+use crate::config::{AppSettings, AppSpec};
+use manifest::Manifest;
 
 /// The Rust target guests are compiled for.
-pub const WASM_TARGET: &str = "wasm32-wasip2";
+const WASM_TARGET: &str = "wasm32-wasip2";
 
 /// Something `tabula up`/`serve` was asked to serve.
 #[derive(Debug, Clone)]
-pub enum Source {
+enum Source {
     /// A directory with a `tabula.toml`, to be built.
     Project {
+        /// The project's directory.
         dir: PathBuf,
+        /// Its `tabula.toml`.
         manifest: Box<Manifest>,
     },
     /// A ready component, served at `route`.
     Component {
+        /// The app's name, from the file's or the route.
         name: String,
+        /// Where it is served.
         route: String,
+        /// The component file.
         path: PathBuf,
     },
-}
-
-/// An app ready to load: a name, a route, a component file and its session settings.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct AppSpec {
-    pub name: String,
-    pub route: String,
-    pub wasm: PathBuf,
-    pub session: SessionSettings,
-    pub limits: LimitSettings,
-    /// A directory whose files the app sees, read-only, at `/app`.
-    pub assets: Option<PathBuf>,
 }
 
 /// Expands command-line paths into sources.
@@ -48,7 +42,7 @@ pub struct AppSpec {
 /// projects (each subdirectory with a `tabula.toml`); a `.wasm` component, served at `/` and
 /// named after the file; or `ROUTE=FILE.wasm` to serve a component elsewhere, named after the
 /// route (`/api/v1=api.wasm` is app `api-v1`).
-pub fn discover(args: &[String]) -> Result<Vec<Source>> {
+fn discover(args: &[String]) -> Result<Vec<Source>> {
     let mut sources = Vec::new();
     for arg in args {
         let (route, path) = match arg.split_once('=') {
@@ -119,8 +113,14 @@ pub struct BuildOptions {
     pub target_dir: Option<PathBuf>,
 }
 
+/// The apps that command-line `paths` name (see [`discover`]), with every project among them
+/// built: what `tabula up`, `serve` and `build` load.
+pub fn build(paths: &[String], options: &BuildOptions) -> Result<Vec<AppSpec>> {
+    build_all(&discover(paths)?, options)
+}
+
 /// Builds every project among `sources` (components pass through) and returns what to load.
-pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>> {
+fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>> {
     if sources.iter().any(|s| matches!(s, Source::Project { .. })) {
         ensure_wasm_target()?;
     }
@@ -131,16 +131,14 @@ pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSp
                 name: name.clone(),
                 route: route.clone(),
                 wasm: path.clone(),
-                session: SessionSettings::default(),
-                limits: LimitSettings::default(),
+                settings: AppSettings::default(),
                 assets: None,
             }),
             Source::Project { dir, manifest } => Ok(AppSpec {
                 name: manifest.name.clone(),
                 route: manifest.route.clone(),
-                wasm: build(dir, &manifest.name, options)?,
-                session: manifest.session.clone(),
-                limits: manifest.limits.clone(),
+                wasm: cargo_build(dir, &manifest.name, options)?,
+                settings: manifest.settings.clone(),
                 assets: manifest.assets.as_ref().map(|a| dir.join(a)),
             }),
         })
@@ -149,7 +147,7 @@ pub fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSp
 
 /// Makes sure the `wasm32-wasip2` standard library is installed, installing it with rustup
 /// when it is not (machines may set `RUSTUP_AUTO_INSTALL=0`, so nothing else will).
-pub fn ensure_wasm_target() -> Result<()> {
+fn ensure_wasm_target() -> Result<()> {
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -182,7 +180,7 @@ struct CargoMessage {
 }
 
 /// Builds the project in `dir` and returns the path of its component.
-fn build(dir: &Path, name: &str, options: &BuildOptions) -> Result<PathBuf> {
+fn cargo_build(dir: &Path, name: &str, options: &BuildOptions) -> Result<PathBuf> {
     let manifest_path = dir
         .join("Cargo.toml")
         .canonicalize()

@@ -1,7 +1,7 @@
-//! The parts of the host that are built once and shared by every request: the wasmtime
-//! [`Engine`] and the [`Linker`] that decides what a guest may import.
+//! The [`Host`]: what is built once and shared by every request: the wasmtime `Engine` and
+//! the `Linker` that decides what a guest may import, with the host's config and store.
 //!
-//! Per-request work is kept to a new `Store` and an instantiation (see [`crate::instance`]);
+//! Per-request work is kept to a new `Store` and an instantiation (see [`crate::request`]);
 //! everything that can be prepared ahead of time is prepared here.
 
 use std::sync::Arc;
@@ -12,91 +12,81 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::budget::Budget;
-use crate::instance::RequestCtx;
-use crate::limits::{Allocator, Limits};
+use crate::capabilities;
+use crate::config::{Allocator, HostConfig};
+use crate::state::RequestState;
 use crate::storage::Storage;
 
 /// How often the epoch ticks: how long guest code runs before it yields to other requests,
 /// and so the resolution of request deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Request-body bytes the process may hold read ahead, across all requests waiting for an
-/// instance (64 KiB each at most; see `instance::handle`). Past it, bodies stream unread.
+/// instance (64 KiB each at most; see [`crate::request`]). Past it, bodies stream unread.
 const PREBUFFER_BUDGET: u64 = 256 << 20;
 
-/// The shared engine and linker. Cheap to clone.
+/// The shared engine and linker, the host's config and its store. Cheap to clone.
 #[derive(Clone)]
-pub struct Runtime {
-    inner: Arc<RuntimeInner>,
+pub struct Host {
+    inner: Arc<HostInner>,
 }
 
-struct RuntimeInner {
+struct HostInner {
     engine: Engine,
-    linker: Linker<RequestCtx>,
-    limits: Limits,
+    linker: Linker<RequestState>,
+    config: HostConfig,
     storage: Arc<dyn Storage>,
     prebuffer: Arc<Budget>,
 }
 
-impl Runtime {
-    /// Builds the engine, starts its epoch ticker and fills the linker. Apps keep their state
-    /// in `storage`.
-    pub fn new(limits: Limits, storage: Arc<dyn Storage>) -> Result<Runtime> {
-        let engine = Engine::new(&engine_config(&limits))
+impl Host {
+    /// Builds the engine, starts its epoch ticker and fills the linker with every
+    /// capability. Apps keep their state in `storage`.
+    pub fn new(config: HostConfig, storage: Arc<dyn Storage>) -> Result<Host> {
+        let engine = Engine::new(&engine_config(&config))
             .map_err(anyhow::Error::from)
             .context("configuring wasmtime")?;
         spawn_epoch_ticker(&engine);
         let mut linker = Linker::new(&engine);
-        // All of WASI 0.2 that toolchains link (cli, clocks, random, io, filesystem, sockets),
-        // each denied or emptied by `RequestCtx`, plus wasi:http with outbound requests denied.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        // …except that the filesystem is ours: in memory, fresh per request.
-        crate::vfs::add_to_linker(&mut linker, RequestCtx::vfs)?;
-        // …and that streams and pollables reach the resource table without the WASI context,
-        // which is then only built for a guest that asks for clocks, random or stdio.
-        linker.allow_shadowing(true);
-        wasmtime_wasi_io::add_to_linker_async(&mut linker)?;
-        linker.allow_shadowing(false);
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        // …with the header fields a guest builds charged to its request's budget.
-        crate::instance::add_fields_limits(&mut linker)?;
-        // tabula:host/kv and wasi:keyvalue, on the app's namespace.
-        crate::kv::add_to_linker(&mut linker, RequestCtx::kv)?;
-        crate::session::add_to_linker(&mut linker, RequestCtx::session)?;
-        Ok(Runtime {
-            inner: Arc::new(RuntimeInner {
+        capabilities::add_to_linker(&mut linker)?;
+        Ok(Host {
+            inner: Arc::new(HostInner {
                 engine,
                 linker,
-                limits,
+                config,
                 storage,
                 prebuffer: Budget::new(PREBUFFER_BUDGET),
             }),
         })
     }
 
-    pub fn engine(&self) -> &Engine {
+    /// The wasmtime engine every app is compiled for.
+    pub(crate) fn engine(&self) -> &Engine {
         &self.inner.engine
     }
 
-    pub fn linker(&self) -> &Linker<RequestCtx> {
+    /// The linker every app is linked with.
+    pub(crate) fn linker(&self) -> &Linker<RequestState> {
         &self.inner.linker
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.inner.limits
+    /// The host's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
     }
 
+    /// Where apps keep their state.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
     }
 
     /// What request bodies read ahead of their instance may hold, across the process.
-    pub fn prebuffer_budget(&self) -> &Arc<Budget> {
+    pub(crate) fn prebuffer_budget(&self) -> &Arc<Budget> {
         &self.inner.prebuffer
     }
 }
 
-fn engine_config(limits: &Limits) -> Config {
+fn engine_config(limits: &HostConfig) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(limits.max_instances)
         // A component made by a toolchain holds several core modules (the program, the WASI

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::app::App;
 
+/// The apps a server serves, by route.
 pub struct Router {
     /// Longest route first, so the first match is the most specific one.
     apps: Vec<App>,
@@ -50,7 +51,7 @@ impl Router {
         }
         let session_cookies = apps
             .iter()
-            .map(|app| app.session_config().cookie_name.clone())
+            .map(|app| app.capabilities().session_config().cookie_name.clone())
             .collect();
         Ok(Router {
             apps,
@@ -59,7 +60,7 @@ impl Router {
     }
 
     /// Every app's session cookie name.
-    pub fn session_cookies(&self) -> &[String] {
+    pub(crate) fn session_cookies(&self) -> &[String] {
         &self.session_cookies
     }
 
@@ -68,6 +69,7 @@ impl Router {
         self.apps.iter().find(|app| matches(app.route(), path))
     }
 
+    /// The apps, longest route first.
     pub fn apps(&self) -> &[App] {
         &self.apps
     }

@@ -28,9 +28,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::limits::LimitSettings;
-use crate::session::SessionSettings;
+use crate::config::{AppSettings, LimitSettings, SessionSettings, validate_name};
 
+/// The manifest's file name.
 pub const FILE_NAME: &str = "tabula.toml";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,12 +48,14 @@ struct Raw {
 /// A project's manifest with its defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The app's name: the directory's unless given.
     pub name: String,
+    /// The app's route: `/NAME` unless given.
     pub route: String,
     /// The assets directory, relative to the project.
     pub assets: Option<String>,
-    pub session: SessionSettings,
-    pub limits: LimitSettings,
+    /// `[limits]` and `[session]`.
+    pub settings: AppSettings,
 }
 
 impl Manifest {
@@ -73,14 +75,16 @@ impl Manifest {
     fn parse(text: &str, dir_name: &str) -> Result<Manifest> {
         let raw: Raw = toml::from_str(text)?;
         let name = raw.name.unwrap_or_else(|| dir_name.to_string());
-        crate::app::validate_name(&name)?;
+        validate_name(&name)?;
         let route = raw.route.unwrap_or_else(|| format!("/{name}"));
         Ok(Manifest {
             name,
             route,
             assets: raw.assets,
-            session: raw.session,
-            limits: raw.limits,
+            settings: AppSettings {
+                limits: raw.limits,
+                session: raw.session,
+            },
         })
     }
 }
@@ -104,7 +108,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((m.name.as_str(), m.route.as_str()), ("x", "/"));
-        assert_eq!(m.session.secure, Some(true));
+        assert_eq!(m.settings.session.secure, Some(true));
         let err = Manifest::parse("rout = \"/\"", "dir").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
         assert!(Manifest::parse("name = \"a b\"", "dir").is_err());

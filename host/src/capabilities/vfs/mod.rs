@@ -9,6 +9,8 @@
 //! Paths are resolved inside their preopen: `..` cannot climb above it, absolute paths and
 //! symlinks are refused. Files are byte vectors behind locks; nothing here blocks or does I/O.
 
+mod bindings;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +23,8 @@ use wasmtime_wasi_io::streams::{
     DynInputStream, DynOutputStream, InputStream, OutputStream, StreamError,
 };
 
-use crate::bindings::filesystem::wasi::filesystem::{preopens, types};
 use crate::budget::{Budget, Charge, OverBudget};
+use bindings::wasi::filesystem::{preopens, types};
 use types::{
     DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, Filesize,
     OpenFlags, PathFlags,

@@ -1,11 +1,12 @@
 //! The guest-facing key-value interfaces, `tabula:host/kv` and the standard
 //! `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`, `batch`), both served from one
-//! [`Namespace`] per app over the host's [`Storage`].
+//! [`Keyspace`] per app: its [`Namespace`] of the host's store, within its [`KvLimits`].
 //!
-//! Isolation lives here. Every key a guest names is placed under its app's prefix,
-//! `tabula:{APP}:`, before it reaches the store, and every key listed back has that prefix
-//! removed; app names cannot contain `}` or `:`, so no key string of one app can land in
-//! another's space. The braces are a Redis Cluster hash tag: one app's keys share a slot.
+//! Every key a guest names is placed under its app's namespace before it reaches the store,
+//! and every key listed back has the namespace removed (see [`Namespace`] for why one app
+//! cannot reach another's keys).
+
+mod bindings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,19 +14,21 @@ use std::time::Duration;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::budget::{Budget, Charge};
-use crate::metrics::StoreOperations;
-use crate::storage::{Quota, Storage, StorageError, Ttl};
-
-use crate::bindings::tabula::host::kv;
-use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::storage::{Namespace, Storage, StorageError, StoreOutcome, Ttl};
+use bindings::tabula::host::kv;
+use bindings::wasi::keyvalue::{atomics, batch, store};
 
 /// Limits on what a guest may store: each key and value, and its app's whole namespace (a
 /// quota of keys and of bytes, each key's name plus its value; 0 turns a quota off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
+    /// Longest key, in bytes (for `wasi:keyvalue`, with its bucket's name).
     pub max_key_bytes: u32,
+    /// Largest value, in bytes.
     pub max_value_bytes: u32,
+    /// Keys the app may keep (0: no limit).
     pub max_keys: u64,
+    /// Bytes the app may keep, each key's name plus its value (0: no limit).
     pub max_bytes: u64,
 }
 
@@ -50,48 +53,22 @@ const MAX_PAGE: u32 = 1000;
 /// refuses what overflows its milliseconds, the embedded store's clock overflowed).
 const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// One app's view of the store. Built once per app, shared by its requests.
-pub struct Namespace {
-    storage: Arc<dyn Storage>,
-    operations: StoreOperations,
-    prefix: String,
+/// One app's key-value state: its namespace of the store and its limits. Built once per
+/// app, shared by its requests.
+pub struct Keyspace {
+    namespace: Arc<Namespace>,
     limits: KvLimits,
-    /// The app's storage quota, kept at `tabula:{APP}:q` beside its keys.
-    quota: Option<Quota>,
 }
 
-impl Namespace {
-    /// The namespace of app `app`, whose name [`crate::app::validate_name`] has checked is
-    /// made of `[A-Za-z0-9_-]`.
-    pub fn new(storage: Arc<dyn Storage>, app: &str, limits: KvLimits) -> Namespace {
-        debug_assert!(!app.contains(['{', '}', ':']));
-        let prefix = format!("tabula:{{{app}}}:");
-        let quota = (limits.max_keys > 0 || limits.max_bytes > 0).then(|| Quota {
-            usage: format!("{prefix}q"),
-            max_keys: nonzero_or_max(limits.max_keys),
-            max_bytes: nonzero_or_max(limits.max_bytes),
-        });
-        Namespace {
-            storage,
-            operations: StoreOperations::new(app),
-            prefix,
-            limits,
-            quota,
-        }
+impl Keyspace {
+    /// The key-value space of the app that owns `namespace`, within `limits` (whose quota
+    /// `namespace` already carries).
+    pub fn new(namespace: Arc<Namespace>, limits: KvLimits) -> Keyspace {
+        Keyspace { namespace, limits }
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
-    }
-
-    /// Counts one store call of `api` (`kv` or `session`) with its outcome.
-    pub fn record(&self, api: &'static str, outcome: &'static str) {
-        self.operations.record(api, outcome);
-    }
-
-    /// The full store key for `suffix` inside this namespace.
-    pub fn key(&self, suffix: &str) -> String {
-        format!("{}{suffix}", self.prefix)
+    fn storage(&self) -> &dyn Storage {
+        &**self.namespace.storage()
     }
 }
 
@@ -129,15 +106,24 @@ impl From<StorageError> for KvError {
     }
 }
 
+impl StoreOutcome for KvError {
+    fn storage_error(&self) -> Option<&StorageError> {
+        match self {
+            KvError::Storage(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 type KvResult<T> = Result<T, KvError>;
 
-impl Namespace {
+impl Keyspace {
     /// The store key of `key` in `bucket`, for reading it.
     fn full_key(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
         if key.len() > self.limits.max_key_bytes as usize {
             return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
         }
-        Ok(self.key(&format!("{}{key}", bucket.space)))
+        Ok(self.namespace.key(&format!("{}{key}", bucket.space)))
     }
 
     fn check_value(&self, value: &[u8]) -> KvResult<()> {
@@ -148,12 +134,12 @@ impl Namespace {
     }
 
     async fn get(&self, b: &Bucket, key: &str) -> KvResult<Option<Vec<u8>>> {
-        Ok(self.storage.get(&self.full_key(b, key)?).await?)
+        Ok(self.storage().get(&self.full_key(b, key)?).await?)
     }
 
     /// The store key of `key` in `bucket`, for writing it. A bucket's name counts toward the
     /// key limit here, so long bucket names cannot store what a long key may not (keys
-    /// written before this rule stay readable and deletable through [`Namespace::full_key`]).
+    /// written before this rule stay readable and deletable through [`Keyspace::full_key`]).
     fn full_key_to_write(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
         if bucket.name_len() + key.len() > self.limits.max_key_bytes as usize {
             return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
@@ -172,26 +158,30 @@ impl Namespace {
         self.check_value(value)?;
         check_ttl(ttl)?;
         Ok(self
-            .storage
-            .set(&key, value, ttl, self.quota.as_ref())
+            .storage()
+            .set(&key, value, ttl, self.namespace.quota())
             .await?)
     }
 
     async fn delete(&self, b: &Bucket, key: &str) -> KvResult<bool> {
         Ok(self
-            .storage
-            .delete(&self.full_key(b, key)?, self.quota.as_ref())
+            .storage()
+            .delete(&self.full_key(b, key)?, self.namespace.quota())
             .await?)
     }
 
     async fn exists(&self, b: &Bucket, key: &str) -> KvResult<bool> {
-        Ok(self.storage.exists(&self.full_key(b, key)?).await?)
+        Ok(self.storage().exists(&self.full_key(b, key)?).await?)
     }
 
     async fn increment(&self, b: &Bucket, key: &str, delta: i64) -> KvResult<i64> {
         Ok(self
-            .storage
-            .increment(&self.full_key_to_write(b, key)?, delta, self.quota.as_ref())
+            .storage()
+            .increment(
+                &self.full_key_to_write(b, key)?,
+                delta,
+                self.namespace.quota(),
+            )
             .await?)
     }
 
@@ -207,8 +197,8 @@ impl Namespace {
         self.check_value(new)?;
         check_ttl(ttl)?;
         Ok(self
-            .storage
-            .compare_and_swap(&key, expected, new, ttl, self.quota.as_ref())
+            .storage()
+            .compare_and_swap(&key, expected, new, ttl, self.namespace.quota())
             .await?)
     }
 
@@ -223,7 +213,7 @@ impl Namespace {
         let full_prefix = self.full_key(b, prefix)?;
         let strip = full_prefix.len() - prefix.len();
         let limit = limit.clamp(1, MAX_PAGE);
-        let page = self.storage.list(&full_prefix, cursor, limit).await?;
+        let page = self.storage().list(&full_prefix, cursor, limit).await?;
         let keys = page
             .keys
             .into_iter()
@@ -235,16 +225,15 @@ impl Namespace {
     async fn expire(&self, b: &Bucket, key: &str, ttl: Option<Duration>) -> KvResult<bool> {
         let key = self.full_key(b, key)?;
         check_ttl(ttl)?;
-        Ok(self.storage.expire(&key, ttl, self.quota.as_ref()).await?)
+        Ok(self
+            .storage()
+            .expire(&key, ttl, self.namespace.quota())
+            .await?)
     }
 
     async fn ttl(&self, b: &Bucket, key: &str) -> KvResult<Ttl> {
-        Ok(self.storage.ttl(&self.full_key(b, key)?).await?)
+        Ok(self.storage().ttl(&self.full_key(b, key)?).await?)
     }
-}
-
-fn nonzero_or_max(limit: u64) -> u64 {
-    if limit == 0 { u64::MAX } else { limit }
 }
 
 fn check_ttl(ttl: Option<Duration>) -> KvResult<()> {
@@ -279,7 +268,7 @@ fn ttl_from_ms(ms: Option<u64>) -> Option<Duration> {
 
 /// What the kv host functions borrow from a request's store.
 pub struct KvView<'a> {
-    ns: &'a Namespace,
+    ns: &'a Keyspace,
     /// What CAS handles and batch answers take from the request's host memory.
     budget: &'a Arc<Budget>,
     table: &'a mut ResourceTable,
@@ -287,7 +276,7 @@ pub struct KvView<'a> {
 
 impl<'a> KvView<'a> {
     pub fn new(
-        ns: &'a Namespace,
+        ns: &'a Keyspace,
         budget: &'a Arc<Budget>,
         table: &'a mut ResourceTable,
     ) -> KvView<'a> {
@@ -366,15 +355,10 @@ fn ttl_too_long() -> String {
 /// The guest's answer: `Ok(Ok(_))` or `Ok(Err(_))`, counted in the metrics. Host-side
 /// failures never trap here; every storage problem is the guest's to handle.
 fn answer<T, E: From<KvError>>(
-    ns: &Namespace,
+    ns: &Keyspace,
     result: KvResult<T>,
 ) -> wasmtime::Result<Result<T, E>> {
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(KvError::Storage(StorageError::Unavailable(_))) => "unavailable",
-        Err(_) => "error",
-    };
-    ns.record("kv", outcome);
+    ns.namespace.record("kv", &result);
     Ok(result.map_err(E::from))
 }
 
@@ -476,7 +460,7 @@ impl KvView<'_> {
 
 /// A CAS handle on `key` holding what the store has now, charged for as long as it lives.
 async fn new_cas(
-    ns: &Namespace,
+    ns: &Keyspace,
     budget: &Arc<Budget>,
     bucket: Bucket,
     key: String,

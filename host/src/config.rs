@@ -1,17 +1,28 @@
-//! Limits: the host's ([`Limits`], from flags and environment) and each app's ([`AppLimits`]),
-//! which an app's manifest may lower, or raise up to the host's cap, never beyond it.
+//! Configuration in three tiers, named the same way everywhere:
+//! - `Host*`: the host's, from flags and environment ([`HostConfig`]); its per-app values are
+//!   both defaults and caps;
+//! - `*Settings`: what an app asks for in its manifest, every value optional
+//!   ([`AppSettings`]: its [`LimitSettings`] and [`SessionSettings`]);
+//! - `App*`: one app's, resolved from the two ([`AppConfig`]): a manifest may lower a host
+//!   value, or raise it up to the host's cap, never beyond it.
+//!
+//! Each capability's own section ([`KvLimits`], [`TmpQuota`], sessions) is defined by the
+//! capability and composed here. [`AppSpec`] is what names an app: where its component is
+//! and what it asks for.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::{Result, bail};
 use serde::Deserialize;
 
-use crate::kv::KvLimits;
-use crate::session::SessionDefaults;
-use crate::vfs::TmpQuota;
+pub use crate::capabilities::{
+    KvLimits, RequestBounds, SessionConfig, SessionDefaults, SessionSettings, TmpQuota,
+};
 
-/// Host-wide limits. The per-app ones are both defaults and caps.
+/// Host-wide configuration. The per-app values are both defaults and caps.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct HostConfig {
     /// Instances alive at once, across all apps. The pooling allocator reserves this many slots.
     pub max_instances: u32,
     /// Largest linear memory of one instance.
@@ -41,39 +52,6 @@ pub struct Limits {
     pub request: RequestBounds,
 }
 
-/// Bounds on what one request may make the host hold or do on its behalf, beyond its linear
-/// memory. Host-wide: a manifest cannot change them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestBounds {
-    /// Host memory in bytes: `/tmp` contents, names, descriptors, listings, kv CAS handles
-    /// and batch answers, header fields the guest builds (see [`crate::budget`]).
-    pub host_memory_bytes: u64,
-    /// Resource handles alive at once (streams, descriptors, fields, buckets, ...).
-    pub max_resources: usize,
-    /// Guest stdout and stderr logged per request, in bytes and in lines; the rest is
-    /// dropped and counted.
-    pub log_bytes: usize,
-    pub log_lines: usize,
-    /// A request body must keep arriving: no single wait for it longer than `body_timeout`,
-    /// and all waits together no longer than `body_timeout` plus a second per
-    /// `body_min_rate` bytes received, or the request gets 408.
-    pub body_timeout: Duration,
-    pub body_min_rate: u64,
-}
-
-impl Default for RequestBounds {
-    fn default() -> Self {
-        RequestBounds {
-            host_memory_bytes: 128 << 20,
-            max_resources: 10_000,
-            log_bytes: 64 << 10,
-            log_lines: 1000,
-            body_timeout: Duration::from_secs(10),
-            body_min_rate: 1024,
-        }
-    }
-}
-
 /// Where instances get their memory, tables and stacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Allocator {
@@ -86,9 +64,9 @@ pub enum Allocator {
     OnDemand,
 }
 
-impl Default for Limits {
+impl Default for HostConfig {
     fn default() -> Self {
-        Limits {
+        HostConfig {
             max_instances: 1000,
             // Large enough for a componentize-py interpreter; small enough that a pool of a
             // thousand slots stays a cheap virtual reservation.
@@ -107,7 +85,19 @@ impl Default for Limits {
     }
 }
 
-/// What an app's manifest may say about its limits (`[limits]` in `tabula.toml`).
+/// What an app asks for: its manifest's `[limits]` and `[session]`, or nothing for a bare
+/// component.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct AppSettings {
+    /// `[limits]`.
+    pub limits: LimitSettings,
+    /// `[session]`.
+    pub session: SessionSettings,
+}
+
+/// What an app's manifest may say about its limits (`[limits]` in `tabula.toml`). Each is a
+/// [`HostConfig`] value of the same name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
@@ -123,9 +113,11 @@ pub struct LimitSettings {
     pub tmp_max_files: Option<u64>,
 }
 
-/// One app's limits, resolved.
+/// One app's configuration, resolved. Each value is the [`HostConfig`] one of the same name
+/// as it applies to this app.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppLimits {
+pub struct AppConfig {
     pub memory_bytes: usize,
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
@@ -134,12 +126,21 @@ pub struct AppLimits {
     pub kv: KvLimits,
     pub tmp: TmpQuota,
     pub request: RequestBounds,
+    pub session: SessionConfig,
 }
 
-impl AppLimits {
-    /// The app's limits: its manifest's, capped by the host's, else the host's. Each value the
-    /// cap lowered is reported, so the operator sees why an app gets less than it asked for.
-    pub fn resolve(host: &Limits, app: &LimitSettings) -> (AppLimits, Vec<String>) {
+impl AppConfig {
+    /// The configuration of app `name` at `route`: what its `settings` ask for, capped by
+    /// the `host`'s, else the host's. Each value the cap lowered is reported, so the operator
+    /// sees why an app gets less than it asked for.
+    pub fn resolve(
+        host: &HostConfig,
+        name: &str,
+        route: &str,
+        settings: &AppSettings,
+    ) -> Result<(AppConfig, Vec<String>)> {
+        let session = SessionConfig::new(name, route, &host.session, &settings.session)?;
+        let (app, host) = (&settings.limits, host);
         let mut capped = Vec::new();
         let mut cap = |what: &str, asked: Option<u64>, cap: u64| -> u64 {
             match asked {
@@ -161,7 +162,7 @@ impl AppLimits {
             app.request_timeout_secs,
             host.request_timeout.as_secs().max(1),
         );
-        let limits = AppLimits {
+        let config = AppConfig {
             memory_bytes: (memory_mib as usize) << 20,
             request_timeout: if app.request_timeout_secs.is_some() {
                 Duration::from_secs(timeout)
@@ -201,9 +202,37 @@ impl AppLimits {
                 max_files: cap("tmp_max_files", app.tmp_max_files, host.tmp.max_files),
             },
             request: host.request,
+            session,
         };
-        (limits, capped)
+        Ok((config, capped))
     }
+}
+
+/// An app ready to load: a name, a route, a component file and what it asks for.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AppSpec {
+    /// Names the app's state and its log lines: see [`validate_name`].
+    pub name: String,
+    /// The path prefix the app serves.
+    pub route: String,
+    /// The component.
+    pub wasm: PathBuf,
+    /// What its manifest asks for.
+    pub settings: AppSettings,
+    /// A directory whose files the app sees, read-only, at `/app`.
+    pub assets: Option<PathBuf>,
+}
+
+/// App names become key namespaces and log fields, so they are kept to `[A-Za-z0-9_-]`.
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        bail!("app name {name:?} must be made of letters, digits, `-` and `_`");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,8 +241,15 @@ mod tests {
 
     #[test]
     fn apps_get_the_host_defaults_and_never_more_than_its_caps() {
-        let host = Limits::default();
-        let (l, capped) = AppLimits::resolve(&host, &LimitSettings::default());
+        let host = HostConfig::default();
+        let resolve = |limits: &LimitSettings| {
+            let settings = AppSettings {
+                limits: limits.clone(),
+                session: SessionSettings::default(),
+            };
+            AppConfig::resolve(&host, "app", "/app", &settings).unwrap()
+        };
+        let (l, capped) = resolve(&LimitSettings::default());
         assert_eq!(l.memory_bytes, host.max_memory_bytes);
         assert_eq!(l.request_timeout, host.request_timeout);
         assert!(capped.is_empty());
@@ -230,7 +266,7 @@ mod tests {
             tmp_max_bytes: None,
             tmp_max_files: None,
         };
-        let (l, capped) = AppLimits::resolve(&host, &asks);
+        let (l, capped) = resolve(&asks);
         assert_eq!(l.memory_bytes, 64 << 20, "lower is fine");
         assert_eq!(l.request_timeout, host.request_timeout, "higher is capped");
         assert_eq!((l.max_body_bytes, l.max_concurrency), (1024, 5));

@@ -1,0 +1,390 @@
+//! How every connection is served, on the main listener and the operator listener alike:
+//! HTTP/1.1 and HTTP/2 through hyper, with the time a client may take to start a request, to
+//! sit idle, and to read what it is sent all bounded.
+
+use std::convert::Infallible;
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+/// How the front protects itself from its clients.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connections open at once; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a new connection has to send its first request's headers (whatever the
+    /// protocol: the HTTP/2 preface counts for nothing), a client has to send a request's
+    /// headers (slowloris), and to start the next request on a kept-alive HTTP/1 connection.
+    pub header_timeout: Duration,
+    /// How long a connection with no request in flight stays open (HTTP/2 connections that
+    /// only answer PINGs included).
+    pub idle_timeout: Duration,
+    /// How long a write to a client may make no progress (a client that stops reading)
+    /// before the connection is closed.
+    pub write_timeout: Duration,
+    /// Largest request head: HTTP/1 read buffer, HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take to finish once shutdown begins.
+    pub drain_timeout: Duration,
+    /// Threads serving requests; one per core is best (see [`super::server::run`]).
+    pub workers: NonZeroUsize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(30),
+            workers: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// The body type of every response the host sends, whether the guest made it or the host did.
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, anyhow::Error>;
+
+/// hyper's settings for every connection, the operator listener's included.
+pub(crate) fn connection_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        // Not `pipeline_flush(true)`: it made pipelined hello ~40% faster, but hyper then
+        // closes the connection of a malformed request without sending its 400.
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_header_bytes as u32)
+        .keep_alive_interval(Some(config.idle_timeout))
+        .keep_alive_timeout(config.header_timeout);
+    builder
+}
+
+/// Serves one connection until it ends, it has been idle too long, or the server stops.
+///
+/// hyper bounds the time to send HTTP/1 headers, but nothing bounded the time before hyper
+/// knows the protocol (a client sending nothing, or just `P`), nor an HTTP/2 connection that
+/// answers PINGs and never opens a stream; 10k such connections made every app unreachable.
+/// Here a connection must start its first request within the header timeout and may then
+/// sit with no request in flight for the idle timeout; past either it is shut down
+/// gracefully (HTTP/2 gets GOAWAY) and, if that does not end it within the header timeout,
+/// dropped. Writes are bounded by [`StallTimeout`].
+///
+/// `handle` answers each request; the requests in flight (until their responses are sent) are
+/// what keeps the connection from being idle.
+pub(crate) async fn serve_connection<F, Fut>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    handle: F,
+    config: &ServerConfig,
+    mut stopped: watch::Receiver<bool>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let activity = Activity::new();
+    let tracked = activity.clone();
+    let handle = Arc::new(handle);
+    let service = hyper::service::service_fn(move |req| {
+        let request = tracked.begin();
+        let answer = handle(req);
+        async move { Ok::<_, Infallible>(request.until_sent(answer.await)) }
+    });
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(StallTimeout::new(stream, config.write_timeout));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let check_at = activity.next_check(config.header_timeout, config.idle_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    info!(%peer, error = %e, "connection closed with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(check_at.into()), if closing.is_none() => {
+                if activity.is_idle(config.header_timeout, config.idle_timeout) {
+                    info!(%peer, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(tokio::time::Instant::now() + config.header_timeout);
+                }
+            }
+            () = async { closing.map(tokio::time::sleep_until).expect("armed").await }, if closing.is_some() => {
+                info!(%peer, "dropping a connection that did not close when asked");
+                return;
+            }
+            Ok(_) = stopped.wait_for(|stop| *stop), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                // The worker's drain timeout bounds what follows.
+                closing = Some(tokio::time::Instant::now() + config.drain_timeout);
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection (from their head until their response has been
+/// sent), and when it last started or finished one.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened`; `u64::MAX` until the first request.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// A request has started; it ends when the guard is dropped (answered or cancelled).
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// When a connection with nothing in flight has been idle too long: `first` after it
+    /// opened if it never started a request, else `idle` after its last one.
+    fn idle_after(&self, first: Duration, idle: Duration) -> Instant {
+        let (from, wait) = match self.last.load(Ordering::Relaxed) {
+            u64::MAX => (self.opened, first),
+            ms => (self.opened + Duration::from_millis(ms), idle),
+        };
+        from.checked_add(wait).unwrap_or(from + YEAR)
+    }
+
+    /// When to look again: at the idle deadline, or, while a request is in flight, after
+    /// another `idle` (it may well end before).
+    fn next_check(&self, first: Duration, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            let now = Instant::now();
+            now.checked_add(idle).unwrap_or(now + YEAR)
+        } else {
+            self.idle_after(first, idle)
+        }
+    }
+
+    /// Whether nothing is in flight and nothing has happened for too long.
+    fn is_idle(&self, first: Duration, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && Instant::now() >= self.idle_after(first, idle)
+    }
+}
+
+/// Far enough to mean never, for timeouts set beyond what an `Instant` can add.
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A request in flight on its connection, until dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// The response, holding this guard until its body has been sent (or dropped): a
+    /// response still streaming keeps its connection busy.
+    fn until_sent(self, response: Response<ResponseBody>) -> Response<ResponseBody> {
+        response.map(|body| {
+            SentBody {
+                inner: body,
+                _in_flight: self,
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] guard.
+struct SentBody {
+    inner: ResponseBody,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for SentBody {
+    type Data = Bytes;
+    type Error = anyhow::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, anyhow::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A connection whose writes fail once they have made no progress for the write timeout: a
+/// client that stops reading its response would otherwise keep its socket, and the instance
+/// streaming to it, for as long as it liked.
+struct StallTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed when a write first has to wait, disarmed when one succeeds.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> StallTimeout<T> {
+        StallTimeout {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes on a write's outcome, failing a pending one that has waited too long.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading (write timeout)",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallTimeout<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallTimeout<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The next connection. Accept errors (usually EMFILE) are logged and retried after a pause
+/// instead of spinning or ending the server.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    text_response(
+        status,
+        Bytes::from_static(text.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
+}
+
+pub(crate) fn text_response(
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+) -> Response<ResponseBody> {
+    let body = Full::new(body)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    response
+}
