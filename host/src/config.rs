@@ -1,14 +1,15 @@
-//! Configuration in three tiers, named the same way everywhere:
-//! - `Host*`: the host's, from flags and environment ([`HostConfig`]); its per-app values are
-//!   both defaults and caps;
-//! - `*Settings`: what an app asks for in its manifest, every value optional
-//!   ([`AppSettings`]: its [`LimitSettings`] and [`SessionSettings`]);
-//! - `App*`: one app's, resolved from the two ([`AppConfig`]): a manifest may lower a host
-//!   value, or raise it up to the host's cap, never beyond it.
+//! Configuration in three tiers, named by tier:
+//! - [`HostConfig`]: the host's, from flags and environment; its per-app values are both
+//!   defaults and caps;
+//! - [`AppSettings`]: what an app asks for in its `tabula.toml`, every value optional (its
+//!   `[limits]`, [`LimitSettings`], and `[session]`, [`SessionSettings`]);
+//! - [`AppConfig`]: one app's, resolved from the two: a manifest may lower a host value, or
+//!   raise it up to the host's cap, never beyond it.
 //!
-//! Each capability's own section ([`KvLimits`], [`TmpQuota`], sessions) is defined by the
-//! capability and composed here. [`AppSpec`] is what names an app: where its component is
-//! and what it asks for.
+//! Each capability defines its own section and this module composes them: [`KvLimits`] and
+//! [`TmpQuota`] have one shape at both ends; sessions have [`SessionDefaults`] (host),
+//! [`SessionSettings`] (manifest) and [`SessionConfig`] (app: with its cookie's name and
+//! path). [`AppSpec`] names an app: where its component is and what it asks for.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -348,3 +348,69 @@ fn memory_status(pid: u32, field: &str) -> u64 {
         .unwrap();
     kb * 1024
 }
+
+/// A server in this test process, as mini-redis's tests run theirs: `tabula::server::run` on
+/// a listener bound to port 0, with a shutdown the test triggers. For tests of the library
+/// that need no flag and no process of their own, and that want to look at the store the
+/// server uses.
+pub struct InProcess {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Serves the handler projects in `dirs` (relative to the workspace root, e.g.
+    /// `tests/guests/kvtool`), built as `tabula build` builds them, with their manifests'
+    /// settings, state in `storage`.
+    pub fn start(
+        dirs: &[&str],
+        storage: Arc<dyn tabula::storage::Storage>,
+        server: tabula::server::ServerConfig,
+    ) -> InProcess {
+        guests(); // Built once for every test, so the build below only checks them.
+        let paths: Vec<String> = dirs
+            .iter()
+            .map(|dir| root().join(dir).display().to_string())
+            .collect();
+        let options = tabula::project::BuildOptions {
+            target_dir: Some(root().join("target/guests")),
+        };
+        let specs = tabula::project::build(&paths, &options).expect("building the projects");
+        let host = tabula::Host::new(tabula::config::HostConfig::default(), storage)
+            .expect("starting the host");
+        let apps = specs
+            .iter()
+            .map(|spec| tabula::App::load(&host, spec).expect("loading an app"));
+        let router = Arc::new(tabula::Router::new(apps).expect("routing the apps"));
+        let listener = tabula::server::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let listener = listener.into_iter().next().unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let served = tokio::spawn(tabula::server::run(listener, router, server, shutdown));
+        InProcess {
+            base,
+            stop: Some(stop),
+            served,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Starts the shutdown; `stopped` then says when the server has drained.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for `server::run` to return, after [`InProcess::shut_down`].
+    pub async fn stopped(self) -> anyhow::Result<()> {
+        self.served.await.expect("the server task panicked")
+    }
+}

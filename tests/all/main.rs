@@ -5,6 +5,7 @@
 mod filesystem;
 mod harness;
 mod hostile;
+mod in_process;
 mod kv_apps;
 mod kv_conformance;
 mod operations;
