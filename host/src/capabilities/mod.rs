@@ -78,7 +78,7 @@ pub fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBounds {
     /// Host memory in bytes: `/tmp` contents, names, descriptors, listings, kv CAS handles
-    /// and batch answers, header fields the guest builds (see [`crate::budget`]).
+    /// and batch answers, header fields the guest builds (see `budget.rs`).
     pub host_memory_bytes: u64,
     /// Resource handles alive at once (streams, descriptors, fields, buckets, ...).
     pub max_resources: usize,

@@ -113,7 +113,7 @@ pub struct BuildOptions {
     pub target_dir: Option<PathBuf>,
 }
 
-/// The apps that command-line `paths` name (see [`discover`]), with every project among them
+/// The apps that command-line `paths` name (project directories, directories of projects, `.wasm` files, `ROUTE=FILE.wasm`), with every project among them
 /// built: what `tabula up`, `serve` and `build` load.
 pub fn build(paths: &[String], options: &BuildOptions) -> Result<Vec<AppSpec>> {
     build_all(&discover(paths)?, options)

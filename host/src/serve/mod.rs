@@ -1,5 +1,5 @@
 //! The process model of `tabula up` and `tabula serve`: which store, which apps, one process
-//! or a supervisor with workers ([`supervisor`]), the operator listener ([`operator`]), and
+//! or a supervisor with workers (`supervisor.rs`), the operator listener (`operator.rs`), and
 //! the signals that start a graceful drain.
 
 mod operator;

@@ -1,8 +1,8 @@
 //! The backing store behind `kv` and sessions: one [`Storage`] trait, two backends.
 //!
-//! - [`memory::MemoryStorage`]: in-process, with real TTL expiry. The default for `tabula up`,
+//! - `MemoryStorage`: in-process, with real TTL expiry. The default for `tabula up`,
 //!   so examples run with no Redis installed. Not shared between processes.
-//! - [`redis::RedisStorage`]: Redis, standalone or Cluster, for production and for many
+//! - `RedisStorage`: Redis, standalone or Cluster, for production and for many
 //!   replicas sharing one state.
 //!
 //! The trait speaks in full keys; [`Namespace`] gives each app its own slice of them, for

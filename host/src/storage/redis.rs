@@ -27,7 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const CALL_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// Sets a key only if its current value is the expected one (or it is missing, when
-/// ARGV[1] is "0"); ARGV[4] is an expiry in milliseconds or "".
+/// `ARGV[1]` is "0"); `ARGV[4]` is an expiry in milliseconds or "".
 const CAS_SCRIPT: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
@@ -43,11 +43,11 @@ end
 return 1
 "#;
 
-/// A kv write counted in its namespace's usage: KEYS[2] is a hash holding `#keys`, `#bytes`
-/// and `k:KEY` = the size (name plus value) of each key it counts; KEYS[3] a sorted set of
+/// A kv write counted in its namespace's usage: `KEYS[2]` is a hash holding `#keys`, `#bytes`
+/// and `k:KEY` = the size (name plus value) of each key it counts; `KEYS[3]` a sorted set of
 /// when counted keys expire, through which keys Redis has expired are given back (a few per
-/// call). ARGV[1] is the operation (`set`, `cas`, `incr`, `del`, `expire`), ARGV[2] and
-/// ARGV[3] the quota's keys and bytes, the rest the operation's own arguments, as for the
+/// call). `ARGV[1]` is the operation (`set`, `cas`, `incr`, `del`, `expire`), `ARGV[2]` and
+/// `ARGV[3]` the quota's keys and bytes, the rest the operation's own arguments, as for the
 /// uncounted commands. A write that would go over the quota is refused with a `TABULA_QUOTA`
 /// error before it is made (an increment, whose size is known only after, is undone in the
 /// same script, so no one ever sees it).
