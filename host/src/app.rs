@@ -57,16 +57,20 @@ impl App {
 
     /// Like [`App::load`], with the component's bytes already in memory.
     pub fn from_bytes(host: &Host, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
+        App::from_component(host, spec, App::compile(host, bytes)?)
+    }
+
+    /// Compiles a component for `host`'s engine, refusing a core module with the fix.
+    pub(crate) fn compile(host: &Host, bytes: &[u8]) -> Result<Component> {
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
                  `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
             );
         }
-        let component = Component::new(host.engine(), bytes)
+        Component::new(host.engine(), bytes)
             .map_err(anyhow::Error::from)
-            .context("compiling the component")?;
-        App::from_component(host, spec, component)
+            .context("compiling the component")
     }
 
     /// Like [`App::load`], from a component that [`App::serialize`] compiled for an engine
@@ -92,7 +96,8 @@ impl App {
             .map_err(anyhow::Error::from)
     }
 
-    fn from_component(host: &Host, spec: &AppSpec, component: Component) -> Result<App> {
+    /// An app of `component`, checked and pre-instantiated.
+    pub(crate) fn from_component(host: &Host, spec: &AppSpec, component: Component) -> Result<App> {
         let (name, route) = (spec.name.as_str(), spec.route.as_str());
         validate_name(name)?;
         let (config, capped) = AppConfig::resolve(host.config(), name, route, &spec.settings)?;

@@ -34,6 +34,7 @@ mod app;
 mod budget;
 mod capabilities;
 pub mod config;
+pub mod deploy;
 mod host;
 #[cfg(test)]
 mod layers;
@@ -46,7 +47,7 @@ pub mod storage;
 
 pub use app::App;
 pub use host::Host;
-pub use request::router::Router;
+pub use request::router::{Router, Routes};
 pub use request::server;
 
 /// The parts of the request path that `bench/instantiate.rs` times one by one. Not an API:

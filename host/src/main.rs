@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::config::{Allocator, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota};
+use tabula::deploy::admin::AdminConfig;
+use tabula::deploy::client;
 use tabula::project::{self, BuildOptions};
 use tabula::serve::ServeOptions;
 use tabula::server::ServerConfig;
@@ -50,12 +52,83 @@ enum Commands {
     Serve(ServeArgs),
     /// Build handler projects for wasm32-wasip2 and print where each component is.
     Build(BuildArgs),
+    /// Deploy a project (built first) or a .wasm component to running hosts, through the
+    /// admin API of any of them; every replica switches at once.
+    Deploy(DeployArgs),
+    /// List the deployed apps and their active versions.
+    Apps(AdminArgs),
+    /// Show an app's versions, the active one, and which replica runs which.
+    Versions {
+        /// The app.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Switch an app back to its previous version, or to VERSION (e.g. v3).
+    Rollback {
+        /// The app.
+        name: String,
+        /// The version to switch to [default: the one before the active one].
+        version: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a deployed app from every replica.
+    Rm {
+        /// The app.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Create a handler project in a new directory NAME, ready to build, test and deploy.
+    New {
+        /// The directory and the app's name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The admin API of any host of the fleet (its --admin-listen). The token is read from
+    /// TABULA_ADMIN_TOKEN.
+    #[arg(
+        long,
+        env = "TABULA_ADMIN_URL",
+        default_value = "http://127.0.0.1:9091"
+    )]
+    admin_url: String,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// A project directory (with a tabula.toml) or a .wasm component.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+
+    /// The app's name [default: the manifest's, or the file's].
+    #[arg(long)]
+    name: Option<String>,
+
+    /// The app's route [default: the manifest's, or /NAME].
+    #[arg(long)]
+    route: Option<String>,
+
+    /// A note kept with the version, shown by `tabula versions`.
+    #[arg(long, short, default_value = "")]
+    message: String,
+
+    /// Cargo target directory for the build (default: the project's own).
+    #[arg(long, env = "TABULA_TARGET_DIR")]
+    target_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args)]
 struct BuildArgs {
-    /// Projects, directories of projects, or components.
-    #[arg(default_value = ".")]
+    /// Projects, directories of projects, or components [default for `up` and `build`: the
+    /// current directory; `serve` without any serves only what is deployed].
     paths: Vec<String>,
 
     /// Cargo target directory for guest builds (default: each project's own).
@@ -220,6 +293,25 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_KEEP_RESIDENT_MIB", default_value_t = HostConfig::default().keep_resident_bytes >> 20)]
     keep_resident_mib: usize,
 
+    /// The admin API's address (deploys, rollbacks, `tabula apps`); off unless given. Needs
+    /// TABULA_ADMIN_TOKEN. Keep it private, like the operator listener.
+    #[arg(long, env = "TABULA_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+
+    /// Largest component a deploy may upload, in MiB.
+    #[arg(long, env = "TABULA_MAX_COMPONENT_MIB", default_value_t = 100)]
+    max_component_mib: u64,
+
+    /// Seconds a deploy waits for every replica to have the new version compiled and ready
+    /// before it switches anyway (the late ones switch when they are ready).
+    #[arg(long, env = "TABULA_DEPLOY_TIMEOUT", default_value_t = 120.0)]
+    deploy_timeout: f64,
+
+    /// Where compiled deployed components are kept across restarts, or `off`
+    /// [default: $XDG_CACHE_HOME/tabula or ~/.cache/tabula].
+    #[arg(long, env = "TABULA_CACHE_DIR")]
+    cache_dir: Option<String>,
+
     /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
     #[arg(long, env = "TABULA_ALLOCATOR", default_value = "pooling")]
     allocator: Allocator,
@@ -237,6 +329,35 @@ fn main() -> ExitCode {
         Commands::Build(args) => build(&args),
         Commands::Up(args) => serve(args, Mode::Up),
         Commands::Serve(args) => serve(args, Mode::Serve),
+        Commands::Deploy(args) => admin(&args.admin.admin_url, |client| async move {
+            let options = client::DeployOptions {
+                path: args.path,
+                name: args.name,
+                route: args.route,
+                message: args.message,
+                build: BuildOptions {
+                    target_dir: args.target_dir,
+                },
+            };
+            client::deploy(&client, options).await
+        }),
+        Commands::Apps(args) => admin(&args.admin_url, |client| async move {
+            client::apps(&client).await
+        }),
+        Commands::Versions { name, admin: args } => admin(&args.admin_url, |client| async move {
+            client::versions(&client, &name).await
+        }),
+        Commands::Rollback {
+            name,
+            version,
+            admin: args,
+        } => admin(&args.admin_url, |client| async move {
+            client::rollback(&client, &name, version.as_deref()).await
+        }),
+        Commands::Rm { name, admin: args } => admin(&args.admin_url, |client| async move {
+            client::remove(&client, &name).await
+        }),
+        Commands::New { name } => project::scaffold(&name),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -264,11 +385,33 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs an admin API command against `url`, with the token from TABULA_ADMIN_TOKEN.
+fn admin<F, Fut>(url: &str, command: F) -> Result<()>
+where
+    F: FnOnce(client::AdminClient) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let client = client::AdminClient::new(url, std::env::var("TABULA_ADMIN_TOKEN").ok())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(command(client))
+}
+
+/// PATHs, or the current directory.
+fn paths_or_here(paths: &[String]) -> Vec<String> {
+    if paths.is_empty() {
+        vec![".".into()]
+    } else {
+        paths.to_vec()
+    }
+}
+
 fn build(args: &BuildArgs) -> Result<()> {
     let options = BuildOptions {
         target_dir: args.target_dir.clone(),
     };
-    for built in project::build(&args.paths, &options)? {
+    for built in project::build(&paths_or_here(&args.paths), &options)? {
         println!("{}\t{}\t{}", built.name, built.route, built.wasm.display());
     }
     Ok(())
@@ -340,8 +483,38 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             NonZeroUsize::new(cores / args.processes.get()).unwrap_or(NonZeroUsize::MIN)
         }),
     };
+    let admin = match args.admin_listen {
+        None => None,
+        Some(addr) => {
+            let token = std::env::var("TABULA_ADMIN_TOKEN").unwrap_or_default();
+            if token.len() < 16 {
+                bail!(
+                    "--admin-listen needs TABULA_ADMIN_TOKEN set to a secret of 16 characters or \
+                     more (e.g. `export TABULA_ADMIN_TOKEN=$(openssl rand -hex 32)`): every admin \
+                     call must carry it"
+                );
+            }
+            let config = AdminConfig {
+                token,
+                max_component_bytes: args.max_component_mib.saturating_mul(1 << 20),
+                deploy_timeout: positive_duration(args.deploy_timeout, "--deploy-timeout")?,
+            };
+            Some((addr, config))
+        }
+    };
+    let cache_dir = match args.cache_dir.as_deref() {
+        Some("off") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|dir| dir.join("tabula")),
+    };
     tabula::serve::run(ServeOptions {
-        paths: args.build.paths,
+        paths: match mode {
+            Mode::Up => paths_or_here(&args.build.paths),
+            Mode::Serve => args.build.paths,
+        },
         build: BuildOptions {
             target_dir: args.build.target_dir,
         },
@@ -354,6 +527,8 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         store,
         host,
         server: server_config,
+        admin,
+        cache_dir,
     })
 }
 

@@ -382,7 +382,7 @@ impl InProcess {
         let apps = specs
             .iter()
             .map(|spec| tabula::App::load(&host, spec).expect("loading an app"));
-        let router = Arc::new(tabula::Router::new(apps).expect("routing the apps"));
+        let routes = tabula::Routes::new(tabula::Router::new(apps).expect("routing the apps"));
         let listener = tabula::server::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
         let listener = listener.into_iter().next().unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -390,7 +390,7 @@ impl InProcess {
         let shutdown = async {
             let _ = stopped.await;
         };
-        let served = tokio::spawn(tabula::server::run(listener, router, server, shutdown));
+        let served = tokio::spawn(tabula::server::run(listener, routes, server, shutdown));
         InProcess {
             base,
             stop: Some(stop),

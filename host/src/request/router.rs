@@ -3,9 +3,35 @@
 //! A route matches its own path and everything below it (`/hello` serves `/hello` and
 //! `/hello/x`, not `/helloworld`); the route `/` matches every path.
 
+use std::sync::Arc;
+
 use anyhow::{Result, bail};
+use arc_swap::ArcSwap;
 
 use crate::app::App;
+
+/// The route table the server reads for every request, replaced whole when the apps change
+/// (a deploy, a rollback, a rebuild). A request keeps the table, and so the app version, it
+/// started with until it ends; the next request gets the new one. Reading it takes no lock.
+#[derive(Clone)]
+pub struct Routes(Arc<ArcSwap<Router>>);
+
+impl Routes {
+    /// A table serving `router`.
+    pub fn new(router: Router) -> Routes {
+        Routes(Arc::new(ArcSwap::from_pointee(router)))
+    }
+
+    /// The table now.
+    pub fn current(&self) -> Arc<Router> {
+        self.0.load_full()
+    }
+
+    /// Serves `router` from now on.
+    pub fn replace(&self, router: Router) {
+        self.0.store(Arc::new(router));
+    }
+}
 
 /// The apps a server serves, by route.
 pub struct Router {

@@ -18,7 +18,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 pub use super::connection::ServerConfig;
 use super::connection::{accept, connection_builder, plain, serve_connection};
-use super::router::Router;
+use super::router::{Router, Routes};
 use super::{Failure, ResponseBody};
 use crate::metrics::{self, StatusLabels};
 
@@ -54,7 +54,7 @@ pub fn bind(
     Ok(listeners)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// Serves the apps of `routes` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish, for up to the drain timeout.
 ///
 /// The work is done by [`ServerConfig::workers`] threads, each with its own single-threaded
@@ -64,13 +64,13 @@ pub fn bind(
 /// inter-processor interrupt) and the instance's pooled memory stays in that core's caches.
 pub async fn run(
     listener: std::net::TcpListener,
-    router: Arc<Router>,
+    routes: Routes,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {
-        router,
+        routes,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         ids: RequestIds::new(),
         config,
@@ -116,7 +116,7 @@ pub async fn run(
 
 /// What every worker shares.
 struct Shared {
-    router: Arc<Router>,
+    routes: Routes,
     config: ServerConfig,
     /// Connections open at once, across workers.
     connections: Arc<Semaphore>,
@@ -140,7 +140,7 @@ async fn worker(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Rece
             _ = stop.wait_for(|stop| *stop) => break,
         };
         let worker = shared.clone();
-        let handle = move |req| serve(worker.router.clone(), req, worker.ids.next());
+        let handle = move |req| serve(worker.routes.current(), req, worker.ids.next());
         let (builder, config, stopped, done) = (
             builder.clone(),
             shared.config.clone(),

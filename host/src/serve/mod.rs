@@ -7,6 +7,7 @@ mod supervisor;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,9 +17,12 @@ use tracing::{error, info};
 
 use crate::app::App;
 use crate::config::HostConfig;
+use crate::deploy::admin::{self, AdminConfig};
+use crate::deploy::registry::Registry;
+use crate::deploy::replica::Agent;
 use crate::host::Host;
 use crate::project::{self, BuildOptions};
-use crate::request::router::Router;
+use crate::request::router::{Router, Routes};
 use crate::request::server::{self, ServerConfig};
 use crate::storage;
 use operator::MetricsSource;
@@ -42,6 +46,10 @@ pub struct ServeOptions {
     pub host: HostConfig,
     /// How the HTTP front protects itself.
     pub server: ServerConfig,
+    /// The admin API's address and settings, if it is to be served.
+    pub admin: Option<(String, AdminConfig)>,
+    /// Where compiled deployed components are cached, if anywhere.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Serves until SIGTERM or ctrl-c, then drains.
@@ -79,6 +87,8 @@ pub fn run(options: ServeOptions) -> Result<()> {
         store,
         host: host_config,
         server: server_config,
+        admin,
+        cache_dir,
         ..
     } = options;
     control.block_on(async move {
@@ -100,13 +110,19 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 "the store does not answer yet; kv calls will fail as unavailable until it does"
             ),
         }
+        let registry = Registry::new(storage.clone());
         let host = Host::new(host_config, storage)?;
 
         if let Some(worker) = worker {
-            let router = Arc::new(Router::new(worker.load_apps(&host)?)?);
+            let fixed = worker.load_apps(&host)?;
+            let routes = Routes::new(Router::new(fixed.clone())?);
             let listener = worker.listener()?;
+            let address = listener.local_addr()?.to_string();
+            let agent =
+                Agent::start(host, registry, routes.clone(), fixed, address, cache_dir).await?;
             let metrics = tokio::spawn(async move { worker.serve_metrics().await });
-            server::run(listener, router, server_config, shutdown).await?;
+            server::run(listener, routes, server_config, shutdown).await?;
+            agent.leave().await;
             metrics.abort();
             return Ok(());
         }
@@ -125,7 +141,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
             .as_ref()
             .map(|dir| supervisor::write_compiled(&apps, &specs, dir))
             .transpose()?;
-        let router = Arc::new(Router::new(apps)?);
+        let router = Router::new(apps.clone())?;
         // A socket per process; the worker threads of a process share theirs.
         let mut listeners = server::bind(listen, processes.get())?;
         let supervisor = workdir
@@ -157,6 +173,22 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 )))
             }
         };
+        let admin = match admin {
+            None => None,
+            Some((addr, config)) => {
+                let listener = TcpListener::bind(&addr).await.with_context(|| {
+                    format!("admin listener on {addr} (in use? set --admin-listen)")
+                })?;
+                println!("tabula: admin API on http://{}", listener.local_addr()?);
+                Some(tokio::spawn(admin::run(
+                    listener,
+                    host.clone(),
+                    registry.clone(),
+                    config,
+                    server_config.clone(),
+                )))
+            }
+        };
         let addr = listeners[0].local_addr()?;
         println!("tabula: serving on http://{addr}");
         for app in router.apps() {
@@ -166,7 +198,21 @@ pub fn run(options: ServeOptions) -> Result<()> {
             // One process, so one socket.
             None => {
                 let listener = listeners.swap_remove(0);
-                server::run(listener, router, server_config, shutdown).await?
+                let routes = Routes::new(router);
+                let agent = Agent::start(
+                    host,
+                    registry,
+                    routes.clone(),
+                    apps,
+                    addr.to_string(),
+                    cache_dir,
+                )
+                .await?;
+                for (name, route) in deployed(&routes, &agent) {
+                    println!("  {name:<16} http://{addr}{route} (deployed)");
+                }
+                server::run(listener, routes, server_config, shutdown).await?;
+                agent.leave().await;
             }
             Some(supervisor) => {
                 // The workers serve from the compiled files: the supervisor's copies can go.
@@ -175,11 +221,23 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 supervisor.run(shutdown).await?
             }
         }
-        if let Some(operator) = operator {
-            operator.abort();
+        for task in [operator, admin].into_iter().flatten() {
+            task.abort();
         }
         Ok(())
     })
+}
+
+/// The deployed apps the route table serves, by name and route.
+fn deployed(routes: &Routes, agent: &Agent) -> Vec<(String, String)> {
+    let fixed = agent.fixed_names();
+    routes
+        .current()
+        .apps()
+        .iter()
+        .filter(|app| !fixed.contains(&app.name().to_string()))
+        .map(|app| (app.name().to_string(), app.route().to_string()))
+        .collect()
 }
 
 /// Raises the soft limit on open files to the hard one: every connection is a file, and the

@@ -59,6 +59,8 @@ struct Map {
 #[derive(Debug)]
 pub struct MemoryStorage {
     map: Mutex<Map>,
+    /// Every message sent, with its channel; each subscriber picks its own channel's.
+    messages: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl Default for MemoryStorage {
@@ -75,6 +77,7 @@ impl MemoryStorage {
                 usage: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
+            messages: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -367,5 +370,36 @@ impl Storage for MemoryStorage {
             m.insert(to.to_string(), entry);
             true
         }))
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StorageResult<()> {
+        // No receiver is no error: nobody was listening.
+        let _ = self
+            .messages
+            .send((channel.to_string(), message.to_string()));
+        Ok(())
+    }
+
+    fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut all = self.messages.subscribe();
+        let channel = channel.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = all.recv() => match message {
+                        Ok((on, message)) if on == channel => {
+                            if tx.send(message).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
     }
 }

@@ -149,6 +149,16 @@ pub trait Storage: Send + Sync + 'static {
     async fn hash_delete(&self, key: &str, field: &str) -> StorageResult<bool>;
     /// Moves the value at `from` (with its expiry) to `to`; false when `from` is missing.
     async fn rename(&self, from: &str, to: &str) -> StorageResult<bool>;
+
+    // Messages, for replicas that must hear of a change at once (deploys). Best effort: a
+    // subscriber that is not connected when a message is sent misses it, so whoever relies on
+    // them also polls.
+
+    /// Sends `message` to every current subscriber of `channel`.
+    async fn publish(&self, channel: &str, message: &str) -> StorageResult<()>;
+    /// The messages sent to `channel` from now on, for as long as the receiver is kept. A
+    /// subscription that breaks is remade in the background.
+    fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::Receiver<String>;
 }
 
 /// Opens the store named by a `--store` value:

@@ -273,6 +273,9 @@ impl PerThread {
 /// A [`Storage`] on Redis.
 pub struct RedisStorage {
     conn: Connections,
+    /// A node to subscribe on: in a cluster, messages published on any node reach every
+    /// node's subscribers.
+    subscriber: redis::Client,
     description: String,
     cas: Script,
     counted: Script,
@@ -297,6 +300,7 @@ impl RedisStorage {
             .get_connection_manager_lazy(config.clone())
             .context("setting up the Redis connection")?;
         Ok(RedisStorage {
+            subscriber: client.clone(),
             conn: Connections::Single(Box::new(PerThread {
                 alive: Arc::new(()),
                 client,
@@ -323,7 +327,10 @@ impl RedisStorage {
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r.map_err(anyhow::Error::from))
             .with_context(|| format!("connecting to the Redis Cluster at {}", nodes.join(", ")))?;
+        let first = nodes.first().context("no Redis Cluster node given")?;
         Ok(RedisStorage {
+            subscriber: redis::Client::open(first.as_str())
+                .with_context(|| format!("`{first}` is not a valid Redis URL"))?,
             conn: Connections::Cluster(conn),
             description: format!(
                 "Redis Cluster via {}",
@@ -656,6 +663,59 @@ impl Storage for RedisStorage {
         let mut invocation = self.rename.key(from);
         invocation.key(to);
         self.invoke::<i64>(&invocation).await.map(|n| n == 1)
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StorageResult<()> {
+        self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(message))
+            .await
+            .map(drop)
+    }
+
+    fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (client, channel) = (self.subscriber.clone(), channel.to_string());
+        tokio::spawn(async move {
+            // Remade whenever it breaks (Redis restarted, the connection was killed), until
+            // the receiver is dropped.
+            while !tx.is_closed() {
+                if let Err(e) = forward(&client, &channel, &tx).await {
+                    tracing::debug!(error = %e, channel, "subscription broken; remaking it");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Forwards `channel`'s messages to `tx` until the subscription or the receiver goes.
+async fn forward(
+    client: &redis::Client,
+    channel: &str,
+    tx: &tokio::sync::mpsc::Sender<String>,
+) -> redis::RedisResult<()> {
+    use futures_util::StreamExt;
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| RedisError::from((redis::ErrorKind::Io, "timed out subscribing")))??;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.on_message();
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => {
+                    let Ok(text) = message.get_payload::<String>() else { continue };
+                    if tx.send(text).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                None => return Ok(()),
+            },
+            () = tx.closed() => return Ok(()),
+        }
     }
 }
 

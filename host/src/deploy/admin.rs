@@ -1,0 +1,570 @@
+//! The admin API: JSON over HTTP on its own listener, every call with the bearer token.
+//!
+//! ```text
+//! GET    /v1/apps                        the apps and their active versions
+//! GET    /v1/apps/{name}                 versions, the active one, which replica runs which
+//! POST   /v1/apps/{name}/versions        upload a component (the body) and, unless
+//!                                        ?activate=false, deploy it; ?route= ?message= ?source=,
+//!                                        manifest settings as JSON in `tabula-settings`
+//! POST   /v1/apps/{name}/activate        {"version": N} deploys version N; {} rolls back
+//! DELETE /v1/apps/{name}                 removes the app from every replica
+//! ```
+//!
+//! An upload is checked whole before anything is stored: name, route, size, that it compiles,
+//! is a component, exports the HTTP handler, imports only what the host serves, and that its
+//! name and route do not clash. A refusal is a 4xx with a message that says what to change.
+//! Deploys answer with one JSON object per line: progress as it happens, then the outcome.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tower::ServiceExt;
+
+use super::registry::{AppRecord, Registry, Version};
+use crate::app::App;
+use crate::config::{AppSettings, AppSpec, validate_name};
+use crate::host::Host;
+use crate::request::connection::{accept, connection_builder, serve_connection};
+use crate::request::server::ServerConfig;
+
+/// How the admin API is run.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The bearer token every call must carry.
+    pub token: String,
+    /// The largest component an upload may send.
+    pub max_component_bytes: u64,
+    /// How long a deploy waits for every replica to get the new version ready.
+    pub deploy_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Admin {
+    host: Host,
+    registry: Registry,
+    config: Arc<AdminConfig>,
+}
+
+/// A refusal: its status and what to do about it.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// What is not the caller's fault: the store, mostly.
+    fn from(e: anyhow::Error) -> Self {
+        tracing::warn!(error = format!("{e:#}"), "admin call failed");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Connections the admin listener keeps open at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves the admin API on `listener` (connections bounded as every other listener's).
+pub async fn run(
+    listener: TcpListener,
+    host: Host,
+    registry: Registry,
+    config: AdminConfig,
+    server: ServerConfig,
+) {
+    let admin = Admin {
+        host,
+        registry,
+        config: Arc::new(config),
+    };
+    let routes = routes(admin);
+    let builder = connection_builder(&server);
+    let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    let (_never, stopped) = watch::channel(false);
+    loop {
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let (stream, peer) = accept(&listener).await;
+        let routes = routes.clone();
+        let handle = move |req: hyper::Request<hyper::body::Incoming>| {
+            let routes = routes.clone();
+            async move {
+                let response = routes
+                    .oneshot(req.map(Body::new))
+                    .await
+                    .unwrap_or_else(|never: Infallible| match never {});
+                response.map(|body| body.map_err(anyhow::Error::from).boxed_unsync())
+            }
+        };
+        let (builder, server, stopped) = (builder.clone(), server.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(&builder, stream, peer, handle, &server, stopped).await;
+        });
+    }
+}
+
+fn routes(admin: Admin) -> Router {
+    Router::new()
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{name}", get(show_app).delete(remove_app))
+        .route("/v1/apps/{name}/versions", post(upload))
+        .route("/v1/apps/{name}/activate", post(activate))
+        .layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            authenticate,
+        ))
+        .with_state(admin)
+}
+
+/// Refuses a call without the token; compared in constant time, so its timing says nothing
+/// about how much of a guess was right.
+async fn authenticate(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = admin.config.token.as_bytes();
+    if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected)) {
+        return next.run(req).await;
+    }
+    let why = if given.is_empty() {
+        "no admin token: send `Authorization: Bearer TOKEN` (the CLI reads TABULA_ADMIN_TOKEN)"
+    } else {
+        "wrong admin token: use the host's TABULA_ADMIN_TOKEN"
+    };
+    ApiError(StatusCode::UNAUTHORIZED, why.into()).into_response()
+}
+
+#[derive(Serialize)]
+struct AppSummary {
+    name: String,
+    route: Option<String>,
+    active: Option<String>,
+    pending: Option<String>,
+    generation: u64,
+}
+
+impl From<&AppRecord> for AppSummary {
+    fn from(record: &AppRecord) -> Self {
+        AppSummary {
+            name: record.name.clone(),
+            route: record.active.as_ref().map(|v| v.route.clone()),
+            active: record.active.as_ref().map(Version::id),
+            pending: record.pending.as_ref().map(Version::id),
+            generation: record.generation,
+        }
+    }
+}
+
+async fn list_apps(State(admin): State<Admin>) -> ApiResult<Json<Vec<AppSummary>>> {
+    let apps = admin.registry.apps().await?;
+    Ok(Json(
+        apps.iter()
+            .filter(|r| r.active.is_some() || r.pending.is_some())
+            .map(AppSummary::from)
+            .collect(),
+    ))
+}
+
+async fn show_app(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let record = known_app(&admin, &name).await?;
+    let versions = admin.registry.versions(&name).await?;
+    let replicas: Vec<_> = admin
+        .registry
+        .replicas()
+        .await?
+        .into_iter()
+        .map(|r| {
+            json!({
+                "id": r.id,
+                "address": r.address,
+                "running": r.running.get(&name).map(|n| format!("v{n}")),
+                "ready": r.ready.get(&name).map(|ns| ns.iter().map(|n| format!("v{n}")).collect::<Vec<_>>()),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "app": AppSummary::from(&record),
+        "versions": versions.iter().map(|v| json!({
+            "id": v.id(),
+            "digest": v.digest,
+            "size": v.size,
+            "created": v.created,
+            "message": v.message,
+            "source": v.source,
+            "route": v.route,
+        })).collect::<Vec<_>>(),
+        "replicas": replicas,
+    })))
+}
+
+/// The record of an app that exists, or 404.
+async fn known_app(admin: &Admin, name: &str) -> ApiResult<AppRecord> {
+    match admin.registry.app(name).await? {
+        Some((record, _)) if record.active.is_some() || record.pending.is_some() => Ok(record),
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no app named `{name}` is deployed (see `tabula apps`)"),
+        )),
+    }
+}
+
+async fn remove_app(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    known_app(&admin, &name).await?;
+    admin
+        .registry
+        .update(&name, |current| {
+            let mut record = current.cloned().expect("known above");
+            record.active = None;
+            record.pending = None;
+            Ok(record)
+        })
+        .await?;
+    admin.registry.remove_versions(&name).await?;
+    Ok(Json(json!({ "removed": name })))
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    route: Option<String>,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    source: String,
+    activate: Option<bool>,
+}
+
+async fn upload(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Query(query): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
+    validate_name(&name).map_err(|e| bad(format!("{e:#}")))?;
+    let route = query.route.unwrap_or_else(|| format!("/{name}"));
+    if !route.starts_with('/') || (route.len() > 1 && route.ends_with('/')) {
+        return Err(bad(format!(
+            "route `{route}`: a route starts with `/` and does not end with one (e.g. `/hello`)"
+        )));
+    }
+    let settings: AppSettings = match headers.get("tabula-settings") {
+        Some(value) => serde_json::from_slice(value.as_bytes()).map_err(|e| {
+            bad(format!(
+                "the tabula-settings header is not valid settings: {e}"
+            ))
+        })?,
+        None => AppSettings::default(),
+    };
+    let limit = admin.config.max_component_bytes;
+    let bytes = http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the component is larger than this host accepts ({limit} bytes; the \
+                         host's --max-component-mib)"
+                    ),
+                )
+            } else {
+                bad(format!("reading the upload: {e}"))
+            }
+        })?
+        .to_bytes();
+    check_clash(&admin, &name, &route).await?;
+    // The checks an app gets when it loads, on the blocking pool: compiling takes a while.
+    let spec = AppSpec {
+        name: name.clone(),
+        route: route.clone(),
+        wasm: PathBuf::from("upload"),
+        settings: settings.clone(),
+        assets: None,
+    };
+    let (host, checked) = (admin.host.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || App::from_bytes(&host, &spec, &checked))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+    let digest = admin.registry.put_blob(&bytes).await?;
+    let draft = Version {
+        number: 0,
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        created: 0,
+        message: query.message,
+        source: query.source,
+        route,
+        settings,
+    };
+    let version = admin.registry.add_version(&name, draft).await?;
+    tracing::info!(
+        app = name,
+        version = version.id(),
+        digest,
+        "version uploaded"
+    );
+    if query.activate == Some(false) {
+        return Ok(Json(json!({ "uploaded": version.id(), "digest": digest })).into_response());
+    }
+    Ok(roll_out(admin, name, version))
+}
+
+/// Refuses a name or route that another app has: a deployed one, or one a live replica
+/// serves from its command line.
+async fn check_clash(admin: &Admin, name: &str, route: &str) -> ApiResult<()> {
+    let conflict = |why: String| ApiError(StatusCode::CONFLICT, why);
+    for record in admin.registry.apps().await? {
+        if record.name == name {
+            continue;
+        }
+        if let Some(active) = &record.active
+            && active.route == route
+        {
+            return Err(conflict(format!(
+                "route `{route}` is app `{}`'s: pick another with --route, or `tabula rm {}`",
+                record.name, record.name
+            )));
+        }
+    }
+    for replica in admin.registry.replicas().await? {
+        for (fixed, fixed_route) in &replica.fixed {
+            if fixed == name || fixed_route == route {
+                return Err(conflict(format!(
+                    "replica {} serves app `{fixed}` at `{fixed_route}` from its command line; \
+                     a deployed app cannot take that name or route",
+                    replica.id
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ActivateBody {
+    version: Option<String>,
+}
+
+async fn activate(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Json(body): Json<ActivateBody>,
+) -> ApiResult<Response> {
+    let record = known_app(&admin, &name).await?;
+    let versions = admin.registry.versions(&name).await?;
+    let version = match body.version {
+        Some(id) => {
+            let number: u64 = id.trim_start_matches('v').parse().map_err(|_| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("`{id}` is not a version (e.g. v3)"),
+                )
+            })?;
+            versions
+                .into_iter()
+                .find(|v| v.number == number)
+                .ok_or_else(|| {
+                    ApiError(
+                        StatusCode::NOT_FOUND,
+                        format!("app `{name}` has no version {id} (see `tabula versions {name}`)"),
+                    )
+                })?
+        }
+        // A rollback: the newest version older than the active one.
+        None => {
+            let active = record.active.as_ref().map_or(u64::MAX, |v| v.number);
+            versions
+                .into_iter()
+                .rfind(|v| v.number < active)
+                .ok_or_else(|| {
+                    ApiError(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "app `{name}` has no version older than the active one to roll back to"
+                        ),
+                    )
+                })?
+        }
+    };
+    check_clash(&admin, &name, &version.route).await?;
+    Ok(roll_out(admin, name, version))
+}
+
+/// Deploys `version` of app `name` to every replica, reporting as it goes: one JSON object
+/// per line. The rollout runs on its own task, so a client that goes away does not leave it
+/// half done.
+fn roll_out(admin: Admin, name: String, version: Version) -> Response {
+    let (tx, rx) = mpsc::channel::<serde_json::Value>(64);
+    tokio::spawn(async move {
+        let outcome = switch(&admin, &name, &version, &tx).await;
+        let last = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(app = name, error = format!("{e:#}"), "deploy failed");
+                json!({ "event": "error", "message": format!("{e:#}") })
+            }
+        };
+        let _ = tx.send(last).await;
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).expect("JSON");
+        line.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(line)), rx))
+    });
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .expect("a valid response")
+}
+
+/// The steps of a deploy: mark the version pending, wait for every live replica to have it
+/// ready, flip the active pointer once, wait for the replicas to switch.
+async fn switch(
+    admin: &Admin,
+    name: &str,
+    version: &Version,
+    progress: &mpsc::Sender<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let say = |message: String| {
+        let progress = progress.clone();
+        async move {
+            let _ = progress
+                .send(json!({ "event": "progress", "message": message }))
+                .await;
+        }
+    };
+    let started = Instant::now();
+    admin
+        .registry
+        .update(name, |current| {
+            Ok(AppRecord {
+                name: name.to_string(),
+                generation: 0,
+                active: current.and_then(|r| r.active.clone()),
+                pending: Some(version.clone()),
+            })
+        })
+        .await?;
+    say(format!(
+        "rolling out {name} {} to the replicas",
+        version.id()
+    ))
+    .await;
+    let has = |r: &super::registry::Replica| {
+        r.running.get(name) == Some(&version.number)
+            || r.ready
+                .get(name)
+                .is_some_and(|ns| ns.contains(&version.number))
+    };
+    let deadline = started + admin.config.deploy_timeout;
+    let mut last = (usize::MAX, usize::MAX);
+    let (ready, not_ready) = loop {
+        let replicas = admin.registry.replicas().await?;
+        let (ready, not_ready): (Vec<_>, Vec<_>) = replicas.into_iter().partition(|r| has(r));
+        let counts = (ready.len(), ready.len() + not_ready.len());
+        if counts != last {
+            say(format!("replicas ready {}/{}", counts.0, counts.1)).await;
+            last = counts;
+        }
+        if not_ready.is_empty() || Instant::now() >= deadline {
+            break (ready, not_ready);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let not_ready: Vec<String> = not_ready.into_iter().map(|r| r.id).collect();
+    if !not_ready.is_empty() {
+        say(format!(
+            "not ready within {:?}: {}; they switch when they are",
+            admin.config.deploy_timeout,
+            not_ready.join(", ")
+        ))
+        .await;
+    }
+    admin
+        .registry
+        .update(name, |current| {
+            let mut record = current.cloned().unwrap_or_else(|| AppRecord {
+                name: name.to_string(),
+                generation: 0,
+                active: None,
+                pending: None,
+            });
+            if record.pending.as_ref().map(|v| v.number) != Some(version.number) {
+                anyhow::bail!(
+                    "another deploy of `{name}` started meanwhile; this one is abandoned"
+                );
+            }
+            record.active = Some(version.clone());
+            record.pending = None;
+            Ok(record)
+        })
+        .await?;
+    say(format!("switched {name} to {}", version.id())).await;
+    // The replicas that were ready switch within moments; wait a little to report them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let switched = loop {
+        let replicas = admin.registry.replicas().await?;
+        let switched: Vec<String> = replicas
+            .iter()
+            .filter(|r| r.running.get(name) == Some(&version.number))
+            .map(|r| r.id.clone())
+            .collect();
+        if switched.len() >= ready.len() || Instant::now() >= deadline {
+            break switched;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    say(format!(
+        "replicas serving {}: {}/{}",
+        version.id(),
+        switched.len(),
+        ready.len() + not_ready.len()
+    ))
+    .await;
+    Ok(json!({
+        "event": "done",
+        "app": name,
+        "version": version.id(),
+        "digest": version.digest,
+        "switched": switched,
+        "not_ready": not_ready,
+        "seconds": started.elapsed().as_secs_f64(),
+    }))
+}

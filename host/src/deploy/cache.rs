@@ -1,0 +1,127 @@
+//! Compiled components on local disk, by digest and engine fingerprint, so a restarted
+//! replica loads a deployed app in milliseconds instead of compiling it again.
+//!
+//! It is a cache, never trusted blindly: each entry is stored with the sha-256 of its bytes
+//! and checked against it before wasmtime loads it, and wasmtime itself refuses code built by
+//! another version or configuration. An entry that fails either check is compiled again and
+//! replaced. The directory is created private to the user (0700): what is in it becomes
+//! machine code.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use wasmtime::component::Component;
+
+use super::registry::digest;
+use crate::app::App;
+use crate::host::Host;
+
+/// Where compiled components are kept; `None` compiles every time.
+pub struct CompileCache {
+    dir: Option<PathBuf>,
+    fingerprint: String,
+}
+
+/// How a component was had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiled {
+    /// Loaded from the cache.
+    Cached,
+    /// Compiled now (and cached, if there is a cache).
+    Fresh,
+}
+
+impl CompileCache {
+    /// A cache in `dir` (made if missing) for `host`'s engine.
+    pub fn new(dir: Option<PathBuf>, host: &Host) -> Result<CompileCache> {
+        if let Some(dir) = &dir {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating the compile cache {}", dir.display()))?;
+            let mode = std::fs::metadata(dir)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("making {} private", dir.display()))?;
+            }
+        }
+        let mut hasher = DefaultHasher::new();
+        host.engine()
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        Ok(CompileCache {
+            dir,
+            fingerprint: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    fn entry(&self, digest: &str) -> Option<(PathBuf, PathBuf)> {
+        let dir = self.dir.as_ref()?;
+        let stem = format!("{digest}-{}", self.fingerprint);
+        Some((
+            dir.join(format!("{stem}.cwasm")),
+            dir.join(format!("{stem}.sha256")),
+        ))
+    }
+
+    /// The component whose source is `bytes` (with digest `digest`): from the cache when a
+    /// sound entry is there, else compiled and cached.
+    pub fn component(
+        &self,
+        host: &Host,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, Compiled)> {
+        if let Some(component) = self.cached(host, digest) {
+            return Ok((component, Compiled::Cached));
+        }
+        let component = App::compile(host, bytes)?;
+        if let Some((code, sum)) = self.entry(digest)
+            && let Err(e) = store(&component, &code, &sum)
+        {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not cache a compiled component"
+            );
+        }
+        Ok((component, Compiled::Fresh))
+    }
+
+    fn cached(&self, host: &Host, digest: &str) -> Option<Component> {
+        let (code, sum) = self.entry(digest)?;
+        let bytes = std::fs::read(&code).ok()?;
+        let expected = std::fs::read_to_string(&sum).ok()?;
+        if self::digest(&bytes) != expected.trim() {
+            tracing::warn!(entry = %code.display(), "a compile cache entry is damaged; compiling again");
+            return None;
+        }
+        // SAFETY: the bytes are what this process family wrote into a directory only this
+        // user can write, checked above against the digest written beside them; wasmtime
+        // checks that they were compiled by this version and configuration.
+        match unsafe { Component::deserialize(host.engine(), &bytes) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(entry = %code.display(), error = %e, "a compile cache entry does not fit this engine; compiling again");
+                None
+            }
+        }
+    }
+}
+
+/// Writes `component`'s compiled code and its digest, each through a rename so a reader never
+/// sees half a file.
+fn store(component: &Component, code: &PathBuf, sum: &PathBuf) -> Result<()> {
+    let bytes = component.serialize()?;
+    let unique = format!("tmp-{}", std::process::id());
+    let tmp_code = code.with_extension(&unique);
+    std::fs::write(&tmp_code, &bytes)?;
+    std::fs::rename(&tmp_code, code)?;
+    let tmp_sum = sum.with_extension(&unique);
+    std::fs::write(&tmp_sum, digest(&bytes))?;
+    std::fs::rename(&tmp_sum, sum)?;
+    Ok(())
+}

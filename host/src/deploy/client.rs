@@ -1,0 +1,258 @@
+//! The CLI's side of the admin API: `tabula deploy`, `apps`, `versions`, `rollback`, `rm`.
+//! Progress goes to stderr as it happens; results go to stdout.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use crate::config::AppSettings;
+use crate::project::{self, BuildOptions};
+
+/// Where the admin API is, and the token for it.
+pub struct AdminClient {
+    base: String,
+    token: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl AdminClient {
+    /// A client of the admin API at `url`, authenticating with `token`.
+    pub fn new(url: &str, token: Option<String>) -> Result<AdminClient> {
+        let token = token.filter(|t| !t.is_empty()).context(
+            "no admin token: set TABULA_ADMIN_TOKEN to the token the hosts were started with",
+        )?;
+        Ok(AdminClient {
+            base: url.trim_end_matches('/').to_string(),
+            token,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Bytes,
+        settings: Option<String>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        let url = format!("{}{path}", self.base);
+        let mut req = hyper::Request::builder().method(method).uri(&url).header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", self.token),
+        );
+        if let Some(settings) = settings {
+            req = req.header("tabula-settings", settings);
+        }
+        if method == "POST" && path.ends_with("/activate") {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let response = self
+            .client
+            .request(req.body(Full::new(body))?)
+            .await
+            .with_context(|| {
+                format!("reaching the admin API at {} (is a host running with --admin-listen there? see --admin-url)", self.base)
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        let why = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("{why} ({status})")
+    }
+
+    async fn json(&self, method: &str, path: &str) -> Result<Value> {
+        let response = self.send(method, path, Bytes::new(), None).await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Follows a deploy's progress lines to stderr and returns its outcome.
+    async fn follow(&self, response: hyper::Response<hyper::body::Incoming>) -> Result<Value> {
+        let mut body = response.into_body();
+        let mut pending = Vec::new();
+        let mut outcome = None;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let event: Value = serde_json::from_slice(&line)?;
+                match event["event"].as_str() {
+                    Some("progress") => {
+                        eprintln!("tabula: {}", event["message"].as_str().unwrap_or(""))
+                    }
+                    Some("error") => bail!(
+                        "{}",
+                        event["message"].as_str().unwrap_or("the deploy failed")
+                    ),
+                    _ => outcome = Some(event),
+                }
+            }
+        }
+        outcome.context("the admin API ended the deploy without an outcome; see `tabula versions`")
+    }
+}
+
+/// What `tabula deploy` was asked to deploy.
+pub struct DeployOptions {
+    /// A project directory (built first) or a `.wasm` component.
+    pub path: PathBuf,
+    /// The app's name: the manifest's or the file's unless given.
+    pub name: Option<String>,
+    /// The app's route: the manifest's or `/NAME` unless given.
+    pub route: Option<String>,
+    /// Said about the version in `tabula versions`.
+    pub message: String,
+    /// How projects are built.
+    pub build: BuildOptions,
+}
+
+/// `tabula deploy`.
+pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> {
+    let path = options.path.display().to_string();
+    let spec = project::build(std::slice::from_ref(&path), &options.build)?
+        .into_iter()
+        .next()
+        .context("nothing to deploy")?;
+    let name = options.name.unwrap_or(spec.name);
+    let route = options.route.unwrap_or_else(|| {
+        if spec.route == "/" && options.path.is_file() {
+            format!("/{name}")
+        } else {
+            spec.route.clone()
+        }
+    });
+    let bytes =
+        std::fs::read(&spec.wasm).with_context(|| format!("reading {}", spec.wasm.display()))?;
+    eprintln!(
+        "tabula: uploading {name} ({:.1} MB) to {}",
+        bytes.len() as f64 / 1e6,
+        client.base
+    );
+    let source = source_of(&options.path);
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("route", &route)
+        .append_pair("message", &options.message)
+        .append_pair("source", &source)
+        .finish();
+    let settings = serde_json::to_string(&spec.settings as &AppSettings)?;
+    let response = client
+        .send(
+            "POST",
+            &format!("/v1/apps/{name}/versions?{query}"),
+            Bytes::from(bytes),
+            Some(settings),
+        )
+        .await?;
+    eprintln!("tabula: uploaded and checked");
+    let done = client.follow(response).await?;
+    report(&done);
+    Ok(())
+}
+
+fn source_of(path: &Path) -> String {
+    path.canonicalize()
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn report(done: &Value) {
+    let switched = done["switched"].as_array().map_or(0, Vec::len);
+    println!(
+        "{} {} is active ({} replica{} switched, {:.2} s; digest {})",
+        done["app"].as_str().unwrap_or(""),
+        done["version"].as_str().unwrap_or(""),
+        switched,
+        if switched == 1 { "" } else { "s" },
+        done["seconds"].as_f64().unwrap_or(0.0),
+        done["digest"].as_str().unwrap_or("")
+    );
+    if let Some(late) = done["not_ready"].as_array().filter(|l| !l.is_empty()) {
+        println!("not ready in time (they switch when they are): {late:?}");
+    }
+}
+
+/// `tabula apps`.
+pub async fn apps(client: &AdminClient) -> Result<()> {
+    let apps = client.json("GET", "/v1/apps").await?;
+    println!("{:<20} {:<24} {:<8} PENDING", "NAME", "ROUTE", "ACTIVE");
+    for app in apps.as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<24} {:<8} {}",
+            app["name"].as_str().unwrap_or(""),
+            app["route"].as_str().unwrap_or("-"),
+            app["active"].as_str().unwrap_or("-"),
+            app["pending"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `tabula versions NAME`.
+pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
+    let app = client.json("GET", &format!("/v1/apps/{name}")).await?;
+    let active = app["app"]["active"].as_str().unwrap_or("");
+    println!(
+        "{:<3}{:<6} {:<14} {:>10}  {:<20} MESSAGE",
+        "", "ID", "DIGEST", "BYTES", "CREATED"
+    );
+    for v in app["versions"].as_array().into_iter().flatten() {
+        let id = v["id"].as_str().unwrap_or("");
+        println!(
+            "{:<3}{:<6} {:<14} {:>10}  {:<20} {}",
+            if id == active { "*" } else { "" },
+            id,
+            &v["digest"].as_str().unwrap_or("")[..12.min(v["digest"].as_str().unwrap_or("").len())],
+            v["size"].as_u64().unwrap_or(0),
+            v["created"].as_u64().unwrap_or(0),
+            v["message"].as_str().unwrap_or("")
+        );
+    }
+    println!("replicas:");
+    for r in app["replicas"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<32} {:<22} running {}",
+            r["id"].as_str().unwrap_or(""),
+            r["address"].as_str().unwrap_or(""),
+            r["running"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// `tabula rollback NAME [VERSION]`.
+pub async fn rollback(client: &AdminClient, name: &str, version: Option<&str>) -> Result<()> {
+    let body = serde_json::json!({ "version": version });
+    let response = client
+        .send(
+            "POST",
+            &format!("/v1/apps/{name}/activate"),
+            Bytes::from(serde_json::to_vec(&body)?),
+            None,
+        )
+        .await?;
+    let done = client.follow(response).await?;
+    report(&done);
+    Ok(())
+}
+
+/// `tabula rm NAME`.
+pub async fn remove(client: &AdminClient, name: &str) -> Result<()> {
+    client.json("DELETE", &format!("/v1/apps/{name}")).await?;
+    println!("{name} removed from every replica");
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The registry: deployed components and their versions, kept in the store every replica
+//! shares, so deploying needs no other infrastructure.
+//!
+//! ```text
+//! tabula:blob:{SHA256}:meta               {size, chunks}: written last, so a blob with meta is whole
+//! tabula:blob:{SHA256}:N                  the bytes, in chunks; written only if absent
+//! tabula:{registry}:app:NAME              the app's record: its active version and generation,
+//!                                         changed only by compare-and-swap
+//! tabula:{registry}:version:NAME:N        version N of the app: digest, size, time, message, ...
+//! tabula:{registry}:seq:NAME              the app's last version number
+//! tabula:{registry}:gen                   bumped by every change: what replicas poll
+//! tabula:{registry}:replica:ID            a replica's heartbeat (expires unless renewed)
+//! channel tabula:deploy                   "something changed": replicas also poll `gen`
+//! ```
+//!
+//! Records share the `{registry}` hash tag, so on a Redis Cluster they live in one slot and
+//! a listing is one node's; each blob has its own tag, so blobs spread over the nodes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::AppSettings;
+use crate::storage::Storage;
+
+/// Bytes per blob chunk: well under Redis's value limit and its latency comfort.
+const CHUNK: usize = 512 << 10;
+
+/// The channel replicas listen on.
+pub const CHANNEL: &str = "tabula:deploy";
+
+/// How long a heartbeat keeps a replica listed.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+
+/// One uploaded version of an app. Never changed once written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// 1, 2, ... per app.
+    pub number: u64,
+    /// The component's sha-256, hex.
+    pub digest: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// When it was uploaded, in seconds since the Unix epoch.
+    pub created: u64,
+    /// What the uploader said about it.
+    pub message: String,
+    /// Where it came from (a project directory, a file name).
+    pub source: String,
+    /// The route it serves.
+    pub route: String,
+    /// What it asks for (limits, sessions), as a manifest would.
+    pub settings: AppSettings,
+}
+
+impl Version {
+    /// How users name it: `v3`.
+    pub fn id(&self) -> String {
+        format!("v{}", self.number)
+    }
+}
+
+/// An app's record: which version is active. Changed only by compare-and-swap, each change
+/// with a higher generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    /// The app's name.
+    pub name: String,
+    /// Bumped by every change of this record.
+    pub generation: u64,
+    /// What every replica serves; `None` once the app is removed.
+    pub active: Option<Version>,
+    /// The version being rolled out: replicas get it ready before `active` points at it.
+    pub pending: Option<Version>,
+}
+
+/// What a replica says about itself, renewed every second.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// A unique id for this process.
+    pub id: String,
+    /// Where it serves.
+    pub address: String,
+    /// Apps it serves from paths given at start: deployed apps may not take their names
+    /// or routes.
+    pub fixed: Vec<(String, String)>,
+    /// The version each deployed app is served at.
+    pub running: BTreeMap<String, u64>,
+    /// Versions compiled and ready to switch to, per app.
+    pub ready: BTreeMap<String, Vec<u64>>,
+    /// The registry generation it has caught up with.
+    pub generation: u64,
+}
+
+/// The registry on a store.
+#[derive(Clone)]
+pub struct Registry {
+    storage: Arc<dyn Storage>,
+}
+
+fn app_key(name: &str) -> String {
+    format!("tabula:{{registry}}:app:{name}")
+}
+
+fn version_prefix(name: &str) -> String {
+    format!("tabula:{{registry}}:version:{name}:")
+}
+
+const GENERATION: &str = "tabula:{registry}:gen";
+const APP_PREFIX: &str = "tabula:{registry}:app:";
+const REPLICA_PREFIX: &str = "tabula:{registry}:replica:";
+
+/// The hex sha-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Serialize, Deserialize)]
+struct BlobMeta {
+    size: u64,
+    chunks: u64,
+}
+
+impl Registry {
+    /// The registry kept in `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Registry {
+        Registry { storage }
+    }
+
+    /// Where the registry lives, for logs.
+    pub fn describe(&self) -> String {
+        self.storage.describe()
+    }
+
+    /// Stores `bytes` under their digest, unless a whole blob is already there; returns the
+    /// digest. Chunks first and the meta record last, each only if absent: a blob is never
+    /// changed, and one cut short by a failure is finished by the next upload.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<String> {
+        let digest = digest(bytes);
+        let meta_key = format!("tabula:blob:{{{digest}}}:meta");
+        if self.storage.exists(&meta_key).await? {
+            return Ok(digest);
+        }
+        let chunks = bytes.chunks(CHUNK).collect::<Vec<_>>();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let key = format!("tabula:blob:{{{digest}}}:{n}");
+            self.storage
+                .compare_and_swap(&key, None, chunk, None, None)
+                .await?;
+        }
+        let meta = serde_json::to_vec(&BlobMeta {
+            size: bytes.len() as u64,
+            chunks: chunks.len() as u64,
+        })?;
+        self.storage
+            .compare_and_swap(&meta_key, None, &meta, None, None)
+            .await?;
+        Ok(digest)
+    }
+
+    /// The blob stored under `digest`, checked against it.
+    pub async fn get_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        let meta = self
+            .storage
+            .get(&format!("tabula:blob:{{{digest}}}:meta"))
+            .await?
+            .with_context(|| format!("no component with digest {digest} in the store"))?;
+        let meta: BlobMeta = serde_json::from_slice(&meta).context("a blob's meta record")?;
+        let mut bytes = Vec::with_capacity(meta.size as usize);
+        for n in 0..meta.chunks {
+            let chunk = self
+                .storage
+                .get(&format!("tabula:blob:{{{digest}}}:{n}"))
+                .await?
+                .with_context(|| format!("chunk {n} of component {digest} is missing"))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let found = self::digest(&bytes);
+        if found != digest {
+            bail!("component {digest} read back with digest {found}: the store's copy is damaged");
+        }
+        Ok(bytes)
+    }
+
+    /// Adds `draft` as the next version of app `name` (its component already stored), with
+    /// its number and time filled in, and returns it.
+    pub async fn add_version(&self, name: &str, draft: Version) -> Result<Version> {
+        let number = self
+            .storage
+            .increment(&format!("tabula:{{registry}}:seq:{name}"), 1, None)
+            .await? as u64;
+        let version = Version {
+            number,
+            created: now(),
+            ..draft
+        };
+        let key = format!("{}{number}", version_prefix(name));
+        self.storage
+            .set(&key, &serde_json::to_vec(&version)?, None, None)
+            .await?;
+        Ok(version)
+    }
+
+    /// Every version of app `name`, oldest first.
+    pub async fn versions(&self, name: &str) -> Result<Vec<Version>> {
+        let mut versions = Vec::new();
+        for key in self.keys(&version_prefix(name)).await? {
+            if let Some(bytes) = self.storage.get(&key).await? {
+                versions.push(serde_json::from_slice::<Version>(&bytes)?);
+            }
+        }
+        versions.sort_by_key(|v| v.number);
+        Ok(versions)
+    }
+
+    /// Version `number` of app `name`.
+    pub async fn version(&self, name: &str, number: u64) -> Result<Option<Version>> {
+        let key = format!("{}{number}", version_prefix(name));
+        match self.storage.get(&key).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every key under `prefix`, all pages.
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.storage.list(prefix, cursor.as_deref(), 1000).await?;
+            keys.extend(page.keys);
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// App `name`'s record, and its bytes as stored (for a compare-and-swap).
+    pub async fn app(&self, name: &str) -> Result<Option<(AppRecord, Vec<u8>)>> {
+        match self.storage.get(&app_key(name)).await? {
+            Some(bytes) => Ok(Some((serde_json::from_slice(&bytes)?, bytes))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every app's record, removed ones included (their `active` is `None`).
+    pub async fn apps(&self) -> Result<Vec<AppRecord>> {
+        let mut apps = Vec::new();
+        for key in self.keys(APP_PREFIX).await? {
+            if let Some(bytes) = self.storage.get(&key).await? {
+                apps.push(serde_json::from_slice::<AppRecord>(&bytes)?);
+            }
+        }
+        Ok(apps)
+    }
+
+    /// Changes app `name`'s record with `change`, by compare-and-swap (retried when another
+    /// change came first), bumps the generation and tells the replicas. Returns the new
+    /// record; `change` may refuse by failing.
+    pub async fn update(
+        &self,
+        name: &str,
+        change: impl Fn(Option<&AppRecord>) -> Result<AppRecord>,
+    ) -> Result<AppRecord> {
+        for _ in 0..20 {
+            let current = self.app(name).await?;
+            let mut next = change(current.as_ref().map(|(record, _)| record))?;
+            next.generation = current.as_ref().map_or(0, |(r, _)| r.generation) + 1;
+            let expected = current.as_ref().map(|(_, bytes)| bytes.as_slice());
+            let swapped = self
+                .storage
+                .compare_and_swap(
+                    &app_key(name),
+                    expected,
+                    &serde_json::to_vec(&next)?,
+                    None,
+                    None,
+                )
+                .await?;
+            if swapped {
+                self.changed().await?;
+                return Ok(next);
+            }
+        }
+        bail!("app `{name}` is being changed by someone else at the same time; try again")
+    }
+
+    /// Removes every version record of app `name` (the blobs stay: others may share them).
+    pub async fn remove_versions(&self, name: &str) -> Result<()> {
+        for key in self.keys(&version_prefix(name)).await? {
+            self.storage.delete(&key, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Bumps the generation and says so on the channel.
+    async fn changed(&self) -> Result<()> {
+        let generation = self.storage.increment(GENERATION, 1, None).await?;
+        // Best effort: replicas poll the generation too.
+        if let Err(e) = self.storage.publish(CHANNEL, &generation.to_string()).await {
+            tracing::warn!(error = %e, "could not announce a deploy; replicas will poll");
+        }
+        Ok(())
+    }
+
+    /// The registry's generation: replicas compare it with the one they have seen.
+    pub async fn generation(&self) -> Result<u64> {
+        Ok(match self.storage.get(GENERATION).await? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).parse().unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Renews `replica`'s heartbeat.
+    pub async fn heartbeat(&self, replica: &Replica) -> Result<()> {
+        let key = format!("{REPLICA_PREFIX}{}", replica.id);
+        self.storage
+            .set(
+                &key,
+                &serde_json::to_vec(replica)?,
+                Some(HEARTBEAT_TTL),
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes `replica` off the list (it is stopping).
+    pub async fn leave(&self, replica: &Replica) -> Result<()> {
+        let key = format!("{REPLICA_PREFIX}{}", replica.id);
+        self.storage.delete(&key, None).await?;
+        Ok(())
+    }
+
+    /// The replicas alive now.
+    pub async fn replicas(&self) -> Result<Vec<Replica>> {
+        let mut replicas = Vec::new();
+        for key in self.keys(REPLICA_PREFIX).await? {
+            if let Some(bytes) = self.storage.get(&key).await? {
+                replicas.push(serde_json::from_slice::<Replica>(&bytes)?);
+            }
+        }
+        replicas.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(replicas)
+    }
+
+    /// Messages on the deploy channel.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<String> {
+        self.storage.subscribe(CHANNEL)
+    }
+}

@@ -1,0 +1,322 @@
+//! A replica's side of deploys: the [`Agent`] keeps this process serving what the registry
+//! says is active, next to the apps given on the command line.
+//!
+//! It hears of changes on the deploy channel and also polls the registry's generation every
+//! second, so a lost message or a broken subscription only delays it. For every app it gets
+//! a pending version ready (fetched, its digest checked, compiled or taken from the compile
+//! cache) off the request path, and says so in its heartbeat; when the active pointer moves
+//! it swaps the route table, so requests in flight finish on the version they started with and
+//! the old version is freed after them. If the store is unreachable it keeps serving what it
+//! has.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use super::cache::{CompileCache, Compiled};
+use super::registry::{self, Registry, Version};
+use crate::app::App;
+use crate::config::AppSpec;
+use crate::host::Host;
+use crate::request::router::{Router, Routes};
+
+/// How often a replica checks the registry's generation, whatever it hears.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Keeps one process's route table in line with the registry.
+pub struct Agent {
+    host: Host,
+    registry: Registry,
+    routes: Routes,
+    cache: Arc<CompileCache>,
+    fixed: Vec<App>,
+    state: Mutex<State>,
+    /// Wakes the heartbeat early, when there is news to report.
+    news: Notify,
+}
+
+struct State {
+    /// Deployed apps served now: name -> (version, app).
+    deployed: BTreeMap<String, (u64, App)>,
+    /// Versions compiled and waiting for the switch.
+    prepared: HashMap<(String, u64), App>,
+    /// What the heartbeat says.
+    record: registry::Replica,
+}
+
+impl Agent {
+    /// Serves `fixed` plus every active app of the registry through `routes`, and keeps doing
+    /// so: loads what is active now before returning (a replica started after a deploy serves
+    /// it from its first request), then follows changes in the background.
+    pub async fn start(
+        host: Host,
+        registry: Registry,
+        routes: Routes,
+        fixed: Vec<App>,
+        address: String,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Arc<Agent>> {
+        let cache = Arc::new(CompileCache::new(cache_dir, &host)?);
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).context("no randomness for a replica id")?;
+        let record = registry::Replica {
+            id: format!(
+                "{}-{}",
+                hostname(),
+                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+            address,
+            fixed: fixed
+                .iter()
+                .map(|app| (app.name().to_string(), app.route().to_string()))
+                .collect(),
+            ..registry::Replica::default()
+        };
+        let agent = Arc::new(Agent {
+            host,
+            registry,
+            routes,
+            cache,
+            fixed,
+            state: Mutex::new(State {
+                deployed: BTreeMap::new(),
+                prepared: HashMap::new(),
+                record,
+            }),
+            news: Notify::new(),
+        });
+        if let Err(e) = agent.sync().await {
+            warn!(
+                error = format!("{e:#}"),
+                "could not load the deployed apps yet; retrying in the background"
+            );
+        }
+        tokio::spawn(agent.clone().follow());
+        tokio::spawn(agent.clone().beat());
+        Ok(agent)
+    }
+
+    /// The names of the apps given on the command line.
+    pub fn fixed_names(&self) -> Vec<String> {
+        self.fixed
+            .iter()
+            .map(|app| app.name().to_string())
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Catches up whenever the registry's generation moves.
+    async fn follow(self: Arc<Self>) {
+        let mut messages = self.registry.subscribe();
+        let mut listening = true;
+        let mut seen = self.lock().record.generation;
+        loop {
+            tokio::select! {
+                message = messages.recv(), if listening => listening = message.is_some(),
+                () = tokio::time::sleep(POLL) => {}
+            }
+            match self.registry.generation().await {
+                Ok(generation) if generation == seen => {}
+                Ok(generation) => match self.sync().await {
+                    Ok(()) => seen = generation,
+                    Err(e) => warn!(
+                        error = format!("{e:#}"),
+                        "could not follow a deploy; retrying"
+                    ),
+                },
+                Err(e) => warn!(
+                    error = format!("{e:#}"),
+                    "the registry does not answer; serving what is loaded"
+                ),
+            }
+        }
+    }
+
+    /// Renews the heartbeat every second, and at once when there is news.
+    async fn beat(self: Arc<Self>) {
+        loop {
+            let record = self.lock().record.clone();
+            if let Err(e) = self.registry.heartbeat(&record).await {
+                warn!(
+                    error = format!("{e:#}"),
+                    "could not renew this replica's heartbeat"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                () = self.news.notified() => {}
+            }
+        }
+    }
+
+    /// Takes this replica off the registry's list (it is stopping).
+    pub async fn leave(&self) {
+        let record = self.lock().record.clone();
+        let _ = self.registry.leave(&record).await;
+    }
+
+    /// Brings this replica in line with the registry: prepares pending versions, switches
+    /// to active ones, drops removed apps.
+    async fn sync(&self) -> Result<()> {
+        let generation = self.registry.generation().await?;
+        let records = self.registry.apps().await?;
+        let mut changed = false;
+        let mut wanted = BTreeSet::new();
+        for record in &records {
+            if let Some(pending) = &record.pending {
+                wanted.insert((record.name.clone(), pending.number));
+                if let Err(e) = self.prepare(&record.name, pending).await {
+                    error!(
+                        app = record.name,
+                        version = pending.id(),
+                        error = format!("{e:#}"),
+                        "could not get a version ready"
+                    );
+                }
+            }
+            let serving = self.lock().deployed.get(&record.name).map(|(n, _)| *n);
+            match &record.active {
+                Some(active) if serving != Some(active.number) => {
+                    wanted.insert((record.name.clone(), active.number));
+                    match self.prepare(&record.name, active).await {
+                        Ok(()) => {
+                            let mut state = self.lock();
+                            let app = state
+                                .prepared
+                                .remove(&(record.name.clone(), active.number))
+                                .expect("prepared above");
+                            state
+                                .deployed
+                                .insert(record.name.clone(), (active.number, app));
+                            changed = true;
+                            info!(
+                                app = record.name,
+                                version = active.id(),
+                                "switching to a deployed version"
+                            );
+                        }
+                        Err(e) => error!(
+                            app = record.name,
+                            version = active.id(),
+                            error = format!("{e:#}"),
+                            "could not load the active version; still serving the one before"
+                        ),
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if self.lock().deployed.remove(&record.name).is_some() {
+                        changed = true;
+                        info!(app = record.name, "app removed");
+                    }
+                }
+            }
+        }
+        let mut state = self.lock();
+        state.prepared.retain(|key, _| wanted.contains(key));
+        if changed {
+            self.routes.replace(self.router(&state.deployed));
+        }
+        state.record.generation = generation;
+        state.record.running = state
+            .deployed
+            .iter()
+            .map(|(name, (number, _))| (name.clone(), *number))
+            .collect();
+        let mut ready: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for (name, number) in state.prepared.keys() {
+            ready.entry(name.clone()).or_default().push(*number);
+        }
+        state.record.ready = ready;
+        drop(state);
+        self.news.notify_one();
+        Ok(())
+    }
+
+    /// Gets `version` of app `name` compiled and ready, unless it is already.
+    async fn prepare(&self, name: &str, version: &Version) -> Result<()> {
+        {
+            let state = self.lock();
+            let key = (name.to_string(), version.number);
+            if state.prepared.contains_key(&key)
+                || state
+                    .deployed
+                    .get(name)
+                    .is_some_and(|(n, _)| *n == version.number)
+            {
+                return Ok(());
+            }
+        }
+        let bytes = self.registry.get_blob(&version.digest).await?;
+        let spec = AppSpec {
+            name: name.to_string(),
+            route: version.route.clone(),
+            wasm: PathBuf::from(format!("registry:{}", version.digest)),
+            settings: version.settings.clone(),
+            assets: None,
+        };
+        let (host, cache, digest) = (
+            self.host.clone(),
+            self.cache.clone(),
+            version.digest.clone(),
+        );
+        // Compiling takes a core for a while: off the request path, on the blocking pool.
+        let (component, how) =
+            tokio::task::spawn_blocking(move || cache.component(&host, &digest, &bytes)).await??;
+        let app = App::from_component(&self.host, &spec, component)?;
+        info!(
+            app = name,
+            version = version.id(),
+            cached = how == Compiled::Cached,
+            "version ready"
+        );
+        self.lock()
+            .prepared
+            .insert((name.to_string(), version.number), app);
+        self.news.notify_one();
+        Ok(())
+    }
+
+    /// The route table: the fixed apps, then every deployed app that does not clash with
+    /// one already in (a clash is refused at deploy time; this covers a replica started
+    /// later with a fixed app of the same name or route).
+    fn router(&self, deployed: &BTreeMap<String, (u64, App)>) -> Router {
+        let mut apps = self.fixed.clone();
+        for (name, (_, app)) in deployed {
+            let clash = apps
+                .iter()
+                .find(|other| other.name() == app.name() || other.route() == app.route());
+            match clash {
+                Some(other) => error!(
+                    app = name,
+                    with = &**other.name(),
+                    "a deployed app clashes with a fixed one; not serving it"
+                ),
+                None => apps.push(app.clone()),
+            }
+        }
+        Router::new(apps).unwrap_or_else(|e| {
+            error!(
+                error = format!("{e:#}"),
+                "the deployed apps do not fit the route table; serving the fixed apps only"
+            );
+            Router::new(self.fixed.clone()).expect("the fixed apps were routed at start")
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".into())
+}
