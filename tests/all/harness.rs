@@ -82,6 +82,8 @@ pub struct Server {
     pub base: String,
     /// The operator listener's base URL.
     pub operator: String,
+    /// The admin API's base URL, when it was started with `--admin-listen`.
+    pub admin: String,
     log: Arc<Mutex<String>>,
 }
 
@@ -113,6 +115,8 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .env("TABULA_LOG", "info")
+            .env("TABULA_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TABULA_CACHE_DIR", "off")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -131,11 +135,15 @@ impl Server {
         let mut line = String::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut operator = String::new();
+        let mut admin = String::new();
         let base = loop {
             line.clear();
             let read = stdout.read_line(&mut line).unwrap_or(0);
             if let Some(addr) = line.trim().strip_prefix("tabula: operator on ") {
                 operator = addr.to_string();
+            }
+            if let Some(addr) = line.trim().strip_prefix("tabula: admin API on ") {
+                admin = addr.to_string();
             }
             if let Some(addr) = line.trim().strip_prefix("tabula: serving on ") {
                 break addr.to_string();
@@ -155,6 +163,7 @@ impl Server {
             child,
             base,
             operator,
+            admin,
             log,
         }
     }
@@ -275,6 +284,42 @@ pub async fn send(client: &HttpClient, req: hyper::Request<Full<Bytes>>) -> Repl
         status,
         headers,
         body: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+    }
+}
+
+/// The admin token the servers the harness starts are given.
+pub const ADMIN_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// What a CLI command printed, and whether it succeeded.
+pub struct CliRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the admin command `tabula ARGS... --admin-url URL` against `server`'s admin API,
+/// with the token in the environment.
+pub fn admin_cli(server: &Server, args: &[&str]) -> CliRun {
+    admin_cli_with(&server.admin, Some(ADMIN_TOKEN), args)
+}
+
+/// Like [`admin_cli`], against `url` with `token` (or none).
+pub fn admin_cli_with(url: &str, token: Option<&str>, args: &[&str]) -> CliRun {
+    let mut command = Command::new(&*TABULA);
+    command
+        .current_dir(root())
+        .args(args)
+        .args(["--admin-url", url])
+        .env_remove("TABULA_ADMIN_TOKEN")
+        .stdin(Stdio::null());
+    if let Some(token) = token {
+        command.env("TABULA_ADMIN_TOKEN", token);
+    }
+    let output = command.output().expect("running tabula");
+    CliRun {
+        ok: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

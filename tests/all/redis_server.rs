@@ -102,6 +102,23 @@ impl RedisServer {
         cli(self.port, args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as in a
+    /// network partition; its data stays.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server.
+    pub fn unpause(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid} failed");
+    }
+
     /// Kills the server, as a crash or a network partition would look to clients.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,6 +1,7 @@
 //! The admin API: JSON over HTTP on its own listener, every call with the bearer token.
 //!
 //! ```text
+//! GET    /v1/limits                      what an upload may be
 //! GET    /v1/apps                        the apps and their active versions
 //! GET    /v1/apps/{name}                 versions, the active one, which replica runs which
 //! POST   /v1/apps/{name}/versions        upload a component (the body) and, unless
@@ -129,6 +130,7 @@ pub async fn run(
 
 fn routes(admin: Admin) -> Router {
     Router::new()
+        .route("/v1/limits", get(limits))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", get(show_app).delete(remove_app))
         .route("/v1/apps/{name}/versions", post(upload))
@@ -159,6 +161,11 @@ async fn authenticate(State(admin): State<Admin>, req: Request, next: Next) -> R
         "wrong admin token: use the host's TABULA_ADMIN_TOKEN"
     };
     ApiError(StatusCode::UNAUTHORIZED, why.into()).into_response()
+}
+
+/// What an upload may be, so the CLI can refuse a component too large before sending it.
+async fn limits(State(admin): State<Admin>) -> Json<serde_json::Value> {
+    Json(json!({ "max_component_bytes": admin.config.max_component_bytes }))
 }
 
 #[derive(Serialize)]

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-use crate::config::AppSettings;
+use crate::config::{AppSettings, validate_name};
 use crate::project::{self, BuildOptions};
 
 /// Where the admin API is, and the token for it.
@@ -135,8 +135,22 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
             spec.route.clone()
         }
     });
+    // Checked here too: a name that is not one cannot be put in the URL.
+    validate_name(&name)?;
     let bytes =
         std::fs::read(&spec.wasm).with_context(|| format!("reading {}", spec.wasm.display()))?;
+    // The host refuses it anyway, but only after the upload, and a client cut off mid-upload
+    // sees a broken connection rather than the reason.
+    let limits = client.json("GET", "/v1/limits").await?;
+    if let Some(max) = limits["max_component_bytes"].as_u64()
+        && bytes.len() as u64 > max
+    {
+        bail!(
+            "the component is larger than this host accepts ({} bytes; the limit is {max} \
+             bytes, the host's --max-component-mib)",
+            bytes.len()
+        );
+    }
     eprintln!(
         "tabula: uploading {name} ({:.1} MB) to {}",
         bytes.len() as f64 / 1e6,
@@ -204,6 +218,7 @@ pub async fn apps(client: &AdminClient) -> Result<()> {
 
 /// `tabula versions NAME`.
 pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
+    validate_name(name)?;
     let app = client.json("GET", &format!("/v1/apps/{name}")).await?;
     let active = app["app"]["active"].as_str().unwrap_or("");
     println!(
@@ -236,6 +251,7 @@ pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
 
 /// `tabula rollback NAME [VERSION]`.
 pub async fn rollback(client: &AdminClient, name: &str, version: Option<&str>) -> Result<()> {
+    validate_name(name)?;
     let body = serde_json::json!({ "version": version });
     let response = client
         .send(
@@ -252,6 +268,7 @@ pub async fn rollback(client: &AdminClient, name: &str, version: Option<&str>) -
 
 /// `tabula rm NAME`.
 pub async fn remove(client: &AdminClient, name: &str) -> Result<()> {
+    validate_name(name)?;
     client.json("DELETE", &format!("/v1/apps/{name}")).await?;
     println!("{name} removed from every replica");
     Ok(())

@@ -41,8 +41,10 @@ pub struct Agent {
 }
 
 struct State {
-    /// Deployed apps served now: name -> (version, app).
-    deployed: BTreeMap<String, (u64, App)>,
+    /// Deployed apps served now: name -> (version, digest, app). The digest too, so that a
+    /// registry rebuilt from scratch (a store that lost its data) numbering from 1 again is
+    /// not taken for what is served.
+    deployed: BTreeMap<String, (u64, String, App)>,
     /// Versions compiled and waiting for the switch.
     prepared: HashMap<(String, u64), App>,
     /// What the heartbeat says.
@@ -182,9 +184,13 @@ impl Agent {
                     );
                 }
             }
-            let serving = self.lock().deployed.get(&record.name).map(|(n, _)| *n);
+            let serving = self
+                .lock()
+                .deployed
+                .get(&record.name)
+                .map(|(n, d, _)| (*n, d.clone()));
             match &record.active {
-                Some(active) if serving != Some(active.number) => {
+                Some(active) if serving != Some((active.number, active.digest.clone())) => {
                     wanted.insert((record.name.clone(), active.number));
                     match self.prepare(&record.name, active).await {
                         Ok(()) => {
@@ -193,9 +199,10 @@ impl Agent {
                                 .prepared
                                 .remove(&(record.name.clone(), active.number))
                                 .expect("prepared above");
-                            state
-                                .deployed
-                                .insert(record.name.clone(), (active.number, app));
+                            state.deployed.insert(
+                                record.name.clone(),
+                                (active.number, active.digest.clone(), app),
+                            );
                             changed = true;
                             info!(
                                 app = record.name,
@@ -229,7 +236,7 @@ impl Agent {
         state.record.running = state
             .deployed
             .iter()
-            .map(|(name, (number, _))| (name.clone(), *number))
+            .map(|(name, (number, _, _))| (name.clone(), *number))
             .collect();
         let mut ready: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for (name, number) in state.prepared.keys() {
@@ -250,7 +257,7 @@ impl Agent {
                 || state
                     .deployed
                     .get(name)
-                    .is_some_and(|(n, _)| *n == version.number)
+                    .is_some_and(|(n, d, _)| *n == version.number && *d == version.digest)
             {
                 return Ok(());
             }
@@ -288,9 +295,9 @@ impl Agent {
     /// The route table: the fixed apps, then every deployed app that does not clash with
     /// one already in (a clash is refused at deploy time; this covers a replica started
     /// later with a fixed app of the same name or route).
-    fn router(&self, deployed: &BTreeMap<String, (u64, App)>) -> Router {
+    fn router(&self, deployed: &BTreeMap<String, (u64, String, App)>) -> Router {
         let mut apps = self.fixed.clone();
-        for (name, (_, app)) in deployed {
+        for (name, (_, _, app)) in deployed {
             let clash = apps
                 .iter()
                 .find(|other| other.name() == app.name() || other.route() == app.route());

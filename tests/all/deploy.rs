@@ -1,0 +1,304 @@
+//! Deploying to running hosts: the real binary as replicas on a real Redis (and Cluster), the
+//! real CLI, real HTTP.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    ADMIN_TOKEN, Server, admin_cli, admin_cli_with, client, get, guests, request, root,
+};
+use crate::redis_server::{RedisCluster, RedisServer};
+
+/// `tabula serve --store STORE` with no app of its own, and the admin API if `admin`.
+fn replica(store: &str, admin: bool, extra: &[&str]) -> Server {
+    let mut args: Vec<String> = ["serve", "--store", store]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if admin {
+        args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Server::start(args)
+}
+
+/// A built guest's component file.
+fn wasm(name: &str) -> String {
+    guests()[name].wasm.display().to_string()
+}
+
+/// Deploys `file` as app `name` at `route`, and checks that the CLI said so.
+fn deploy(admin: &Server, file: &str, name: &str, route: &str) {
+    let run = admin_cli(admin, &["deploy", file, "--name", name, "--route", route]);
+    assert!(run.ok, "deploy failed:\n{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("is active"), "{}", run.stdout);
+}
+
+/// What `path` answers on `server`: status and body.
+async fn answer(server: &Server, path: &str) -> (u16, String) {
+    let reply = get(&client(), &server.url(path)).await;
+    (reply.status, reply.body)
+}
+
+const HELLO: &str = "Hello, world!\n";
+
+async fn deploys_reach_every_replica(store: &str) {
+    let a = replica(store, true, &[]);
+    let b = replica(store, false, &[]);
+    assert_eq!(answer(&b, "/hello").await.0, 404, "nothing deployed yet");
+
+    deploy(&a, &wasm("hello"), "hello", "/hello");
+    // The deploy returns once every live replica has switched: B serves it now.
+    assert_eq!(answer(&a, "/hello").await, (200, HELLO.into()));
+    assert_eq!(answer(&b, "/hello").await, (200, HELLO.into()));
+    // A replica started afterwards loads every active app before it serves.
+    let c = replica(store, false, &[]);
+    assert_eq!(answer(&c, "/hello").await, (200, HELLO.into()));
+
+    // A second version: another component under the same app.
+    deploy(&a, &wasm("stateless"), "hello", "/hello");
+    for server in [&a, &b, &c] {
+        let (status, body) = answer(server, "/hello").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("counter"), "v2 everywhere: {body}");
+    }
+    let listed = admin_cli(&a, &["versions", "hello"]);
+    assert!(listed.ok, "{}", listed.stderr);
+    assert!(listed.stdout.contains("*  v2"), "{}", listed.stdout);
+    assert_eq!(
+        listed.stdout.matches("running v2").count(),
+        3,
+        "{}",
+        listed.stdout
+    );
+
+    let back = admin_cli(&a, &["rollback", "hello"]);
+    assert!(back.ok, "{}", back.stderr);
+    assert!(
+        back.stdout.contains("hello v1 is active"),
+        "{}",
+        back.stdout
+    );
+    for server in [&a, &b, &c] {
+        assert_eq!(answer(server, "/hello").await, (200, HELLO.into()));
+    }
+    let forward = admin_cli(&a, &["rollback", "hello", "v2"]);
+    assert!(forward.ok, "{}", forward.stderr);
+    assert!(answer(&c, "/hello").await.1.contains("counter"));
+
+    let removed = admin_cli(&a, &["rm", "hello"]);
+    assert!(removed.ok, "{}", removed.stderr);
+    for server in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while answer(server, "/hello").await.0 != 404 {
+            assert!(
+                Instant::now() < deadline,
+                "the app is gone from every replica"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let apps = admin_cli(&a, &["apps"]);
+    assert!(!apps.stdout.contains("hello"), "{}", apps.stdout);
+}
+
+#[tokio::test]
+async fn deploys_rollbacks_and_removals_reach_every_replica_on_redis() {
+    let redis = RedisServer::start();
+    deploys_reach_every_replica(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn deploys_rollbacks_and_removals_reach_every_replica_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    deploys_reach_every_replica(&cluster.url()).await;
+}
+
+#[tokio::test]
+async fn a_project_deploys_after_being_built_and_tabula_new_makes_one() {
+    let dir = std::env::temp_dir().join(format!("tabula-new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new(&*crate::harness::TABULA)
+        .current_dir(&dir)
+        .args(["new", "demo"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let a = replica("memory", true, &[]);
+    let project = dir.join("demo").display().to_string();
+    let target = root().join("target/guests").display().to_string();
+    let run = admin_cli(
+        &a,
+        &["deploy", &project, "--target-dir", &target, "-m", "first"],
+    );
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    for step in [
+        "building demo",
+        "uploading demo",
+        "replicas ready 1/1",
+        "switched demo to v1",
+    ] {
+        assert!(
+            run.stderr.contains(step),
+            "progress `{step}` missing:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        answer(&a, "/demo?name=Ada").await,
+        (200, "Hello, Ada! Visit 1.\n".into())
+    );
+    let listed = admin_cli(&a, &["versions", "demo"]);
+    assert!(listed.stdout.contains("first"), "{}", listed.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bad_deploys_are_refused_with_a_reason_and_change_nothing() {
+    let mut args = vec!["--max-component-mib", "5"];
+    let hello = format!("/hello={}", wasm("hello"));
+    args.push(&hello);
+    let a = replica("memory", true, &args);
+    deploy(&a, &wasm("counter"), "good", "/good");
+
+    let dir = std::env::temp_dir().join(format!("tabula-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let garbage = file("garbage.wasm", b"this is not wasm at all");
+    let core = file("core.wasm", b"\0asm\x01\0\0\0");
+    let empty_component = file("empty.wasm", b"\0asm\x0d\0\x01\0");
+    let huge = file("huge.wasm", &vec![0u8; 6 << 20]);
+    let counter = wasm("counter");
+    let forbidden = wasm("forbidden");
+    let cases: &[(&str, Vec<&str>, &str)] = &[
+        (
+            "garbage",
+            vec![&garbage, "--name", "x"],
+            "compiling the component",
+        ),
+        (
+            "a core module",
+            vec![&core, "--name", "x"],
+            "core WebAssembly module",
+        ),
+        (
+            "no HTTP export",
+            vec![&empty_component, "--name", "x"],
+            "does not export `wasi:http/incoming-handler",
+        ),
+        (
+            "a forbidden import",
+            vec![&forbidden, "--name", "x"],
+            "imports interfaces tabula does not provide",
+        ),
+        (
+            "too large",
+            vec![&huge, "--name", "x"],
+            "larger than this host accepts",
+        ),
+        (
+            "a deployed app's route",
+            vec![&counter, "--name", "x", "--route", "/good"],
+            "route `/good` is app `good`'s",
+        ),
+        (
+            "a fixed app's route",
+            vec![&counter, "--name", "x", "--route", "/hello"],
+            "from its command line",
+        ),
+        (
+            "a fixed app's name",
+            vec![&counter, "--name", "hello", "--route", "/y"],
+            "from its command line",
+        ),
+        (
+            "a bad name",
+            vec![&counter, "--name", "a b"],
+            "must be made of letters",
+        ),
+        (
+            "a bad route",
+            vec![&counter, "--name", "x", "--route", "nope"],
+            "a route starts with `/`",
+        ),
+    ];
+    for (what, args, reason) in cases {
+        let mut full = vec!["deploy"];
+        full.extend(args.iter());
+        let run = admin_cli(&a, &full);
+        assert!(!run.ok, "{what} was accepted:\n{}", run.stdout);
+        assert!(
+            run.stderr.contains(reason),
+            "{what}: expected `{reason}` in:\n{}",
+            run.stderr
+        );
+    }
+    let no_token = admin_cli_with(&a.admin, None, &["deploy", &counter, "--name", "x"]);
+    assert!(
+        !no_token.ok && no_token.stderr.contains("no admin token"),
+        "{}",
+        no_token.stderr
+    );
+    let wrong = admin_cli_with(
+        &a.admin,
+        Some("not-the-token-at-all"),
+        &["deploy", &counter, "--name", "x"],
+    );
+    assert!(
+        !wrong.ok && wrong.stderr.contains("wrong admin token"),
+        "{}",
+        wrong.stderr
+    );
+    // And straight over HTTP: every call needs the token.
+    let client = client();
+    let reply = get(&client, &format!("{}/v1/apps", a.admin)).await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let reply = request(&client, "DELETE", &format!("{}/v1/apps/good", a.admin), "").await;
+    assert_eq!(reply.status, 401);
+
+    // Nothing changed.
+    let apps = admin_cli(&a, &["apps"]);
+    assert!(apps.ok);
+    let names: Vec<&str> = apps
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["good"], "{}", apps.stdout);
+    assert!(
+        admin_cli(&a, &["versions", "good"])
+            .stdout
+            .contains("*  v1")
+    );
+    assert_eq!(answer(&a, "/good").await.0, 200);
+    assert_eq!(answer(&a, "/hello").await, (200, HELLO.into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_admin_listener_needs_a_token() {
+    let output = std::process::Command::new(&*crate::harness::TABULA)
+        .args([
+            "serve",
+            "--store",
+            "memory",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("TABULA_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs TABULA_ADMIN_TOKEN"), "{stderr}");
+    let _ = ADMIN_TOKEN;
+}
