@@ -302,3 +302,130 @@ fn an_admin_listener_needs_a_token() {
     assert!(stderr.contains("needs TABULA_ADMIN_TOKEN"), "{stderr}");
     let _ = ADMIN_TOKEN;
 }
+
+/// Which of the two test versions answered: `H` hello, `S` stateless, `?` anything else.
+fn kind(status: u16, body: &str) -> char {
+    match (status, body) {
+        (200, HELLO) => 'H',
+        (200, b) if b.contains("counter") => 'S',
+        _ => '?',
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploys_under_load_fail_no_request_and_never_go_back() {
+    let redis = RedisServer::start();
+    let a = std::sync::Arc::new(replica(&redis.url(), true, &[]));
+    let b = std::sync::Arc::new(replica(&redis.url(), false, &[]));
+    deploy(&a, &wasm("hello"), "flip", "/flip");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for server in [a.clone(), b.clone()] {
+        // Three loops of concurrent load and one whose answers are in order.
+        for sequential in [false, false, false, true] {
+            let (server, stop) = (server.clone(), stop.clone());
+            load.spawn(async move {
+                let client = client();
+                let (mut kinds, mut failed, mut sent) = (String::new(), Vec::new(), 0);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let reply = get(&client, &server.url("/flip")).await;
+                    sent += 1;
+                    let k = kind(reply.status, &reply.body);
+                    if k == '?' {
+                        failed.push(format!("{} {}", reply.status, reply.body));
+                    }
+                    if sequential && !kinds.ends_with(k) {
+                        kinds.push(k);
+                    }
+                }
+                (server.base.clone(), sequential, kinds, failed, sent)
+            });
+        }
+    }
+    let admin = a.clone();
+    tokio::task::spawn_blocking(move || {
+        for round in 1..=10 {
+            let file = if round % 2 == 1 { wasm("stateless") } else { wasm("hello") };
+            deploy(&admin, &file, "flip", "/flip");
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    while let Some(result) = load.join_next().await {
+        let (server, sequential, kinds, failed, sent) = result.unwrap();
+        total += sent;
+        assert!(failed.is_empty(), "{server}: {} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+        if sequential {
+            // Ten switches, each seen at most once: a replica that went back to the old
+            // version would show more changes than there were deploys.
+            assert!(kinds.len() <= 11, "{server} went back and forth: {kinds}");
+            assert!(kinds.starts_with('H') && kinds.ends_with('H'), "{server}: {kinds}");
+            assert!(kinds.len() >= 3, "{server} saw the switches: {kinds}");
+        }
+    }
+    assert!(total > 1000, "the load kept going ({total} requests)");
+    let versions = admin_cli(&a, &["versions", "flip"]);
+    assert!(versions.stdout.contains("*  v11"), "{}", versions.stdout);
+}
+
+#[tokio::test]
+async fn a_store_outage_fails_the_deploy_and_every_replica_keeps_serving() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url(), true, &[]);
+    let b = replica(&redis.url(), false, &[]);
+    deploy(&a, &wasm("hello"), "app", "/app");
+
+    redis.pause();
+    let run = admin_cli(&a, &["deploy", &wasm("stateless"), "--name", "app", "--route", "/app"]);
+    assert!(!run.ok, "a deploy with the store down succeeded:\n{}", run.stdout);
+    assert!(run.stderr.contains("the store is unavailable"), "{}", run.stderr);
+    for server in [&a, &b] {
+        assert_eq!(answer(server, "/app").await, (200, HELLO.into()), "still serving v1");
+    }
+    redis.unpause();
+
+    // A replica that lost its subscription still hears of the next deploy, by polling.
+    let killed = redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_ne!(killed.trim(), "0", "there were subscriptions to cut");
+    deploy(&a, &wasm("stateless"), "app", "/app");
+    for server in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while kind(answer(server, "/app").await.0, &answer(server, "/app").await.1) != 'S' {
+            assert!(Instant::now() < deadline, "{} converged", server.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let versions = admin_cli(&a, &["versions", "app"]);
+    assert!(versions.stdout.contains("*  v2"), "only the deploy that succeeded counts:\n{}", versions.stdout);
+}
+
+#[tokio::test]
+async fn a_restarted_replica_loads_from_its_compile_cache_and_recompiles_a_bad_entry() {
+    let redis = RedisServer::start();
+    let cache = std::env::temp_dir().join(format!("tabula-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let cache_arg = cache.display().to_string();
+    let mut a = replica(&redis.url(), true, &["--cache-dir", &cache_arg]);
+    deploy(&a, &wasm("hello"), "hello", "/hello");
+    assert!(a.logged("cached=false"), "compiled the first time");
+    a.terminate();
+
+    let mut again = replica(&redis.url(), false, &["--cache-dir", &cache_arg]);
+    assert_eq!(answer(&again, "/hello").await, (200, HELLO.into()));
+    assert!(again.logged("cached=true"), "{}", again.log());
+    again.terminate();
+
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(&path, b"not what was compiled").unwrap();
+        }
+    }
+    let third = replica(&redis.url(), false, &["--cache-dir", &cache_arg]);
+    assert_eq!(answer(&third, "/hello").await, (200, HELLO.into()));
+    assert!(third.logged("damaged; compiling again"), "{}", third.log());
+    let _ = std::fs::remove_dir_all(&cache);
+}
