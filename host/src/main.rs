@@ -529,6 +529,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         server: server_config,
         admin,
         cache_dir,
+        watch: mode == Mode::Up,
     })
 }
 

@@ -345,7 +345,11 @@ async fn redeploys_under_load_fail_no_request_and_never_go_back() {
     let admin = a.clone();
     tokio::task::spawn_blocking(move || {
         for round in 1..=10 {
-            let file = if round % 2 == 1 { wasm("stateless") } else { wasm("hello") };
+            let file = if round % 2 == 1 {
+                wasm("stateless")
+            } else {
+                wasm("hello")
+            };
             deploy(&admin, &file, "flip", "/flip");
             std::thread::sleep(Duration::from_millis(150));
         }
@@ -357,12 +361,20 @@ async fn redeploys_under_load_fail_no_request_and_never_go_back() {
     while let Some(result) = load.join_next().await {
         let (server, sequential, kinds, failed, sent) = result.unwrap();
         total += sent;
-        assert!(failed.is_empty(), "{server}: {} failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+        assert!(
+            failed.is_empty(),
+            "{server}: {} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
         if sequential {
             // Ten switches, each seen at most once: a replica that went back to the old
             // version would show more changes than there were deploys.
             assert!(kinds.len() <= 11, "{server} went back and forth: {kinds}");
-            assert!(kinds.starts_with('H') && kinds.ends_with('H'), "{server}: {kinds}");
+            assert!(
+                kinds.starts_with('H') && kinds.ends_with('H'),
+                "{server}: {kinds}"
+            );
             assert!(kinds.len() >= 3, "{server} saw the switches: {kinds}");
         }
     }
@@ -379,11 +391,33 @@ async fn a_store_outage_fails_the_deploy_and_every_replica_keeps_serving() {
     deploy(&a, &wasm("hello"), "app", "/app");
 
     redis.pause();
-    let run = admin_cli(&a, &["deploy", &wasm("stateless"), "--name", "app", "--route", "/app"]);
-    assert!(!run.ok, "a deploy with the store down succeeded:\n{}", run.stdout);
-    assert!(run.stderr.contains("the store is unavailable"), "{}", run.stderr);
+    let run = admin_cli(
+        &a,
+        &[
+            "deploy",
+            &wasm("stateless"),
+            "--name",
+            "app",
+            "--route",
+            "/app",
+        ],
+    );
+    assert!(
+        !run.ok,
+        "a deploy with the store down succeeded:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("the store is unavailable"),
+        "{}",
+        run.stderr
+    );
     for server in [&a, &b] {
-        assert_eq!(answer(server, "/app").await, (200, HELLO.into()), "still serving v1");
+        assert_eq!(
+            answer(server, "/app").await,
+            (200, HELLO.into()),
+            "still serving v1"
+        );
     }
     redis.unpause();
 
@@ -393,13 +427,21 @@ async fn a_store_outage_fails_the_deploy_and_every_replica_keeps_serving() {
     deploy(&a, &wasm("stateless"), "app", "/app");
     for server in [&a, &b] {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while kind(answer(server, "/app").await.0, &answer(server, "/app").await.1) != 'S' {
+        while kind(
+            answer(server, "/app").await.0,
+            &answer(server, "/app").await.1,
+        ) != 'S'
+        {
             assert!(Instant::now() < deadline, "{} converged", server.base);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     let versions = admin_cli(&a, &["versions", "app"]);
-    assert!(versions.stdout.contains("*  v2"), "only the deploy that succeeded counts:\n{}", versions.stdout);
+    assert!(
+        versions.stdout.contains("*  v2"),
+        "only the deploy that succeeded counts:\n{}",
+        versions.stdout
+    );
 }
 
 #[tokio::test]
@@ -428,4 +470,76 @@ async fn a_restarted_replica_loads_from_its_compile_cache_and_recompiles_a_bad_e
     assert_eq!(answer(&third, "/hello").await, (200, HELLO.into()));
     assert!(third.logged("damaged; compiling again"), "{}", third.log());
     let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[tokio::test]
+async fn tabula_up_rebuilds_an_edited_project_in_place_and_survives_a_broken_build() {
+    let dir = std::env::temp_dir().join(format!("tabula-up-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new(&*crate::harness::TABULA)
+        .current_dir(&dir)
+        .args(["new", "live"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let project = dir.join("live");
+    let target = root().join("target/guests").display().to_string();
+    let server = Server::start(
+        [
+            "up",
+            &project.display().to_string(),
+            "--target-dir",
+            &target,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    assert_eq!(
+        answer(&server, "/live").await,
+        (200, "Hello, world! Visit 1.\n".into())
+    );
+
+    let source = project.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).unwrap();
+    std::fs::write(&source, text.replace("Hello, {name}!", "Howdy, {name}!")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, body) = answer(&server, "/live").await;
+        assert_eq!(status, 200, "served throughout the rebuild: {body}");
+        if body.starts_with("Howdy") {
+            // The kv state lives on: the store is the only memory, and it is the same.
+            assert!(body.contains("Visit"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edit was not picked up:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.logged("live reloaded"), "{}", server.log());
+
+    std::fs::write(&source, "this does not compile").unwrap();
+    assert!(
+        server.logged("the build failed; still serving the previous one") || {
+            // The failed build is reported once cargo is done; give it the time a build takes.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !server.log().contains("the build failed") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            server
+                .log()
+                .contains("the build failed; still serving the previous one")
+        },
+        "{}",
+        server.log()
+    );
+    assert!(answer(&server, "/live").await.1.starts_with("Howdy"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,13 +34,14 @@ pub struct Agent {
     registry: Registry,
     routes: Routes,
     cache: Arc<CompileCache>,
-    fixed: Vec<App>,
     state: Mutex<State>,
     /// Wakes the heartbeat early, when there is news to report.
     news: Notify,
 }
 
 struct State {
+    /// Apps given on the command line (`tabula up` rebuilds them in place).
+    fixed: Vec<App>,
     /// Deployed apps served now: name -> (version, digest, app). The digest too, so that a
     /// registry rebuilt from scratch (a store that lost its data) numbering from 1 again is
     /// not taken for what is served.
@@ -84,8 +85,8 @@ impl Agent {
             registry,
             routes,
             cache,
-            fixed,
             state: Mutex::new(State {
+                fixed,
                 deployed: BTreeMap::new(),
                 prepared: HashMap::new(),
                 record,
@@ -105,10 +106,24 @@ impl Agent {
 
     /// The names of the apps given on the command line.
     pub fn fixed_names(&self) -> Vec<String> {
-        self.fixed
+        let state = self.lock();
+        state
+            .fixed
             .iter()
             .map(|app| app.name().to_string())
             .collect()
+    }
+
+    /// Serves `app` in place of the fixed app of the same name (a rebuild by `tabula up`):
+    /// requests in flight finish on the build they started with.
+    pub fn replace_fixed(&self, app: App) {
+        let mut state = self.lock();
+        match state.fixed.iter_mut().find(|old| old.name() == app.name()) {
+            Some(old) => *old = app,
+            None => state.fixed.push(app),
+        }
+        let router = self.router(&state);
+        self.routes.replace(router);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -230,7 +245,8 @@ impl Agent {
         let mut state = self.lock();
         state.prepared.retain(|key, _| wanted.contains(key));
         if changed {
-            self.routes.replace(self.router(&state.deployed));
+            let router = self.router(&state);
+            self.routes.replace(router);
         }
         state.record.generation = generation;
         state.record.running = state
@@ -295,9 +311,9 @@ impl Agent {
     /// The route table: the fixed apps, then every deployed app that does not clash with
     /// one already in (a clash is refused at deploy time; this covers a replica started
     /// later with a fixed app of the same name or route).
-    fn router(&self, deployed: &BTreeMap<String, (u64, String, App)>) -> Router {
-        let mut apps = self.fixed.clone();
-        for (name, (_, _, app)) in deployed {
+    fn router(&self, state: &State) -> Router {
+        let mut apps = state.fixed.clone();
+        for (name, (_, _, app)) in &state.deployed {
             let clash = apps
                 .iter()
                 .find(|other| other.name() == app.name() || other.route() == app.route());
@@ -315,7 +331,7 @@ impl Agent {
                 error = format!("{e:#}"),
                 "the deployed apps do not fit the route table; serving the fixed apps only"
             );
-            Router::new(self.fixed.clone()).expect("the fixed apps were routed at start")
+            Router::new(state.fixed.clone()).expect("the fixed apps were routed at start")
         })
     }
 }

@@ -318,3 +318,43 @@ mod tests {
     }
 }
 "#;
+
+/// The projects among command-line `paths`, by app name: what `tabula up` watches.
+pub fn projects(paths: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    Ok(discover(paths)?
+        .into_iter()
+        .filter_map(|source| match source {
+            Source::Project { dir, manifest } => Some((manifest.name, dir)),
+            Source::Component { .. } => None,
+        })
+        .collect())
+}
+
+/// A fingerprint of a project's sources (every file's path, size and modification time,
+/// outside `target/` and hidden directories): it changes when a source does.
+pub fn fingerprint(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if name == "target" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(path),
+                Ok(meta) => files.push((path, meta.len(), meta.modified().ok())),
+                Err(_) => {}
+            }
+        }
+    }
+    files.sort();
+    files.hash(&mut hasher);
+    hasher.finish()
+}

@@ -50,6 +50,9 @@ pub struct ServeOptions {
     pub admin: Option<(String, AdminConfig)>,
     /// Where compiled deployed components are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
+    /// Rebuild a project when its sources change and serve the new build in place
+    /// (`tabula up`).
+    pub watch: bool,
 }
 
 /// Serves until SIGTERM or ctrl-c, then drains.
@@ -89,6 +92,9 @@ pub fn run(options: ServeOptions) -> Result<()> {
         server: server_config,
         admin,
         cache_dir,
+        watch,
+        paths,
+        build,
         ..
     } = options;
     control.block_on(async move {
@@ -200,7 +206,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 let listener = listeners.swap_remove(0);
                 let routes = Routes::new(router);
                 let agent = Agent::start(
-                    host,
+                    host.clone(),
                     registry,
                     routes.clone(),
                     apps,
@@ -211,8 +217,13 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 for (name, route) in deployed(&routes, &agent) {
                     println!("  {name:<16} http://{addr}{route} (deployed)");
                 }
+                let reloads =
+                    watch.then(|| tokio::spawn(reload(paths, build, host.clone(), agent.clone())));
                 server::run(listener, routes, server_config, shutdown).await?;
                 agent.leave().await;
+                if let Some(reloads) = reloads {
+                    reloads.abort();
+                }
             }
             Some(supervisor) => {
                 // The workers serve from the compiled files: the supervisor's copies can go.
@@ -226,6 +237,53 @@ pub fn run(options: ServeOptions) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// How often `tabula up` looks for changed sources.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `tabula up`'s reload: rebuilds a project whose sources changed and serves the new build
+/// in place, as a deploy would (requests in flight finish on the old one). A build that
+/// fails is reported and the old build keeps serving.
+async fn reload(paths: Vec<String>, build: BuildOptions, host: Host, agent: Arc<Agent>) {
+    let projects = match project::projects(&paths) {
+        Ok(projects) => projects,
+        Err(e) => return error!(error = format!("{e:#}"), "not watching the projects"),
+    };
+    let mut seen: Vec<u64> = projects
+        .iter()
+        .map(|(_, dir)| project::fingerprint(dir))
+        .collect();
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        for ((name, dir), seen) in projects.iter().zip(seen.iter_mut()) {
+            let now = project::fingerprint(dir);
+            if now == *seen {
+                continue;
+            }
+            *seen = now;
+            eprintln!("tabula: {name} changed; rebuilding");
+            let (dir, build, host) = (dir.display().to_string(), build.clone(), host.clone());
+            let rebuilt = tokio::task::spawn_blocking(move || -> Result<App> {
+                let spec = project::build(&[dir], &build)?
+                    .into_iter()
+                    .next()
+                    .context("the project built nothing")?;
+                App::load(&host, &spec)
+            })
+            .await;
+            match rebuilt {
+                Ok(Ok(app)) => {
+                    agent.replace_fixed(app);
+                    eprintln!("tabula: {name} reloaded");
+                }
+                Ok(Err(e)) => eprintln!(
+                    "tabula: {name}: the build failed; still serving the previous one: {e:#}"
+                ),
+                Err(e) => eprintln!("tabula: {name}: the rebuild stopped: {e}"),
+            }
+        }
+    }
 }
 
 /// The deployed apps the route table serves, by name and route.
