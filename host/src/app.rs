@@ -96,8 +96,24 @@ impl App {
             .map_err(anyhow::Error::from)
     }
 
-    /// An app of `component`, checked and pre-instantiated.
+    /// An app of `component`, checked and pre-instantiated, with the assets in
+    /// `spec.assets`.
     pub(crate) fn from_component(host: &Host, spec: &AppSpec, component: Component) -> Result<App> {
+        let assets = match &spec.assets {
+            Some(dir) => Assets::load(dir)
+                .with_context(|| format!("loading the assets of app `{}`", spec.name))?,
+            None => Assets::empty(),
+        };
+        App::with_assets(host, spec, component, assets)
+    }
+
+    /// Like [`App::from_component`], with the assets already in memory (a deploy's).
+    pub(crate) fn with_assets(
+        host: &Host,
+        spec: &AppSpec,
+        component: Component,
+        assets: Assets,
+    ) -> Result<App> {
         let (name, route) = (spec.name.as_str(), spec.route.as_str());
         validate_name(name)?;
         let (config, capped) = AppConfig::resolve(host.config(), name, route, &spec.settings)?;
@@ -121,12 +137,6 @@ impl App {
             .get_export_index(None, INCOMING_HANDLER)
             .and_then(|handler| component.get_export_index(Some(&handler), "handle"))
             .context("finding `handle` in the component's exports")?;
-        let assets = match &spec.assets {
-            Some(dir) => {
-                Assets::load(dir).with_context(|| format!("loading the assets of app `{name}`"))?
-            }
-            None => Assets::empty(),
-        };
         let name: Arc<str> = name.into();
         let capabilities = AppCapabilities::new(
             &name,

@@ -117,6 +117,10 @@ struct DeployArgs {
     #[arg(long, short, default_value = "")]
     message: String,
 
+    /// A directory served read-only to the app at /app [default: the manifest's `assets`].
+    #[arg(long)]
+    assets: Option<PathBuf>,
+
     /// Cargo target directory for the build (default: the project's own).
     #[arg(long, env = "TABULA_TARGET_DIR")]
     target_dir: Option<PathBuf>,
@@ -335,6 +339,7 @@ fn main() -> ExitCode {
                 name: args.name,
                 route: args.route,
                 message: args.message,
+                assets: args.assets,
                 build: BuildOptions {
                     target_dir: args.target_dir,
                 },

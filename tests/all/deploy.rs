@@ -300,7 +300,6 @@ fn an_admin_listener_needs_a_token() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("needs TABULA_ADMIN_TOKEN"), "{stderr}");
-    let _ = ADMIN_TOKEN;
 }
 
 /// Which of the two test versions answered: `H` hello, `S` stateless, `?` anything else.
@@ -542,4 +541,40 @@ async fn tabula_up_rebuilds_an_edited_project_in_place_and_survives_a_broken_bui
     );
     assert!(answer(&server, "/live").await.1.starts_with("Howdy"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_project_deploys_with_its_assets_and_a_bad_bundle_is_refused() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url(), true, &[]);
+    let b = replica(&redis.url(), false, &[]);
+    let target = root().join("target/guests").display().to_string();
+    let run = admin_cli(&a, &["deploy", "examples/site", "--target-dir", &target]);
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("uploading the assets of site"),
+        "{}",
+        run.stderr
+    );
+    let index = std::fs::read_to_string(root().join("examples/site/public/index.html")).unwrap();
+    for server in [&a, &b] {
+        assert_eq!(
+            answer(server, "/site/index.html").await,
+            (200, index.clone())
+        );
+    }
+    // A bundle naming a path outside its mount never reaches the store.
+    let mut bundle = b"tabula-assets 1\n".to_vec();
+    let path = b"../escape";
+    bundle.extend_from_slice(&(path.len() as u32).to_le_bytes());
+    bundle.extend_from_slice(path);
+    bundle.extend_from_slice(&2u64.to_le_bytes());
+    bundle.extend_from_slice(b"hi");
+    let req = hyper::Request::put(format!("{}/v1/assets", a.admin))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(bundle)))
+        .unwrap();
+    let reply = crate::harness::send(&client(), req).await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(reply.body.contains("outside its mount"), "{}", reply.body);
 }

@@ -4,8 +4,10 @@
 //! GET    /v1/limits                      what an upload may be
 //! GET    /v1/apps                        the apps and their active versions
 //! GET    /v1/apps/{name}                 versions, the active one, which replica runs which
+//! PUT    /v1/assets                      upload an assets bundle (the body); answers its digest
 //! POST   /v1/apps/{name}/versions        upload a component (the body) and, unless
-//!                                        ?activate=false, deploy it; ?route= ?message= ?source=,
+//!                                        ?activate=false, deploy it; ?route= ?message= ?source=
+//!                                        ?assets=DIGEST (uploaded before),
 //!                                        manifest settings as JSON in `tabula-settings`
 //! POST   /v1/apps/{name}/activate        {"version": N} deploys version N; {} rolls back
 //! DELETE /v1/apps/{name}                 removes the app from every replica
@@ -40,6 +42,7 @@ use tower::ServiceExt;
 
 use super::registry::{AppRecord, Registry, Version};
 use crate::app::App;
+use crate::capabilities::Assets;
 use crate::config::{AppSettings, AppSpec, validate_name};
 use crate::host::Host;
 use crate::request::connection::{accept, connection_builder, serve_connection};
@@ -131,6 +134,7 @@ pub async fn run(
 fn routes(admin: Admin) -> Router {
     Router::new()
         .route("/v1/limits", get(limits))
+        .route("/v1/assets", axum::routing::put(upload_assets))
         .route("/v1/apps", get(list_apps))
         .route("/v1/apps/{name}", get(show_app).delete(remove_app))
         .route("/v1/apps/{name}/versions", post(upload))
@@ -263,8 +267,43 @@ async fn remove_app(
     Ok(Json(json!({ "removed": name })))
 }
 
+/// Stores an assets bundle, after checking that it is one, and answers its digest.
+async fn upload_assets(
+    State(admin): State<Admin>,
+    body: Body,
+) -> ApiResult<Json<serde_json::Value>> {
+    let bytes = read_limited(&admin, body, "assets bundle").await?;
+    Assets::from_bundle(&bytes)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+    let digest = admin.registry.put_blob(&bytes).await?;
+    Ok(Json(json!({ "digest": digest })))
+}
+
+/// An upload's body, refused past the host's size limit.
+async fn read_limited(admin: &Admin, body: Body, what: &str) -> ApiResult<Bytes> {
+    let limit = admin.config.max_component_bytes;
+    Ok(http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the {what} is larger than this host accepts ({limit} bytes; the \
+                         host's --max-component-mib)"
+                    ),
+                )
+            } else {
+                ApiError(StatusCode::BAD_REQUEST, format!("reading the upload: {e}"))
+            }
+        })?
+        .to_bytes())
+}
+
 #[derive(Deserialize)]
 struct UploadQuery {
+    assets: Option<String>,
     route: Option<String>,
     #[serde(default)]
     message: String,
@@ -296,24 +335,15 @@ async fn upload(
         })?,
         None => AppSettings::default(),
     };
-    let limit = admin.config.max_component_bytes;
-    let bytes = http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "the component is larger than this host accepts ({limit} bytes; the \
-                         host's --max-component-mib)"
-                    ),
-                )
-            } else {
-                bad(format!("reading the upload: {e}"))
-            }
-        })?
-        .to_bytes();
+    let bytes = read_limited(&admin, body, "component").await?;
+    if let Some(digest) = &query.assets {
+        admin.registry.get_blob(digest).await.map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the assets {digest}: {e:#}; upload them first"),
+            )
+        })?;
+    }
     check_clash(&admin, &name, &route).await?;
     // The checks an app gets when it loads, on the blocking pool: compiling takes a while.
     let spec = AppSpec {
@@ -338,6 +368,7 @@ async fn upload(
         source: query.source,
         route,
         settings,
+        assets: query.assets,
     };
     let version = admin.registry.add_version(&name, draft).await?;
     tracing::info!(

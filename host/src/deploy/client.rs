@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::capabilities::Assets;
 use crate::config::{AppSettings, validate_name};
 use crate::project::{self, BuildOptions};
 
@@ -116,6 +117,8 @@ pub struct DeployOptions {
     pub route: Option<String>,
     /// Said about the version in `tabula versions`.
     pub message: String,
+    /// A directory served read-only at `/app`: the manifest's `assets` unless given.
+    pub assets: Option<PathBuf>,
     /// How projects are built.
     pub build: BuildOptions,
 }
@@ -157,11 +160,30 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
         client.base
     );
     let source = source_of(&options.path);
-    let query: String = form_urlencoded::Serializer::new(String::new())
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
         .append_pair("route", &route)
         .append_pair("message", &options.message)
-        .append_pair("source", &source)
-        .finish();
+        .append_pair("source", &source);
+    if let Some(dir) = options.assets.or(spec.assets) {
+        let bundle = Assets::bundle(&dir)
+            .with_context(|| format!("bundling the assets in {}", dir.display()))?;
+        eprintln!(
+            "tabula: uploading the assets of {name} ({}, {:.1} MB)",
+            dir.display(),
+            bundle.len() as f64 / 1e6
+        );
+        let response = client
+            .send("PUT", "/v1/assets", Bytes::from(bundle), None)
+            .await?;
+        let body = response.into_body().collect().await?.to_bytes();
+        let stored: Value = serde_json::from_slice(&body)?;
+        let digest = stored["digest"]
+            .as_str()
+            .context("the host stored no assets")?;
+        query.append_pair("assets", digest);
+    }
+    let query = query.finish();
     let settings = serde_json::to_string(&spec.settings as &AppSettings)?;
     let response = client
         .send(

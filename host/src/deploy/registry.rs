@@ -55,6 +55,9 @@ pub struct Version {
     pub route: String,
     /// What it asks for (limits, sessions), as a manifest would.
     pub settings: AppSettings,
+    /// The digest of its assets bundle, mounted read-only at `/app`, if it has assets.
+    #[serde(default)]
+    pub assets: Option<String>,
 }
 
 impl Version {

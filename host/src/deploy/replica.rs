@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 use super::cache::{CompileCache, Compiled};
 use super::registry::{self, Registry, Version};
 use crate::app::App;
+use crate::capabilities::Assets;
 use crate::config::AppSpec;
 use crate::host::Host;
 use crate::request::router::{Router, Routes};
@@ -286,6 +287,10 @@ impl Agent {
             settings: version.settings.clone(),
             assets: None,
         };
+        let assets = match &version.assets {
+            Some(digest) => Assets::from_bundle(&self.registry.get_blob(digest).await?)?,
+            None => Assets::empty(),
+        };
         let (host, cache, digest) = (
             self.host.clone(),
             self.cache.clone(),
@@ -294,7 +299,7 @@ impl Agent {
         // Compiling takes a core for a while: off the request path, on the blocking pool.
         let (component, how) =
             tokio::task::spawn_blocking(move || cache.component(&host, &digest, &bytes)).await??;
-        let app = App::from_component(&self.host, &spec, component)?;
+        let app = App::with_assets(&self.host, &spec, component, assets)?;
         info!(
             app = name,
             version = version.id(),

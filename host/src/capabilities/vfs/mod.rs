@@ -127,11 +127,15 @@ impl Node {
     }
 }
 
+/// The first bytes of an assets bundle, and its version.
+const BUNDLE_MAGIC: &[u8] = b"tabula-assets 1\n";
+
 /// The app's read-only assets, loaded once per deploy.
 #[derive(Clone, Debug)]
 pub struct Assets(Arc<Mount>);
 
 impl Assets {
+    /// No files.
     pub fn empty() -> Assets {
         Assets::load_with(|_| Ok(Entries::new())).expect("an empty tree")
     }
@@ -167,6 +171,104 @@ impl Assets {
             Ok(entries)
         }
         Assets::load_with(|mount| read(dir, mount))
+    }
+
+    /// The files of `dir` (recursively; symlinks not followed) as one deterministic byte
+    /// string: how assets travel to the store with a deploy. Empty directories are left out.
+    pub fn bundle(dir: &Path) -> anyhow::Result<Vec<u8>> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .collect::<Result<_, _>>()?;
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = format!("{prefix}{name}");
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    walk(&entry.path(), &format!("{path}/"), out)?;
+                } else if kind.is_file() {
+                    out.push((path, std::fs::read(entry.path())?));
+                }
+            }
+            Ok(())
+        }
+        let mut files = Vec::new();
+        walk(dir, "", &mut files)?;
+        let mut bundle = BUNDLE_MAGIC.to_vec();
+        for (path, bytes) in files {
+            bundle.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            bundle.extend_from_slice(path.as_bytes());
+            bundle.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            bundle.extend_from_slice(&bytes);
+        }
+        Ok(bundle)
+    }
+
+    /// The assets in a [`Assets::bundle`], each path checked to stay inside the mount.
+    pub fn from_bundle(bundle: &[u8]) -> anyhow::Result<Assets> {
+        #[derive(Default)]
+        struct Tree(BTreeMap<String, Result<Vec<u8>, Tree>>);
+        fn take<'a>(rest: &mut &'a [u8], n: usize) -> anyhow::Result<&'a [u8]> {
+            anyhow::ensure!(rest.len() >= n, "the assets bundle is cut short");
+            let (head, tail) = rest.split_at(n);
+            *rest = tail;
+            Ok(head)
+        }
+        fn build(tree: Tree, mount: &Mount) -> Entries {
+            tree.0
+                .into_iter()
+                .map(|(name, node)| {
+                    let node = match node {
+                        Ok(bytes) => mount.new_file(
+                            FileData {
+                                bytes,
+                                length: Charge::none(),
+                                memory: Charge::none(),
+                            },
+                            Charge::none(),
+                        ),
+                        Err(dir) => mount.new_dir(build(dir, mount), Charge::none()),
+                    };
+                    let entry = Entry {
+                        node,
+                        _name: Charge::none(),
+                    };
+                    (name, entry)
+                })
+                .collect()
+        }
+        let mut rest = bundle
+            .strip_prefix(BUNDLE_MAGIC)
+            .context("not an assets bundle")?;
+        let mut root = Tree::default();
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into()?) as usize;
+            let path = std::str::from_utf8(take(&mut rest, len)?)?.to_string();
+            let len = u64::from_le_bytes(take(&mut rest, 8)?.try_into()?) as usize;
+            let bytes = take(&mut rest, len)?.to_vec();
+            let parts: Vec<&str> = path.split('/').collect();
+            anyhow::ensure!(
+                parts
+                    .iter()
+                    .all(|p| !p.is_empty() && *p != "." && *p != ".." && p.len() <= NAME_MAX),
+                "the assets bundle names a path outside its mount: {path:?}"
+            );
+            let (file, dirs) = parts.split_last().expect("split yields one part at least");
+            let mut dir = &mut root;
+            for part in dirs {
+                let node = dir
+                    .0
+                    .entry(part.to_string())
+                    .or_insert_with(|| Err(Tree::default()));
+                dir = match node {
+                    Err(tree) => tree,
+                    Ok(_) => anyhow::bail!("the assets bundle has {part:?} as file and directory"),
+                };
+            }
+            dir.0.insert(file.to_string(), Ok(bytes));
+        }
+        Assets::load_with(|mount| Ok(build(root, mount)))
     }
 
     /// The read-only mount every request of the app shares: built once, cloned per request.
