@@ -319,6 +319,9 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    // Read first (within the limit), then judged: a refusal sent while the client is still
+    // uploading reaches it as a broken connection instead of the reason.
+    let bytes = read_limited(&admin, body, "component").await?;
     let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
     validate_name(&name).map_err(|e| bad(format!("{e:#}")))?;
     let route = query.route.unwrap_or_else(|| format!("/{name}"));
@@ -335,7 +338,6 @@ async fn upload(
         })?,
         None => AppSettings::default(),
     };
-    let bytes = read_limited(&admin, body, "component").await?;
     if let Some(digest) = &query.assets {
         admin.registry.get_blob(digest).await.map_err(|e| {
             ApiError(
