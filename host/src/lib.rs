@@ -15,15 +15,16 @@
 //!   the per-app `Namespace`.
 //!
 //! Around the request path: [`config`] (the host's, each manifest's and each app's settings),
-//! [`project`] (handler projects built into components), [`serve`] (the process model:
-//! store, workers, operator listener), `metrics` and `budget` (what a request may make the
-//! host hold).
+//! [`project`] (handler projects built into components), [`deploy`] (versions in the store,
+//! the admin API, each replica following the registry), [`serve`] (the process model: store,
+//! workers, operator and admin listeners), `metrics` and `budget` (what a request may make
+//! the host hold).
 //!
 //! Dependencies run one way, from the request path down to storage:
 //!
 //! ```text
-//! serve -> request -> app -> host -> state -> project, config -> capabilities -> storage
-//!       -> metrics, budget
+//! serve -> deploy -> request -> app -> host -> state -> project, config -> capabilities
+//!       -> storage -> metrics, budget
 //! ```
 //!
 //! `layers.rs` holds the exact order, and its test fails if a module uses one above it.

@@ -451,7 +451,10 @@ async fn a_restarted_replica_loads_from_its_compile_cache_and_recompiles_a_bad_e
     let cache_arg = cache.display().to_string();
     let mut a = replica(&redis.url(), true, &["--cache-dir", &cache_arg]);
     deploy(&a, &wasm("hello"), "hello", "/hello");
-    assert!(a.logged("cached=false"), "compiled the first time");
+    // Compiled once, by the upload's check, and cached for this process's replica too.
+    assert!(a.logged("cached=true"), "{}", a.log());
+    let entries = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(entries, 2, "one compiled component and its digest");
     a.terminate();
 
     let mut again = replica(&redis.url(), false, &["--cache-dir", &cache_arg]);

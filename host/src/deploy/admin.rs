@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tower::ServiceExt;
 
+use super::cache::CompileCache;
 use super::registry::{AppRecord, Registry, Version};
 use crate::app::App;
 use crate::capabilities::Assets;
@@ -63,6 +64,7 @@ pub struct AdminConfig {
 struct Admin {
     host: Host,
     registry: Registry,
+    cache: Arc<CompileCache>,
     config: Arc<AdminConfig>,
 }
 
@@ -93,12 +95,14 @@ pub async fn run(
     listener: TcpListener,
     host: Host,
     registry: Registry,
+    cache: Arc<CompileCache>,
     config: AdminConfig,
     server: ServerConfig,
 ) {
     let admin = Admin {
         host,
         registry,
+        cache,
         config: Arc::new(config),
     };
     let routes = routes(admin);
@@ -355,11 +359,17 @@ async fn upload(
         settings: settings.clone(),
         assets: None,
     };
-    let (host, checked) = (admin.host.clone(), bytes.clone());
-    tokio::task::spawn_blocking(move || App::from_bytes(&host, &spec, &checked))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+    // Through the compile cache: this process's replica then loads what was compiled here,
+    // and a version uploaded again (a rollback by upload) is not compiled again.
+    let digest = super::registry::digest(&bytes);
+    let (host, cache, checked) = (admin.host.clone(), admin.cache.clone(), bytes.clone());
+    tokio::task::spawn_blocking(move || {
+        let (component, _) = cache.component(&host, &digest, &checked)?;
+        App::from_component(&host, &spec, component)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
     let digest = admin.registry.put_blob(&bytes).await?;
     let draft = Version {
         number: 0,

@@ -8,7 +8,7 @@
 //! - [`client`]: the CLI's side of the admin API.
 
 pub mod admin;
-mod cache;
+pub mod cache;
 pub mod client;
 pub mod registry;
 pub mod replica;

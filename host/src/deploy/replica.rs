@@ -63,9 +63,8 @@ impl Agent {
         routes: Routes,
         fixed: Vec<App>,
         address: String,
-        cache_dir: Option<PathBuf>,
+        cache: Arc<CompileCache>,
     ) -> Result<Arc<Agent>> {
-        let cache = Arc::new(CompileCache::new(cache_dir, &host)?);
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).context("no randomness for a replica id")?;
         let record = registry::Replica {

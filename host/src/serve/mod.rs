@@ -18,6 +18,7 @@ use tracing::{error, info};
 use crate::app::App;
 use crate::config::HostConfig;
 use crate::deploy::admin::{self, AdminConfig};
+use crate::deploy::cache::CompileCache;
 use crate::deploy::registry::Registry;
 use crate::deploy::replica::Agent;
 use crate::host::Host;
@@ -118,14 +119,16 @@ pub fn run(options: ServeOptions) -> Result<()> {
         }
         let registry = Registry::new(storage.clone());
         let host = Host::new(host_config, storage)?;
+        // One cache for the admin API's checks and this process's replica: a component
+        // checked on upload is compiled once here, not twice.
+        let cache = Arc::new(CompileCache::new(cache_dir, &host)?);
 
         if let Some(worker) = worker {
             let fixed = worker.load_apps(&host)?;
             let routes = Routes::new(Router::new(fixed.clone())?);
             let listener = worker.listener()?;
             let address = listener.local_addr()?.to_string();
-            let agent =
-                Agent::start(host, registry, routes.clone(), fixed, address, cache_dir).await?;
+            let agent = Agent::start(host, registry, routes.clone(), fixed, address, cache).await?;
             let metrics = tokio::spawn(async move { worker.serve_metrics().await });
             server::run(listener, routes, server_config, shutdown).await?;
             agent.leave().await;
@@ -190,6 +193,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
                     listener,
                     host.clone(),
                     registry.clone(),
+                    cache.clone(),
                     config,
                     server_config.clone(),
                 )))
@@ -211,7 +215,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
                     routes.clone(),
                     apps,
                     addr.to_string(),
-                    cache_dir,
+                    cache.clone(),
                 )
                 .await?;
                 for (name, route) in deployed(&routes, &agent) {
