@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::cache::CompileCache;
@@ -46,7 +46,7 @@ use crate::app::App;
 use crate::capabilities::Assets;
 use crate::config::{AppSettings, AppSpec, validate_name};
 use crate::host::Host;
-use crate::request::connection::{accept, connection_builder, serve_connection};
+use crate::request::connection::serve_side_listener;
 use crate::request::server::ServerConfig;
 
 /// How the admin API is run.
@@ -87,9 +87,6 @@ impl From<anyhow::Error> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Connections the admin listener keeps open at once.
-const ADMIN_CONNECTIONS: usize = 64;
-
 /// Serves the admin API on `listener` (connections bounded as every other listener's).
 pub async fn run(
     listener: TcpListener,
@@ -106,33 +103,17 @@ pub async fn run(
         config: Arc::new(config),
     };
     let routes = routes(admin);
-    let builder = connection_builder(&server);
-    let connections = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
-    let (_never, stopped) = watch::channel(false);
-    loop {
-        let permit = connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let (stream, peer) = accept(&listener).await;
+    let handle = move |req: hyper::Request<hyper::body::Incoming>| {
         let routes = routes.clone();
-        let handle = move |req: hyper::Request<hyper::body::Incoming>| {
-            let routes = routes.clone();
-            async move {
-                let response = routes
-                    .oneshot(req.map(Body::new))
-                    .await
-                    .unwrap_or_else(|never: Infallible| match never {});
-                response.map(|body| body.map_err(anyhow::Error::from).boxed_unsync())
-            }
-        };
-        let (builder, server, stopped) = (builder.clone(), server.clone(), stopped.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(&builder, stream, peer, handle, &server, stopped).await;
-        });
-    }
+        async move {
+            let response = routes
+                .oneshot(req.map(Body::new))
+                .await
+                .unwrap_or_else(|never: Infallible| match never {});
+            response.map(|body| body.map_err(anyhow::Error::from).boxed_unsync())
+        }
+    };
+    serve_side_listener(listener, server, handle).await;
 }
 
 fn routes(admin: Admin) -> Router {

@@ -348,6 +348,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for StallTimeout<T> {
     }
 }
 
+/// Connections a side listener (operator, admin) keeps open at once: enough for scrapers,
+/// probes and deploys, few enough that idle ones cannot use up the process's descriptors.
+pub(crate) const SIDE_CONNECTIONS: usize = 64;
+
+/// Serves a side listener (the operator's, the admin API's) until its task is aborted: every
+/// connection with `handle`, the main listener's timeouts, and at most [`SIDE_CONNECTIONS`]
+/// open at once. It is stopped by aborting it, not drained.
+pub(crate) async fn serve_side_listener<F, Fut>(
+    listener: TcpListener,
+    config: ServerConfig,
+    handle: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let builder = connection_builder(&config);
+    let connections = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
+    let (_never, stopped) = watch::channel(false);
+    loop {
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        let (stream, peer) = accept(&listener).await;
+        let (builder, config, stopped, handle) = (
+            builder.clone(),
+            config.clone(),
+            stopped.clone(),
+            handle.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(&builder, stream, peer, handle, &config, stopped).await;
+        });
+    }
+}
+
 /// The next connection. Accept errors (usually EMFILE) are logged and retried after a pause
 /// instead of spinning or ending the server.
 pub(crate) async fn accept(

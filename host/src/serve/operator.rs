@@ -8,27 +8,19 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
 use tracing::warn;
 
 use super::supervisor::WorkerMetrics;
 use crate::metrics;
 use crate::request::ResponseBody;
-use crate::request::connection::{
-    accept, connection_builder, plain, serve_connection, text_response,
-};
+use crate::request::connection::{plain, serve_side_listener, text_response};
 use crate::request::server::ServerConfig;
 use crate::storage::Storage;
-
-/// Connections the operator listener keeps open at once: enough for scrapers and probes,
-/// few enough that idle ones cannot use up the process's file descriptors.
-const OPERATOR_CONNECTIONS: usize = 64;
 
 /// The operator listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
 /// `/readyz` (the backing store answers, so requests that need state can succeed; unready as
 /// soon as `draining` turns true, so a load balancer stops sending before the drain). Its
-/// connections get the same timeouts as the main listener's, and at most
-/// [`OPERATOR_CONNECTIONS`] of them are open at once.
+/// connections are bounded as every side listener's.
 pub(super) async fn run(
     listener: TcpListener,
     storage: Arc<dyn Storage>,
@@ -36,29 +28,12 @@ pub(super) async fn run(
     config: ServerConfig,
     draining: Arc<AtomicBool>,
 ) {
-    let builder = connection_builder(&config);
-    let connections = Arc::new(Semaphore::new(OPERATOR_CONNECTIONS));
-    // The operator listener is stopped by aborting its task, not drained.
-    let (_never, stopped) = watch::channel(false);
-    loop {
-        let permit = connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let (stream, peer) = accept(&listener).await;
-        let (storage, metrics, draining) = (storage.clone(), metrics.clone(), draining.clone());
-        let handle = move |req: Request<Incoming>| {
-            let (storage, metrics) = (storage.clone(), metrics.clone());
-            let draining = draining.load(Ordering::Relaxed);
-            async move { operator(req.uri().path(), &*storage, &metrics, draining).await }
-        };
-        let (builder, config, stopped) = (builder.clone(), config.clone(), stopped.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(&builder, stream, peer, handle, &config, stopped).await;
-        });
-    }
+    let handle = move |req: Request<Incoming>| {
+        let (storage, metrics) = (storage.clone(), metrics.clone());
+        let draining = draining.load(Ordering::Relaxed);
+        async move { operator(req.uri().path(), &*storage, &metrics, draining).await }
+    };
+    serve_side_listener(listener, config, handle).await;
 }
 
 /// Where `/metrics` comes from.
