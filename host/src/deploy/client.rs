@@ -244,18 +244,18 @@ pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
     let app = client.json("GET", &format!("/v1/apps/{name}")).await?;
     let active = app["app"]["active"].as_str().unwrap_or("");
     println!(
-        "{:<3}{:<6} {:<14} {:>10}  {:<20} MESSAGE",
+        "{:<3}{:<6} {:<14} {:>10}  {:<18} MESSAGE",
         "", "ID", "DIGEST", "BYTES", "CREATED"
     );
     for v in app["versions"].as_array().into_iter().flatten() {
         let id = v["id"].as_str().unwrap_or("");
         println!(
-            "{:<3}{:<6} {:<14} {:>10}  {:<20} {}",
+            "{:<3}{:<6} {:<14} {:>10}  {:<18} {}",
             if id == active { "*" } else { "" },
             id,
             &v["digest"].as_str().unwrap_or("")[..12.min(v["digest"].as_str().unwrap_or("").len())],
             v["size"].as_u64().unwrap_or(0),
-            v["created"].as_u64().unwrap_or(0),
+            utc(v["created"].as_u64().unwrap_or(0)),
             v["message"].as_str().unwrap_or("")
         );
     }
@@ -269,6 +269,26 @@ pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM` UTC (the days-to-civil algorithm of
+/// Howard Hinnant's date library).
+fn utc(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60
+    )
 }
 
 /// `tabula rollback NAME [VERSION]`.
@@ -294,4 +314,14 @@ pub async fn remove(client: &AdminClient, name: &str) -> Result<()> {
     client.json("DELETE", &format!("/v1/apps/{name}")).await?;
     println!("{name} removed from every replica");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_read_as_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00");
+        assert_eq!(super::utc(1_795_720_727), "2026-11-26 19:18");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00");
+    }
 }
