@@ -581,3 +581,36 @@ async fn a_project_deploys_with_its_assets_and_a_bad_bundle_is_refused() {
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert!(reply.body.contains("outside its mount"), "{}", reply.body);
 }
+
+#[tokio::test]
+async fn a_replica_not_ready_in_time_is_named_and_switches_when_it_is() {
+    let redis = RedisServer::start();
+    // A deploy timeout no compile can meet: the other replica is late by construction.
+    let a = replica(&redis.url(), true, &["--deploy-timeout", "0.001"]);
+    let b = replica(&redis.url(), false, &[]);
+    let run = admin_cli(
+        &a,
+        &[
+            "deploy",
+            &wasm("hello"),
+            "--name",
+            "late",
+            "--route",
+            "/late",
+        ],
+    );
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("not ready within"), "{}", run.stderr);
+    assert!(run.stdout.contains("not ready in time"), "{}", run.stdout);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for server in [&a, &b] {
+        while answer(server, "/late").await.0 != 200 {
+            assert!(
+                Instant::now() < deadline,
+                "{} switched once ready",
+                server.base
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
