@@ -149,9 +149,11 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// Operator listener (`/metrics`, `/healthz`, `/readyz`), or `off`. Keep it private.
-    #[arg(long, env = "TABULA_OPERATOR_LISTEN", default_value = "127.0.0.1:9090")]
-    operator_listen: String,
+    /// Operator listener (`/metrics`, `/healthz`, `/readyz`), or `off`. Keep it private
+    /// [default: 127.0.0.1:9090 for `serve`; for `up` a free port, printed, so that two `up`
+    /// on one machine do not collide].
+    #[arg(long, env = "TABULA_OPERATOR_LISTEN")]
+    operator_listen: Option<String>,
 
     /// Instances alive at once across all apps; more concurrent requests get 503.
     #[arg(long, env = "TABULA_MAX_INSTANCES", default_value_t = HostConfig::default().max_instances)]
@@ -524,9 +526,11 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             target_dir: args.build.target_dir,
         },
         listen: args.listen,
-        operator_listen: match args.operator_listen.as_str() {
-            "off" => None,
-            addr => Some(addr.to_string()),
+        operator_listen: match (args.operator_listen.as_deref(), mode) {
+            (Some("off"), _) => None,
+            (Some(addr), _) => Some(addr.to_string()),
+            (None, Mode::Serve) => Some("127.0.0.1:9090".into()),
+            (None, Mode::Up) => Some("127.0.0.1:0".into()),
         },
         processes: args.processes,
         store,

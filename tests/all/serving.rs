@@ -290,3 +290,62 @@ fn serve_insists_on_a_store() {
     assert!(!status.success());
     assert!(stderr.contains("needs --store"), "{stderr}");
 }
+
+/// Two `tabula up` on one machine, on components whose file names are not app names: both
+/// start (each operator listener on a port of its own, printed), and each serves its app.
+#[tokio::test]
+async fn two_ups_on_one_machine_and_any_file_name() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("tabula-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a+b.wasm");
+    std::fs::copy(&guests()["hello"].wasm, &file).unwrap();
+    let mut children = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let mut child = std::process::Command::new(&*crate::harness::TABULA)
+            .args(["up", &file.display().to_string(), "--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut operator, mut serving, mut app) = (None, None, None);
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("tabula: operator on ") {
+                operator = Some(addr.to_string());
+            } else if let Some(addr) = line.strip_prefix("tabula: serving on ") {
+                serving = Some(addr.to_string());
+            } else if serving.is_some() {
+                app = Some(line);
+                break;
+            }
+        }
+        let (operator, serving) = (
+            operator.expect("an operator port"),
+            serving.expect("started"),
+        );
+        assert!(
+            app.as_deref()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with("a_b "),
+            "{app:?}"
+        );
+        let reply = get(&client(), &format!("{serving}/")).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "Hello, world!\n")
+        );
+        let health = get(&client(), &format!("{operator}/healthz")).await;
+        assert_eq!(health.status, 200);
+        seen.push(operator);
+        children.push(child);
+    }
+    assert_ne!(seen[0], seen[1], "each has its own operator port");
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,11 +53,8 @@ fn discover(args: &[String]) -> Result<Vec<Source>> {
             // The name keys the app's state, so it follows the route when one is given:
             // the same component at `/a` and `/b` is two apps with two namespaces.
             let name = match route {
-                Some(route) if route != "/" => route.trim_matches('/').replace('/', "-"),
-                _ => path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().replace(['.', ' '], "_"))
-                    .unwrap_or_else(|| "app".into()),
+                Some(route) if route != "/" => app_name(&route.trim_matches('/').replace('/', "-")),
+                _ => app_name(&path.file_stem().unwrap_or_default().to_string_lossy()),
             };
             sources.push(Source::Component {
                 name,
@@ -87,6 +84,22 @@ fn discover(args: &[String]) -> Result<Vec<Source>> {
         }
     }
     Ok(sources)
+}
+
+/// A valid app name made from `text` (a file name, a route): every character outside
+/// `[A-Za-z0-9_-]` becomes `_`, so `a+b.wasm` is app `a_b`.
+fn app_name(text: &str) -> String {
+    let name: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() { "app".into() } else { name }
 }
 
 fn project(dir: &Path) -> Result<Source> {
@@ -357,4 +370,24 @@ pub fn fingerprint(dir: &Path) -> u64 {
     files.sort();
     files.hash(&mut hasher);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::app_name;
+
+    #[test]
+    fn any_file_name_makes_a_valid_app_name() {
+        for (file, name) in [
+            ("a+b", "a_b"),
+            ("hello.v2", "hello_v2"),
+            ("my app", "my_app"),
+            ("", "app"),
+            ("ünï", "_n_"),
+            ("api-v1", "api-v1"),
+        ] {
+            assert_eq!(app_name(file), name);
+            crate::config::validate_name(&app_name(file)).unwrap();
+        }
+    }
 }
