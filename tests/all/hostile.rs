@@ -184,6 +184,26 @@ async fn odd_file_sizes_get_errors_and_hashes_reveal_no_addresses() {
     }
 }
 
+/// A line written through several handles of one stream is one log event, and a line left
+/// unfinished is logged when the request ends.
+#[tokio::test]
+async fn guest_lines_are_joined_across_handles() {
+    let server = hostile_server("memory", &[]);
+    let reply = get(&client(), &server.url("/hostile?attack=split-lines")).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(server.logged("unfinished"), "{}", server.log());
+    let log = server.log();
+    let events: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("stream=\"stderr\""))
+        .collect();
+    assert!(
+        events.iter().any(|l| l.contains("part one, part two")),
+        "one event for the line: {events:?}"
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+}
+
 /// A guest floods its output: the log keeps a bounded part, says it cut the rest, and no raw
 /// control character reaches it.
 #[tokio::test]

@@ -4,7 +4,9 @@
 //! concern, so it becomes log events tagged with the app (and, through the request's span,
 //! with the request).
 //!
-//! Output is bounded per request, across all of its handles: past the bytes or lines allowed
+//! Lines are put together per request and stream, across all of the stream's handles (a
+//! line written through several handles is one event). Output is bounded per request, across
+//! all of its handles: past the bytes or lines allowed
 //! (`--guest-log-max-bytes`, `--guest-log-max-lines`) it is dropped and counted, and one
 //! event says so. Without a bound, 1 MiB of newlines made a million log events. Control
 //! characters are escaped, so a guest cannot forge or hide log lines with `\r` or terminal
@@ -27,7 +29,14 @@ const MAX_LINE: usize = 16 * 1024;
 pub struct GuestOutput {
     app: Arc<str>,
     left: Mutex<Allowance>,
+    /// The line each stream (stdout, stderr) has begun and not ended: shared by all of the
+    /// stream's handles, so a line written through several of them is one event, as it is
+    /// one line on a terminal.
+    partial: Mutex<[Vec<u8>; 2]>,
 }
+
+/// The streams, by their index in [`GuestOutput::partial`].
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
 struct Allowance {
     bytes: usize,
@@ -45,6 +54,7 @@ impl GuestOutput {
                 lines,
                 dropped: 0,
             }),
+            partial: Mutex::default(),
         })
     }
 
@@ -83,8 +93,40 @@ impl GuestOutput {
     }
 }
 
+impl GuestOutput {
+    /// Takes what the guest wrote to `stream`, and logs each line it completes.
+    fn push(&self, stream: usize, bytes: &[u8]) {
+        let bytes = &bytes[..self.admit(bytes.len())];
+        let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
+        let line = &mut partial[stream];
+        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
+            line.extend_from_slice(chunk);
+            if line.ends_with(b"\n") || line.len() >= MAX_LINE {
+                self.emit(stream, line.strip_suffix(b"\n").unwrap_or(line));
+                line.clear();
+            }
+        }
+    }
+
+    fn emit(&self, stream: usize, line: &[u8]) {
+        if !self.take_line(line.len()) {
+            return;
+        }
+        let line = String::from_utf8_lossy(line);
+        let line = escape(&line);
+        tracing::info!(target: "guest", app = &*self.app, stream = STREAMS[stream], "{line}");
+    }
+}
+
 impl Drop for GuestOutput {
+    /// At the end of the request: the lines left unfinished, then what was cut.
     fn drop(&mut self) {
+        let partial = std::mem::take(self.partial.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for (stream, line) in partial.iter().enumerate() {
+            if !line.is_empty() {
+                self.emit(stream, line);
+            }
+        }
         let left = self.left.get_mut().unwrap_or_else(|e| e.into_inner());
         if left.dropped > 0 {
             tracing::warn!(
@@ -101,21 +143,24 @@ impl Drop for GuestOutput {
 #[derive(Clone)]
 pub struct GuestLog {
     output: Arc<GuestOutput>,
-    stream: &'static str,
+    /// Index into [`STREAMS`].
+    stream: usize,
 }
 
 impl GuestLog {
+    /// The guest's stdout.
     pub fn stdout(output: &Arc<GuestOutput>) -> GuestLog {
         GuestLog {
             output: output.clone(),
-            stream: "stdout",
+            stream: 0,
         }
     }
 
+    /// The guest's stderr.
     pub fn stderr(output: &Arc<GuestOutput>) -> GuestLog {
         GuestLog {
             output: output.clone(),
-            stream: "stderr",
+            stream: 1,
         }
     }
 }
@@ -128,28 +173,11 @@ impl IsTerminal for GuestLog {
 
 impl StdoutStream for GuestLog {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter {
-            log: self.clone(),
-            line: Vec::new(),
-        })
+        Box::new(LineWriter(self.clone()))
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
-            log: self.clone(),
-            line: Vec::new(),
-        })
-    }
-}
-
-impl GuestLog {
-    fn emit(&self, line: &[u8]) {
-        if !self.output.take_line(line.len()) {
-            return;
-        }
-        let line = String::from_utf8_lossy(line);
-        let line = escape(&line);
-        tracing::info!(target: "guest", app = &*self.output.app, stream = self.stream, "{line}");
+        Box::new(LineWriter(self.clone()))
     }
 }
 
@@ -175,12 +203,9 @@ fn escape(line: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// Splits what the guest writes into lines; a partial last line is emitted when the stream is
-/// dropped with the request.
-struct LineWriter {
-    log: GuestLog,
-    line: Vec<u8>,
-}
+/// One handle on a guest's stream. Lines are put together by [`GuestOutput`], across
+/// handles; a partial last line is logged when the request ends.
+struct LineWriter(GuestLog);
 
 impl OutputStream for LineWriter {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
@@ -199,15 +224,7 @@ impl OutputStream for LineWriter {
 
 impl LineWriter {
     fn push(&mut self, bytes: &[u8]) {
-        let bytes = &bytes[..self.log.output.admit(bytes.len())];
-        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
-            self.line.extend_from_slice(chunk);
-            if self.line.ends_with(b"\n") || self.line.len() >= MAX_LINE {
-                let line = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
-                self.log.emit(line);
-                self.line.clear();
-            }
-        }
+        self.0.output.push(self.0.stream, bytes);
     }
 }
 
@@ -234,14 +251,6 @@ impl tokio::io::AsyncWrite for LineWriter {
 #[async_trait::async_trait]
 impl Pollable for LineWriter {
     async fn ready(&mut self) {}
-}
-
-impl Drop for LineWriter {
-    fn drop(&mut self) {
-        if !self.line.is_empty() {
-            self.log.emit(&self.line);
-        }
-    }
 }
 
 #[cfg(test)]

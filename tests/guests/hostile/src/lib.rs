@@ -53,6 +53,8 @@
 //! HTTP and logs:
 //! - `fields` (n=20000): `fields.from-list` with 12 headers of 4000 bytes each (~48 KiB).
 //! - `log-flood` (n=1000000): n lines of `line {i}\r` plus ANSI colour codes on stderr.
+//! - `split-lines`: writes `part one, ` and `part two` + newline to stderr through two
+//!   handles, then `unfinished` with no newline through a third: two lines, not four.
 //! - `status-101`: answers `101` with an empty body (or `200` saying the status was refused).
 //! - `set-cookie`: answers `200 ok` with `set-cookie: tabula_session_victim=aaa…; Path=/`,
 //!   trying to plant a session cookie of the host's (or `200` saying the header was refused).
@@ -94,6 +96,7 @@ const MAX_BLOCKING_WRITE: usize = 4096;
 
 /// Every attack, in the order of the module documentation.
 const ATTACKS: &[&str] = &[
+    "split-lines",
     "truncate",
     "truncate-open",
     "unlink-open",
@@ -601,6 +604,13 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
             "huge-ttl" => huge_ttl(),
             "fields" => report(name, n, fields(n, &mut keep)),
             "log-flood" => report(name, n, log_flood(n)),
+            "split-lines" => {
+                for part in ["part one, ", "part two\n", "unfinished"] {
+                    let stderr = wasi::cli::stderr::get_stderr();
+                    let _ = stderr.blocking_write_and_flush(part.as_bytes());
+                }
+                "ok".to_string()
+            }
             "status-101" => return status_101(out),
             "set-cookie" => return set_cookie(out),
             "echo-cookie" => echo_cookie(&request),
