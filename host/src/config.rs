@@ -90,6 +90,10 @@ impl Default for HostConfig {
 /// component.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct AppSettings {
+    /// `strip_route = true`: the guest sees paths without the app's route in front (an app
+    /// at `/api` gets `/users` for `/api/users`), for components written for the root.
+    #[serde(default)]
+    pub strip_route: bool,
     /// `[limits]`.
     pub limits: LimitSettings,
     /// `[session]`.
@@ -128,6 +132,7 @@ pub struct AppConfig {
     pub tmp: TmpQuota,
     pub request: RequestBounds,
     pub session: SessionConfig,
+    pub strip_route: bool,
 }
 
 impl AppConfig {
@@ -204,6 +209,7 @@ impl AppConfig {
             },
             request: host.request,
             session,
+            strip_route: settings.strip_route,
         };
         Ok((config, capped))
     }

@@ -413,6 +413,17 @@ impl InProcess {
         storage: Arc<dyn tabula::storage::Storage>,
         server: tabula::server::ServerConfig,
     ) -> InProcess {
+        InProcess::start_with(dirs, storage, server, |_| {})
+    }
+
+    /// Like [`InProcess::start`], with each app's spec changed by `adjust` before it loads
+    /// (settings a manifest could give).
+    pub fn start_with(
+        dirs: &[&str],
+        storage: Arc<dyn tabula::storage::Storage>,
+        server: tabula::server::ServerConfig,
+        adjust: impl Fn(&mut tabula::config::AppSpec),
+    ) -> InProcess {
         guests(); // Built once for every test, so the build below only checks them.
         let paths: Vec<String> = dirs
             .iter()
@@ -421,7 +432,8 @@ impl InProcess {
         let options = tabula::project::BuildOptions {
             target_dir: Some(root().join("target/guests")),
         };
-        let specs = tabula::project::build(&paths, &options).expect("building the projects");
+        let mut specs = tabula::project::build(&paths, &options).expect("building the projects");
+        specs.iter_mut().for_each(adjust);
         let host = tabula::Host::new(tabula::config::HostConfig::default(), storage)
             .expect("starting the host");
         let apps = specs

@@ -105,3 +105,34 @@ async fn shutdown_drains_within_its_timeout_then_stops_listening() {
         "the port is closed once the server has stopped"
     );
 }
+
+/// Every guest hears its route in `tabula-route` (a client's own is replaced), and an app
+/// with `strip_route` sees its paths without the route: a component written for `/` works
+/// anywhere.
+#[tokio::test]
+async fn guests_learn_their_route_and_may_have_it_stripped() {
+    let storage = storage::open("memory").await.unwrap();
+    let plain = InProcess::start(
+        &["tests/guests/hostile"],
+        storage.clone(),
+        ServerConfig::default(),
+    );
+    let client = client();
+    let spoofed = hyper::Request::get(plain.url("/hostile/deep/x?attack=echo-path"))
+        .header("tabula-route", "/evil")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let reply = crate::harness::send(&client, spoofed).await;
+    assert_eq!(reply.body, "/hostile/deep/x?attack=echo-path\n/hostile");
+
+    let stripped = InProcess::start_with(
+        &["tests/guests/hostile"],
+        storage,
+        ServerConfig::default(),
+        |spec| spec.settings.strip_route = true,
+    );
+    let reply = get(&client, &stripped.url("/hostile/deep/x?attack=echo-path")).await;
+    assert_eq!(reply.body, "/deep/x?attack=echo-path\n/hostile");
+    let reply = get(&client, &stripped.url("/hostile?attack=echo-path")).await;
+    assert_eq!(reply.body, "/?attack=echo-path\n/hostile");
+}

@@ -4,6 +4,8 @@
 //! name = "hello"      # optional: defaults to the directory's name
 //! route = "/hello"    # optional: defaults to "/" + name
 //! assets = "public"   # optional: a directory served read-only to the guest at /app
+//! strip_route = true  # optional: the guest sees `/x` for `/hello/x` (it learns its route
+//!                     # from the `tabula-route` header either way)
 //!
 //! [session]           # optional: each setting overrides the host's default
 //! cookie_name = "sid"
@@ -39,6 +41,8 @@ struct Raw {
     name: Option<String>,
     route: Option<String>,
     assets: Option<String>,
+    #[serde(default)]
+    strip_route: bool,
     #[serde(default)]
     session: SessionSettings,
     #[serde(default)]
@@ -82,6 +86,7 @@ impl Manifest {
             route,
             assets: raw.assets,
             settings: AppSettings {
+                strip_route: raw.strip_route,
                 limits: raw.limits,
                 session: raw.session,
             },

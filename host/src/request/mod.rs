@@ -65,6 +65,7 @@ where
             .map(|v| v.as_bytes()),
     );
     strip_cookies(req.headers_mut(), session_cookies);
+    tell_route(&mut req, app);
     // A body without a length is counted as it streams; the guest's read fails past the limit
     // and the client gets 413 instead of whatever the guest makes of the failure.
     let verdict = Arc::new(BodyVerdict::default());
@@ -183,5 +184,38 @@ where
                 anyhow::Error::new(join).context("the guest task failed"),
             )),
         },
+    }
+}
+
+/// The header that tells a guest the route its app is served at (whatever a client sent
+/// under that name is replaced), as Spin's `spin-base-path` does.
+static ROUTE_HEADER: http::HeaderName = http::HeaderName::from_static("tabula-route");
+
+/// Tells the guest its route, and takes the route off the path for an app that asked for
+/// `strip_route` (`/api/users?x` is `/users?x` for an app at `/api`; `/api` itself is `/`).
+fn tell_route<B>(req: &mut hyper::Request<B>, app: &App) {
+    let route = app.route();
+    if let Ok(value) = http::HeaderValue::from_str(route) {
+        req.headers_mut().insert(ROUTE_HEADER.clone(), value);
+    }
+    if !app.config().strip_route || route == "/" {
+        return;
+    }
+    let uri = req.uri();
+    let Some(rest) = uri.path().strip_prefix(route) else {
+        return;
+    };
+    let path = if rest.is_empty() { "/" } else { rest };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    match path_and_query.parse() {
+        Ok(pq) => parts.path_and_query = Some(pq),
+        Err(_) => return,
+    }
+    if let Ok(stripped) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = stripped;
     }
 }

@@ -53,6 +53,8 @@
 //! HTTP and logs:
 //! - `fields` (n=20000): `fields.from-list` with 12 headers of 4000 bytes each (~48 KiB).
 //! - `log-flood` (n=1000000): n lines of `line {i}\r` plus ANSI colour codes on stderr.
+//! - `echo-path`: answers the path it was given (with the query) and, on a second line, its
+//!   `tabula-route` header.
 //! - `split-lines`: writes `part one, ` and `part two` + newline to stderr through two
 //!   handles, then `unfinished` with no newline through a third: two lines, not four.
 //! - `status-101`: answers `101` with an empty body (or `200` saying the status was refused).
@@ -97,6 +99,7 @@ const MAX_BLOCKING_WRITE: usize = 4096;
 /// Every attack, in the order of the module documentation.
 const ATTACKS: &[&str] = &[
     "split-lines",
+    "echo-path",
     "truncate",
     "truncate-open",
     "unlink-open",
@@ -614,6 +617,18 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
             "status-101" => return status_101(out),
             "set-cookie" => return set_cookie(out),
             "echo-cookie" => echo_cookie(&request),
+            "echo-path" => {
+                let route = request.headers().get("tabula-route");
+                let route: Vec<String> = route
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                format!(
+                    "{}\n{}",
+                    request.path_with_query().unwrap_or_default(),
+                    route.join(",")
+                )
+            }
             "stream-trap" => {
                 let _open = start_10k(out);
                 panic!("stream-trap: trapping mid-body");
