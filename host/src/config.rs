@@ -252,7 +252,7 @@ mod tests {
         let resolve = |limits: &LimitSettings| {
             let settings = AppSettings {
                 limits: limits.clone(),
-                session: SessionSettings::default(),
+                ..AppSettings::default()
             };
             AppConfig::resolve(&host, "app", "/app", &settings).unwrap()
         };
