@@ -32,6 +32,8 @@ pub struct App {
 struct AppInner {
     name: Arc<str>,
     route: String,
+    /// `route` as the `tabula-route` header each request carries, made once.
+    route_header: http::HeaderValue,
     pre: InstancePre<RequestState>,
     /// The component's `wasi:http/incoming-handler.handle`.
     handle: ComponentExportIndex,
@@ -149,6 +151,8 @@ impl App {
         );
         Ok(App {
             inner: Arc::new(AppInner {
+                route_header: http::HeaderValue::from_str(route)
+                    .context("the route is not a valid header value")?,
                 route: route.to_string(),
                 pre,
                 handle,
@@ -176,6 +180,11 @@ impl App {
     /// The path prefix the app serves.
     pub fn route(&self) -> &str {
         &self.inner.route
+    }
+
+    /// The route as a header value, for the `tabula-route` header.
+    pub(crate) fn route_header(&self) -> &http::HeaderValue {
+        &self.inner.route_header
     }
 
     /// The app's component, linked and ready to instantiate.

@@ -195,9 +195,8 @@ static ROUTE_HEADER: http::HeaderName = http::HeaderName::from_static("tabula-ro
 /// `strip_route` (`/api/users?x` is `/users?x` for an app at `/api`; `/api` itself is `/`).
 fn tell_route<B>(req: &mut hyper::Request<B>, app: &App) {
     let route = app.route();
-    if let Ok(value) = http::HeaderValue::from_str(route) {
-        req.headers_mut().insert(ROUTE_HEADER.clone(), value);
-    }
+    req.headers_mut()
+        .insert(ROUTE_HEADER.clone(), app.route_header().clone());
     if !app.config().strip_route || route == "/" {
         return;
     }
