@@ -48,7 +48,8 @@ enum Commands {
     /// Each PATH is a project directory (it has a tabula.toml), a directory of projects, a .wasm
     /// component (served at /), or ROUTE=FILE.wasm. Projects are built for wasm32-wasip2 first.
     Up(ServeArgs),
-    /// Production server: serve components (or projects, built first) on the listen address.
+    /// Production server: serve components (or projects, built first) on the listen address,
+    /// and every app deployed to the store (with no PATH, only those).
     Serve(ServeArgs),
     /// Build handler projects for wasm32-wasip2 and print where each component is.
     Build(BuildArgs),
