@@ -201,6 +201,22 @@ fn imports_tabula_does_not_provide_are_refused_at_load_with_their_names() {
     );
 }
 
+/// An interface tabula serves, in a version it does not: refused at load with the version
+/// it does serve, not with the linker's "resource implementation is missing".
+#[test]
+fn imports_in_a_version_tabula_does_not_serve_are_refused_with_the_one_it_does() {
+    let old = guests()["oldkv"].wasm.display().to_string();
+    let (status, stderr) = run_tabula(&["serve", "--store", "memory", &old]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(
+            "wasi:keyvalue/store@0.2.0-draft (a version tabula does not serve: it serves \
+             wasi:keyvalue@0.2.0-draft2)"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn two_apps_on_one_route_are_refused() {
     let hello = guests()["hello"].wasm.display().to_string();

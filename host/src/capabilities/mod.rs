@@ -40,34 +40,60 @@ pub use session::{
 };
 pub use vfs::{Assets, TmpQuota};
 
-/// Interface packages a guest may import. Anything else is refused when an app loads.
-pub const ALLOWED_IMPORTS: &[&str] = &[
-    "wasi:cli/",
-    "wasi:clocks/",
-    "wasi:filesystem/",
-    "wasi:http/",
-    "wasi:io/",
-    "wasi:random/",
-    "wasi:sockets/",
-    "wasi:keyvalue/",
-    "tabula:host/",
+/// Interface packages a guest may import, each with the versions served: a version ending
+/// in `.` is any version it begins (the linker matches WASI 0.2.x by semver), another is
+/// exactly that one. Anything else is refused when an app loads.
+pub const ALLOWED_IMPORTS: &[(&str, &str)] = &[
+    ("wasi:cli", "0.2."),
+    ("wasi:clocks", "0.2."),
+    ("wasi:filesystem", "0.2."),
+    ("wasi:http", "0.2."),
+    ("wasi:io", "0.2."),
+    ("wasi:random", "0.2."),
+    ("wasi:sockets", "0.2."),
+    ("wasi:keyvalue", "0.2.0-draft2"),
+    ("tabula:host", "0.1."),
 ];
 
-/// Refuses imports outside [`ALLOWED_IMPORTS`], naming all of them in one error.
+/// Why `import` (`PACKAGE/INTERFACE@VERSION`) is refused, if it is.
+fn refusal(import: &str) -> Option<String> {
+    let (path, version) = import.split_once('@').unwrap_or((import, ""));
+    let package = path.split_once('/').map_or(path, |(package, _)| package);
+    let Some((_, served)) = ALLOWED_IMPORTS.iter().find(|(p, _)| *p == package) else {
+        return Some(format!("{import} (not an interface tabula provides)"));
+    };
+    let fits = match served.strip_suffix('.') {
+        Some(_) => version.starts_with(served),
+        None => version == *served,
+    };
+    if fits {
+        return None;
+    }
+    let wanted = format!("{package}@{}", served.trim_end_matches('.'));
+    Some(
+        if version.starts_with("0.3") && package.starts_with("wasi:") {
+            format!(
+                "{import} (WASI 0.3, which tabula does not serve yet: build the component for \
+             WASI 0.2, e.g. the wasm32-wasip2 target with a 0.2 SDK; tabula serves {wanted})"
+            )
+        } else {
+            format!("{import} (a version tabula does not serve: it serves {wanted})")
+        },
+    )
+}
+
+/// Refuses imports outside [`ALLOWED_IMPORTS`], naming all of them, each with its reason, in
+/// one error.
 pub fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     let ty = component.component_type();
     let refused: Vec<String> = ty
         .imports(engine)
-        .map(|(name, _)| name)
-        .filter(|name| !ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p)))
-        .map(str::to_string)
+        .filter_map(|(name, _)| refusal(name))
         .collect();
     if !refused.is_empty() {
         bail!(
-            "the component imports interfaces tabula does not provide: {}. \
-             Allowed are WASI 0.2 ({})",
-            refused.join(", "),
-            ALLOWED_IMPORTS.join(" ")
+            "the component imports interfaces tabula does not provide: {}",
+            refused.join("; ")
         );
     }
     Ok(())
@@ -254,4 +280,30 @@ fn kv_view<T: CapabilitiesView>(data: &mut T) -> kv::KvView<'_> {
 
 fn session_view<T: CapabilitiesView>(data: &mut T) -> session::SessionView<'_> {
     session::SessionView::new(&mut data.capabilities().session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal;
+
+    #[test]
+    fn imports_are_judged_by_package_and_version() {
+        for served in [
+            "wasi:http/types@0.2.12",
+            "wasi:cli/environment@0.2.0",
+            "wasi:keyvalue/store@0.2.0-draft2",
+            "tabula:host/kv@0.1.0",
+        ] {
+            assert_eq!(refusal(served), None, "{served}");
+        }
+        let old = refusal("wasi:keyvalue/store@0.2.0-draft").unwrap();
+        assert!(old.contains("serves wasi:keyvalue@0.2.0-draft2"), "{old}");
+        let next = refusal("wasi:http/types@0.3.0-rc-2025-09-16").unwrap();
+        assert!(next.contains("WASI 0.3"), "{next}");
+        let unknown = refusal("acme:secret/vault").unwrap();
+        assert!(
+            unknown.contains("not an interface tabula provides"),
+            "{unknown}"
+        );
+    }
 }

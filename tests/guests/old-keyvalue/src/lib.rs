@@ -1,0 +1,32 @@
+//! A component that imports `wasi:keyvalue` in a version tabula does not serve
+//! (`0.2.0-draft`, where tabula serves `0.2.0-draft2`): the host must refuse it when loading,
+//! naming the import and the version it serves, instead of failing in the linker.
+
+use wasi::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
+
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package wasi:keyvalue@0.2.0-draft;
+            interface store { exists: func(key: string) -> bool; }
+            world old { import store; }
+        ",
+    });
+}
+
+struct OldKeyvalue;
+
+impl wasi::exports::http::incoming_handler::Guest for OldKeyvalue {
+    fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+        let status = if bindings::wasi::keyvalue::store::exists("k") {
+            200
+        } else {
+            404
+        };
+        let response = OutgoingResponse::new(Fields::new());
+        let _ = response.set_status_code(status);
+        ResponseOutparam::set(out, Ok(response));
+    }
+}
+
+wasi::http::proxy::export!(OldKeyvalue);
