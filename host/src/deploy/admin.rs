@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::cache::CompileCache;
-use super::registry::{AppRecord, Registry, Version};
+use super::registry::{AppRecord, Blob, Registry, Version};
 use crate::app::App;
 use crate::capabilities::Assets;
 use crate::config::{AppSettings, AppSpec, validate_name};
@@ -257,11 +257,11 @@ async fn upload_assets(
     State(admin): State<Admin>,
     body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let bytes = read_limited(&admin, body, "assets bundle").await?;
-    Assets::from_bundle(&bytes)
+    let blob = Blob::new(read_limited(&admin, body, "assets bundle").await?);
+    Assets::from_bundle(blob.bytes())
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
-    let digest = admin.registry.put_blob(&bytes).await?;
-    Ok(Json(json!({ "digest": digest })))
+    admin.registry.put_blob(&blob).await?;
+    Ok(Json(json!({ "digest": blob.digest() })))
 }
 
 /// An upload's body, refused past the host's size limit.
@@ -342,20 +342,21 @@ async fn upload(
     };
     // Through the compile cache: this process's replica then loads what was compiled here,
     // and a version uploaded again (a rollback by upload) is not compiled again.
-    let digest = super::registry::digest(&bytes);
-    let (host, cache, checked) = (admin.host.clone(), admin.cache.clone(), bytes.clone());
+    let blob = Blob::new(bytes);
+    let (host, cache, checked) = (admin.host.clone(), admin.cache.clone(), blob.clone());
     tokio::task::spawn_blocking(move || {
-        let (component, _) = cache.component(&host, &digest, &checked)?;
+        let (component, _) = cache.component(&host, checked.digest(), checked.bytes())?;
         App::from_component(&host, &spec, component)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
-    let digest = admin.registry.put_blob(&bytes).await?;
+    admin.registry.put_blob(&blob).await?;
+    let digest = blob.digest();
     let draft = Version {
         number: 0,
-        digest: digest.clone(),
-        size: bytes.len() as u64,
+        digest: digest.to_string(),
+        size: blob.bytes().len() as u64,
         created: 0,
         message: query.message,
         source: query.source,

@@ -40,18 +40,15 @@ impl AdminClient {
         method: &str,
         path: &str,
         body: Bytes,
-        settings: Option<String>,
+        headers: &[(&str, String)],
     ) -> Result<hyper::Response<hyper::body::Incoming>> {
         let url = format!("{}{path}", self.base);
         let mut req = hyper::Request::builder().method(method).uri(&url).header(
             hyper::header::AUTHORIZATION,
             format!("Bearer {}", self.token),
         );
-        if let Some(settings) = settings {
-            req = req.header("tabula-settings", settings);
-        }
-        if method == "POST" && path.ends_with("/activate") {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         let response = self
             .client
@@ -73,7 +70,7 @@ impl AdminClient {
     }
 
     async fn json(&self, method: &str, path: &str) -> Result<Value> {
-        let response = self.send(method, path, Bytes::new(), None).await?;
+        let response = self.send(method, path, Bytes::new(), &[]).await?;
         let body = response.into_body().collect().await?.to_bytes();
         Ok(serde_json::from_slice(&body)?)
     }
@@ -174,7 +171,7 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
             bundle.len() as f64 / 1e6
         );
         let response = client
-            .send("PUT", "/v1/assets", Bytes::from(bundle), None)
+            .send("PUT", "/v1/assets", Bytes::from(bundle), &[])
             .await?;
         let body = response.into_body().collect().await?.to_bytes();
         let stored: Value = serde_json::from_slice(&body)?;
@@ -190,7 +187,7 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
             "POST",
             &format!("/v1/apps/{name}/versions?{query}"),
             Bytes::from(bytes),
-            Some(settings),
+            &[("tabula-settings", settings)],
         )
         .await?;
     eprintln!("tabula: uploaded and checked");
@@ -253,7 +250,7 @@ pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
             "{:<3}{:<6} {:<14} {:>10}  {:<18} {}",
             if id == active { "*" } else { "" },
             id,
-            &v["digest"].as_str().unwrap_or("")[..12.min(v["digest"].as_str().unwrap_or("").len())],
+            v["digest"].as_str().and_then(|d| d.get(..12)).unwrap_or(""),
             v["size"].as_u64().unwrap_or(0),
             utc(v["created"].as_u64().unwrap_or(0)),
             v["message"].as_str().unwrap_or("")
@@ -300,7 +297,7 @@ pub async fn rollback(client: &AdminClient, name: &str, version: Option<&str>) -
             "POST",
             &format!("/v1/apps/{name}/activate"),
             Bytes::from(serde_json::to_vec(&body)?),
-            None,
+            &[("content-type", "application/json".into())],
         )
         .await?;
     let done = client.follow(response).await?;

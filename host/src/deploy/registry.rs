@@ -131,6 +131,32 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Bytes and their digest, computed once: what is checked on upload and what is stored are
+/// then named by the same hash without hashing twice.
+#[derive(Clone)]
+pub struct Blob {
+    bytes: bytes::Bytes,
+    digest: String,
+}
+
+impl Blob {
+    /// `bytes`, with their digest.
+    pub fn new(bytes: bytes::Bytes) -> Blob {
+        let digest = digest(&bytes);
+        Blob { bytes, digest }
+    }
+
+    /// The hex sha-256 of the bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct BlobMeta {
     size: u64,
@@ -148,14 +174,14 @@ impl Registry {
         self.storage.describe()
     }
 
-    /// Stores `bytes` under their digest, unless a whole blob is already there; returns the
-    /// digest. Chunks first and the meta record last, each only if absent: a blob is never
-    /// changed, and one cut short by a failure is finished by the next upload.
-    pub async fn put_blob(&self, bytes: &[u8]) -> Result<String> {
-        let digest = digest(bytes);
+    /// Stores `blob` under its digest, unless a whole blob is already there. Chunks first and
+    /// the meta record last, each only if absent: a blob is never changed, and one cut short
+    /// by a failure is finished by the next upload.
+    pub async fn put_blob(&self, blob: &Blob) -> Result<()> {
+        let (bytes, digest) = (blob.bytes(), blob.digest());
         let meta_key = format!("tabula:blob:{{{digest}}}:meta");
         if self.storage.exists(&meta_key).await? {
-            return Ok(digest);
+            return Ok(());
         }
         let chunks = bytes.chunks(CHUNK).collect::<Vec<_>>();
         for (n, chunk) in chunks.iter().enumerate() {
@@ -171,7 +197,7 @@ impl Registry {
         self.storage
             .compare_and_swap(&meta_key, None, &meta, None, None)
             .await?;
-        Ok(digest)
+        Ok(())
     }
 
     /// The blob stored under `digest`, checked against it.

@@ -104,13 +104,13 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The names of the apps given on the command line.
-    pub fn fixed_names(&self) -> Vec<String> {
+    /// The deployed apps this replica serves, by name and route.
+    pub fn deployed(&self) -> Vec<(String, String)> {
         let state = self.lock();
         state
-            .fixed
-            .iter()
-            .map(|app| app.name().to_string())
+            .deployed
+            .values()
+            .map(|(_, _, app)| (app.name().to_string(), app.route().to_string()))
             .collect()
     }
 

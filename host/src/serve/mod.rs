@@ -218,7 +218,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
                     cache.clone(),
                 )
                 .await?;
-                for (name, route) in deployed(&routes, &agent) {
+                for (name, route) in agent.deployed() {
                     println!("  {name:<16} http://{addr}{route} (deployed)");
                 }
                 let reloads =
@@ -288,18 +288,6 @@ async fn reload(paths: Vec<String>, build: BuildOptions, host: Host, agent: Arc<
             }
         }
     }
-}
-
-/// The deployed apps the route table serves, by name and route.
-fn deployed(routes: &Routes, agent: &Agent) -> Vec<(String, String)> {
-    let fixed = agent.fixed_names();
-    routes
-        .current()
-        .apps()
-        .iter()
-        .filter(|app| !fixed.contains(&app.name().to_string()))
-        .map(|app| (app.name().to_string(), app.route().to_string()))
-        .collect()
 }
 
 /// Raises the soft limit on open files to the hard one: every connection is a file, and the
