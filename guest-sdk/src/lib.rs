@@ -25,6 +25,7 @@
 //! Each request runs in a fresh instance: `static`s and globals start over every time, and
 //! nothing survives a request except what the host's state APIs keep.
 
+pub mod config;
 mod error;
 pub mod kv;
 mod request;
@@ -43,6 +44,9 @@ mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "tabula:host/guest",
+        // wit-bindgen generates a `wasi:` interface only when told to (it expects the `wasi`
+        // crate to provide them; that crate has no `wasi:config`).
+        with: { "wasi:config/store@0.2.0-draft": generate },
     });
 }
 

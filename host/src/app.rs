@@ -124,7 +124,7 @@ impl App {
         }
         capabilities::check_imports(host.engine(), &component)?;
         let pre = host
-            .linker()
+            .linker_for(&component)
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
             .context("linking the component's imports")?;
@@ -146,6 +146,7 @@ impl App {
             config.request,
             config.kv,
             config.session.clone(),
+            config.variables.clone(),
             config.tmp,
             assets,
         );

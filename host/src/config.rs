@@ -2,7 +2,8 @@
 //! - [`HostConfig`]: the host's, from flags and environment; its per-app values are both
 //!   defaults and caps;
 //! - [`AppSettings`]: what an app asks for in its `tabula.toml`, every value optional (its
-//!   `[limits]`, [`LimitSettings`], and `[session]`, [`SessionSettings`]);
+//!   `[limits]`, [`LimitSettings`], `[session]`, [`SessionSettings`], and `[variables]`,
+//!   [`VariableSettings`]);
 //! - [`AppConfig`]: one app's, resolved from the two: a manifest may lower a host value, or
 //!   raise it up to the host's cap, never beyond it.
 //!
@@ -12,6 +13,7 @@
 //! path). [`AppSpec`] names an app: where its component is and what it asks for.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -19,6 +21,7 @@ use serde::Deserialize;
 
 pub use crate::capabilities::{
     KvLimits, RequestBounds, SessionConfig, SessionDefaults, SessionSettings, TmpQuota,
+    VariableSetting, VariableSettings, Variables, validate_variable_name,
 };
 
 /// Host-wide configuration. The per-app values are both defaults and caps.
@@ -98,6 +101,9 @@ pub struct AppSettings {
     pub limits: LimitSettings,
     /// `[session]`.
     pub session: SessionSettings,
+    /// `[variables]`, and `--var`/`--secret`: what the guest reads through `wasi:config`.
+    #[serde(default, skip_serializing_if = "VariableSettings::is_empty")]
+    pub variables: VariableSettings,
 }
 
 /// What an app's manifest may say about its limits (`[limits]` in `tabula.toml`). Each is a
@@ -133,6 +139,7 @@ pub struct AppConfig {
     pub request: RequestBounds,
     pub session: SessionConfig,
     pub strip_route: bool,
+    pub variables: Arc<Variables>,
 }
 
 impl AppConfig {
@@ -210,6 +217,7 @@ impl AppConfig {
             request: host.request,
             session,
             strip_route: settings.strip_route,
+            variables: Arc::new(Variables::resolve(&settings.variables)?),
         };
         Ok((config, capped))
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::budget::Budget;
@@ -33,7 +33,7 @@ pub struct Host {
 
 struct HostInner {
     engine: Engine,
-    linker: Linker<RequestState>,
+    linkers: capabilities::Linkers<RequestState>,
     config: HostConfig,
     storage: Arc<dyn Storage>,
     prebuffer: Arc<Budget>,
@@ -47,12 +47,11 @@ impl Host {
             .map_err(anyhow::Error::from)
             .context("configuring wasmtime")?;
         spawn_epoch_ticker(&engine);
-        let mut linker = Linker::new(&engine);
-        capabilities::add_to_linker(&mut linker)?;
+        let linkers = capabilities::Linkers::new(&engine)?;
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
-                linker,
+                linkers,
                 config,
                 storage,
                 prebuffer: Budget::new(PREBUFFER_BUDGET),
@@ -65,9 +64,11 @@ impl Host {
         &self.inner.engine
     }
 
-    /// The linker every app is linked with.
-    pub(crate) fn linker(&self) -> &Linker<RequestState> {
-        &self.inner.linker
+    /// The linker `component` is linked with.
+    pub(crate) fn linker_for(&self, component: &Component) -> &Linker<RequestState> {
+        self.inner
+            .linkers
+            .for_component(&self.inner.engine, component)
     }
 
     /// The host's configuration.

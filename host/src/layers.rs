@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "capabilities::http",
         "capabilities::kv",
         "capabilities::session",
+        "capabilities::variables",
         "capabilities::vfs",
     ],
     &["capabilities"],

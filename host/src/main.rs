@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::config::{Allocator, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota};
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::client;
-use tabula::project::{self, BuildOptions};
+use tabula::project::{self, BuildOptions, CliVariable};
 use tabula::serve::ServeOptions;
 use tabula::server::ServerConfig;
 
@@ -127,7 +127,32 @@ struct DeployArgs {
     target_dir: Option<PathBuf>,
 
     #[command(flatten)]
+    variables: VariableArgs,
+
+    #[command(flatten)]
     admin: AdminArgs,
+}
+
+/// An app's variables from the command line, which it reads through `wasi:config/store`
+/// (and the SDKs' `config`). They override the manifest's `[variables]`.
+#[derive(Args)]
+struct VariableArgs {
+    /// A variable, for every app given or for APP only (repeat for more): e.g. `--var
+    /// greeting=hello`, `--var shop:currency=EUR`.
+    #[arg(long = "var", value_name = "[APP:]NAME=VALUE", value_parser = CliVariable::value)]
+    vars: Vec<CliVariable>,
+
+    /// A secret: its value is tabula's environment variable ENV_VAR, read where the app loads
+    /// (on every replica, for a deploy). Only the reference is stored or sent; the value never
+    /// appears in logs or metrics. E.g. `--secret api_key=ACME_API_KEY`.
+    #[arg(long = "secret", value_name = "[APP:]NAME=ENV_VAR", value_parser = CliVariable::secret)]
+    secrets: Vec<CliVariable>,
+}
+
+impl VariableArgs {
+    fn into_vec(self) -> Vec<CliVariable> {
+        self.vars.into_iter().chain(self.secrets).collect()
+    }
 }
 
 #[derive(Args)]
@@ -145,6 +170,9 @@ struct BuildArgs {
 struct ServeArgs {
     #[command(flatten)]
     build: BuildArgs,
+
+    #[command(flatten)]
+    variables: VariableArgs,
 
     /// Address to listen on. Port 0 picks a free port; the address is printed.
     #[arg(long, env = "TABULA_LISTEN", default_value = "127.0.0.1:8080")]
@@ -345,6 +373,7 @@ fn main() -> ExitCode {
                 assets: args.assets,
                 build: BuildOptions {
                     target_dir: args.target_dir,
+                    variables: args.variables.into_vec(),
                 },
             };
             client::deploy(&client, options).await
@@ -418,6 +447,7 @@ fn paths_or_here(paths: &[String]) -> Vec<String> {
 fn build(args: &BuildArgs) -> Result<()> {
     let options = BuildOptions {
         target_dir: args.target_dir.clone(),
+        variables: Vec::new(),
     };
     for built in project::build(&paths_or_here(&args.paths), &options)? {
         println!("{}\t{}\t{}", built.name, built.route, built.wasm.display());
@@ -525,6 +555,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         },
         build: BuildOptions {
             target_dir: args.build.target_dir,
+            variables: args.variables.into_vec(),
         },
         listen: args.listen,
         operator_listen: match (args.operator_listen.as_deref(), mode) {

@@ -431,6 +431,7 @@ impl InProcess {
             .collect();
         let options = tabula::project::BuildOptions {
             target_dir: Some(root().join("target/guests")),
+            variables: Vec::new(),
         };
         let mut specs = tabula::project::build(&paths, &options).expect("building the projects");
         specs.iter_mut().for_each(adjust);

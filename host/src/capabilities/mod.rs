@@ -11,13 +11,15 @@
 //!
 //! The capabilities: [`wasi`] (cli, clocks, random, io, sockets, with nothing of the host's),
 //! [`vfs`] (`wasi:filesystem` in memory), [`http`] (`wasi:http`, outbound denied), [`kv`]
-//! (`tabula:host/kv` and `wasi:keyvalue`) and [`session`] (`tabula:host/session`).
+//! (`tabula:host/kv` and `wasi:keyvalue`), [`session`] (`tabula:host/session`) and
+//! [`variables`] (`wasi:config/store`: the app's own settings).
 //! Adding one is a module here plus its line in each list of this file: [`ALLOWED_IMPORTS`],
-//! [`AppCapabilities`], [`Capabilities`] and [`add_to_linker`].
+//! [`AppCapabilities`], [`Capabilities`] and `add_to_linker`.
 
 mod http;
 mod kv;
 mod session;
+mod variables;
 mod vfs;
 mod wasi;
 
@@ -38,11 +40,13 @@ pub use kv::KvLimits;
 pub use session::{
     Session, SessionConfig, SessionDefaults, SessionSettings, refuse_guest_cookies, strip_cookies,
 };
+pub use variables::{VariableSetting, VariableSettings, Variables, validate_variable_name};
 pub use vfs::{Assets, TmpQuota};
 
-/// Interface packages a guest may import, each with the versions served: a version ending
-/// in `.` is any version it begins (the linker matches WASI 0.2.x by semver), another is
-/// exactly that one. Anything else is refused when an app loads.
+/// Interface packages a guest may import, each with a version served (a package may have
+/// several entries): a version ending in `.` is any version it begins (the linker matches
+/// WASI 0.2.x by semver), another is exactly that one. Anything else is refused when an app
+/// loads.
 pub const ALLOWED_IMPORTS: &[(&str, &str)] = &[
     ("wasi:cli", "0.2."),
     ("wasi:clocks", "0.2."),
@@ -51,7 +55,11 @@ pub const ALLOWED_IMPORTS: &[(&str, &str)] = &[
     ("wasi:io", "0.2."),
     ("wasi:random", "0.2."),
     ("wasi:sockets", "0.2."),
-    ("wasi:keyvalue", "0.2.0-draft2"),
+    ("wasi:keyvalue", kv::VERSIONS[0]),
+    ("wasi:keyvalue", kv::VERSIONS[1]),
+    ("wasi:config", variables::VERSIONS[0]),
+    ("wasi:config", variables::VERSIONS[1]),
+    ("wasi:config", variables::VERSIONS[2]),
     ("tabula:host", "0.1."),
 ];
 
@@ -59,17 +67,26 @@ pub const ALLOWED_IMPORTS: &[(&str, &str)] = &[
 fn refusal(import: &str) -> Option<String> {
     let (path, version) = import.split_once('@').unwrap_or((import, ""));
     let package = path.split_once('/').map_or(path, |(package, _)| package);
-    let Some((_, served)) = ALLOWED_IMPORTS.iter().find(|(p, _)| *p == package) else {
+    let served: Vec<&str> = ALLOWED_IMPORTS
+        .iter()
+        .filter(|(p, _)| *p == package)
+        .map(|(_, v)| *v)
+        .collect();
+    if served.is_empty() {
         return Some(format!("{import} (not an interface tabula provides)"));
-    };
-    let fits = match served.strip_suffix('.') {
+    }
+    let fits = |served: &&str| match served.strip_suffix('.') {
         Some(_) => version.starts_with(served),
         None => version == *served,
     };
-    if fits {
+    if served.iter().any(fits) {
         return None;
     }
-    let wanted = format!("{package}@{}", served.trim_end_matches('.'));
+    let wanted = served
+        .iter()
+        .map(|v| format!("{package}@{}", v.trim_end_matches('.')))
+        .collect::<Vec<_>>()
+        .join(" or ");
     Some(
         if version.starts_with("0.3") && package.starts_with("wasi:") {
             format!(
@@ -141,6 +158,9 @@ pub struct AppCapabilities {
     namespace: Arc<Namespace>,
     kv: Arc<kv::Keyspace>,
     session: Arc<SessionConfig>,
+    variables: Arc<Variables>,
+    /// The values of the app's secrets, which its guests' log lines hide.
+    secrets: Arc<[String]>,
     assets: Assets,
     tmp: TmpQuota,
 }
@@ -153,6 +173,7 @@ impl AppCapabilities {
         bounds: RequestBounds,
         kv: KvLimits,
         session: SessionConfig,
+        variables: Arc<Variables>,
         tmp: TmpQuota,
         assets: Assets,
     ) -> AppCapabilities {
@@ -168,6 +189,8 @@ impl AppCapabilities {
             kv: Arc::new(kv::Keyspace::new(namespace.clone(), kv)),
             namespace,
             session: Arc::new(session),
+            secrets: variables.secrets().map(String::from).collect(),
+            variables,
             assets,
             tmp,
         }
@@ -194,12 +217,14 @@ pub struct Capabilities {
     /// per request: many handlers never make one, and seeding its random generators is a
     /// good part of a small request's fixed cost.
     wasi: Option<WasiCtx>,
-    /// The app's name and the request's bounds, for building `wasi`.
+    /// The app's name, secrets and the request's bounds, for building `wasi`.
     app: Arc<str>,
+    secrets: Arc<[String]>,
     bounds: RequestBounds,
     http: http::Http,
     kv: Arc<kv::Keyspace>,
     session: Session,
+    variables: Arc<Variables>,
     /// This request's filesystem: a fresh `/tmp`, the app's assets.
     vfs: vfs::Vfs,
 }
@@ -214,10 +239,12 @@ impl Capabilities {
             table,
             wasi: None,
             app: app.name.clone(),
+            secrets: app.secrets.clone(),
             bounds: app.bounds,
             http: http::Http::new(&budget),
             kv: app.kv.clone(),
             session,
+            variables: app.variables.clone(),
             vfs: vfs::Vfs::new(&app.assets, app.tmp, &budget),
             budget,
         }
@@ -230,11 +257,11 @@ impl Capabilities {
 
     /// The view wasmtime-wasi's host functions work through.
     pub fn wasi(&mut self) -> WasiCtxView<'_> {
-        let (app, bounds) = (&self.app, &self.bounds);
+        let (app, secrets, bounds) = (&self.app, &self.secrets, &self.bounds);
         WasiCtxView {
-            ctx: self
-                .wasi
-                .get_or_insert_with(|| wasi::guest_ctx(app, bounds.log_bytes, bounds.log_lines)),
+            ctx: self.wasi.get_or_insert_with(|| {
+                wasi::guest_ctx(app, secrets, bounds.log_bytes, bounds.log_lines)
+            }),
             table: &mut self.table,
         }
     }
@@ -253,15 +280,49 @@ pub trait CapabilitiesView: WasiView + WasiHttpView + IoView + Send + 'static {
     fn capabilities(&mut self) -> &mut Capabilities;
 }
 
+/// The linkers apps are linked with, one per shape of `wasi:keyvalue/batch@0.2.0-draft2`
+/// (published in two shapes under one name: see [`kv`]). Each holds every capability.
+pub struct Linkers<T: 'static> {
+    pairs: Linker<T>,
+    entries: Linker<T>,
+}
+
+impl<T: CapabilitiesView> Linkers<T> {
+    /// Both linkers, filled.
+    pub fn new(engine: &Engine) -> wasmtime::Result<Linkers<T>> {
+        let linker = |shape| -> wasmtime::Result<Linker<T>> {
+            let mut linker = Linker::new(engine);
+            add_to_linker(&mut linker, shape)?;
+            Ok(linker)
+        };
+        Ok(Linkers {
+            pairs: linker(kv::BatchShape::Pairs)?,
+            entries: linker(kv::BatchShape::Entries)?,
+        })
+    }
+
+    /// The linker for `component`: the one whose interfaces have the shapes it imports.
+    pub fn for_component(&self, engine: &Engine, component: &Component) -> &Linker<T> {
+        match kv::BatchShape::of(engine, component) {
+            kv::BatchShape::Pairs => &self.pairs,
+            kv::BatchShape::Entries => &self.entries,
+        }
+    }
+}
+
 /// Adds every capability to `linker`. The order matters where a capability replaces part of
 /// another: the in-memory filesystem shadows wasmtime-wasi's, and the header-fields
 /// constructors shadow wasmtime-wasi-http's.
-pub fn add_to_linker<T: CapabilitiesView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+fn add_to_linker<T: CapabilitiesView>(
+    linker: &mut Linker<T>,
+    batch: kv::BatchShape,
+) -> wasmtime::Result<()> {
     wasi::add_to_linker(linker)?;
     vfs::add_to_linker(linker, vfs_view::<T>)?;
     http::add_to_linker(linker, http_state::<T>)?;
-    kv::add_to_linker(linker, kv_view::<T>)?;
-    session::add_to_linker(linker, session_view::<T>)
+    kv::add_to_linker(linker, kv_view::<T>, batch)?;
+    session::add_to_linker(linker, session_view::<T>)?;
+    variables::add_to_linker(linker, |data: &mut T| &data.capabilities().variables)
 }
 
 fn vfs_view<T: CapabilitiesView>(data: &mut T) -> vfs::VfsView<'_> {
@@ -292,12 +353,17 @@ mod tests {
             "wasi:http/types@0.2.12",
             "wasi:cli/environment@0.2.0",
             "wasi:keyvalue/store@0.2.0-draft2",
+            "wasi:keyvalue/batch@0.2.0-draft",
+            "wasi:config/store@0.2.0-draft-2024-09-27",
             "tabula:host/kv@0.1.0",
         ] {
             assert_eq!(refusal(served), None, "{served}");
         }
-        let old = refusal("wasi:keyvalue/store@0.2.0-draft").unwrap();
-        assert!(old.contains("serves wasi:keyvalue@0.2.0-draft2"), "{old}");
+        let old = refusal("wasi:keyvalue/store@0.1.0").unwrap();
+        assert!(
+            old.contains("serves wasi:keyvalue@0.2.0-draft or wasi:keyvalue@0.2.0-draft2"),
+            "{old}"
+        );
         let next = refusal("wasi:http/types@0.3.0-rc-2025-09-16").unwrap();
         assert!(next.contains("WASI 0.3"), "{next}");
         let unknown = refusal("acme:secret/vault").unwrap();

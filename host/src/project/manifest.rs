@@ -14,6 +14,11 @@
 //! lifetime_secs = 14400
 //! max_bytes = 65536
 //!
+//! [variables]         # optional: what the guest reads through wasi:config/store
+//! greeting = "hello"
+//! api_key = { env = "ACME_API_KEY" }  # a secret: read from tabula's environment where
+//!                                     # the app loads; never stored, sent or logged
+//!
 //! [limits]            # optional: each may lower the host's limit, none may exceed it
 //! memory_mib = 64
 //! request_timeout_secs = 10
@@ -30,7 +35,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{AppSettings, LimitSettings, SessionSettings, validate_name};
+use crate::config::{AppSettings, LimitSettings, SessionSettings, VariableSettings, validate_name};
 
 /// The manifest's file name.
 pub const FILE_NAME: &str = "tabula.toml";
@@ -47,6 +52,8 @@ struct Raw {
     session: SessionSettings,
     #[serde(default)]
     limits: LimitSettings,
+    #[serde(default)]
+    variables: VariableSettings,
 }
 
 /// A project's manifest with its defaults filled in.
@@ -89,6 +96,7 @@ impl Manifest {
                 strip_route: raw.strip_route,
                 limits: raw.limits,
                 session: raw.session,
+                variables: raw.variables,
             },
         })
     }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 mod manifest;
 
-use crate::config::{AppSettings, AppSpec};
+use crate::config::{AppSettings, AppSpec, VariableSetting, validate_variable_name};
 use manifest::Manifest;
 
 /// The Rust target guests are compiled for.
@@ -124,12 +124,82 @@ fn projects_in(dir: &Path) -> Result<Vec<Source>> {
 pub struct BuildOptions {
     /// Cargo's `--target-dir`; `None` uses the project's own.
     pub target_dir: Option<PathBuf>,
+    /// Variables from the command line, over the manifests' own.
+    pub variables: Vec<CliVariable>,
+}
+
+/// A variable from the command line, `--var [APP:]NAME=VALUE` or `--secret
+/// [APP:]NAME=ENV_VAR`: for app APP, or for every app when none is named (the usual case, a
+/// bare `.wasm`).
+#[derive(Debug, Clone)]
+pub struct CliVariable {
+    app: Option<String>,
+    name: String,
+    setting: VariableSetting,
+}
+
+impl CliVariable {
+    /// Parses `--var [APP:]NAME=VALUE`.
+    pub fn value(arg: &str) -> Result<CliVariable, String> {
+        CliVariable::parse(arg, "VALUE", |v| VariableSetting::Value(v.into()))
+    }
+
+    /// Parses `--secret [APP:]NAME=ENV_VAR`: the value is the host's `ENV_VAR`.
+    pub fn secret(arg: &str) -> Result<CliVariable, String> {
+        CliVariable::parse(arg, "ENV_VAR", |v| VariableSetting::Secret {
+            env: v.into(),
+        })
+    }
+
+    fn parse(
+        arg: &str,
+        what: &str,
+        setting: impl FnOnce(&str) -> VariableSetting,
+    ) -> Result<CliVariable, String> {
+        let (target, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("`{arg}` is not [APP:]NAME={what}"))?;
+        let (app, name) = match target.split_once(':') {
+            Some((app, name)) => (Some(app.to_string()), name),
+            None => (None, target),
+        };
+        validate_variable_name(name).map_err(|e| e.to_string())?;
+        Ok(CliVariable {
+            app,
+            name: name.into(),
+            setting: setting(value),
+        })
+    }
+}
+
+/// Puts the command line's variables into the apps they are for.
+fn apply_variables(specs: &mut [AppSpec], variables: &[CliVariable]) -> Result<()> {
+    for var in variables {
+        let mut found = false;
+        for spec in specs.iter_mut() {
+            if var.app.as_ref().is_none_or(|app| *app == spec.name) {
+                spec.settings
+                    .variables
+                    .insert(var.name.clone(), var.setting.clone());
+                found = true;
+            }
+        }
+        if let (false, Some(app)) = (found, &var.app) {
+            bail!(
+                "variable `{app}:{}` is for app `{app}`, which is not among the apps given",
+                var.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The apps that command-line `paths` name (project directories, directories of projects, `.wasm` files, `ROUTE=FILE.wasm`), with every project among them
 /// built: what `tabula up`, `serve` and `build` load.
 pub fn build(paths: &[String], options: &BuildOptions) -> Result<Vec<AppSpec>> {
-    build_all(&discover(paths)?, options)
+    let mut specs = build_all(&discover(paths)?, options)?;
+    apply_variables(&mut specs, &options.variables)?;
+    Ok(specs)
 }
 
 /// Builds every project among `sources` (components pass through) and returns what to load.

@@ -1,6 +1,12 @@
-//! The guest-facing key-value interfaces, `tabula:host/kv` and the standard
-//! `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`, `batch`), both served from one
-//! [`Keyspace`] per app: its [`Namespace`] of the host's store, within its [`KvLimits`].
+//! The guest-facing key-value interfaces, `tabula:host/kv` and the standard `wasi:keyvalue`
+//! (`store`, `atomics`, `batch`) in each version in use ([`VERSIONS`]), all served from one
+//! [`Keyspace`] per app: its [`Namespace`] of the host's store, within its [`KvLimits`]. A
+//! key written through one of them is read through any other: the default bucket of
+//! `wasi:keyvalue` is `tabula:host/kv`'s space.
+//!
+//! `wasi:keyvalue@0.2.0-draft2`'s `batch.get-many` is published in two shapes under one
+//! name (see `host/wit/README.md`); [`BatchShape::of`] tells which one a component imports,
+//! and [`add_to_linker`] links that one.
 //!
 //! Every key a guest names is placed under its app's namespace before it reaches the store,
 //! and every key listed back has the namespace removed (see [`Namespace`] for why one app
@@ -11,12 +17,18 @@ mod bindings;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime::Engine;
+use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::{Component, HasData, Linker, Resource, ResourceTable};
 
 use crate::budget::{Budget, Charge};
 use crate::storage::{Namespace, Storage, StorageError, StoreOutcome, Ttl};
 use bindings::tabula::host::kv;
 use bindings::wasi::keyvalue::{atomics, batch, store};
+use bindings::{draft, published_batch};
+
+/// The versions of `wasi:keyvalue` served.
+pub const VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft2"];
 
 /// Limits on what a guest may store: each key and value, and its app's whole namespace (a
 /// quota of keys and of bytes, each key's name plus its value; 0 turns a quota off).
@@ -97,6 +109,8 @@ enum KvError {
     TtlTooLong,
     /// The request's host memory budget is spent (see [`crate::budget`]).
     OverBudget(String),
+    /// A bucket name or listing cursor the guest gave is not one.
+    Invalid(String),
     Storage(StorageError),
 }
 
@@ -290,18 +304,73 @@ impl HasData for KvData {
     type Data<'a> = KvView<'a>;
 }
 
-/// Adds `tabula:host/kv` and `wasi:keyvalue` to the linker.
+/// The shape of `wasi:keyvalue/batch@0.2.0-draft2`'s `get-many` a component imports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchShape {
+    /// `list<tuple<string, option<list<u8>>>>`: `wit/`, Spin's SDK.
+    Pairs,
+    /// `list<option<tuple<string, list<u8>>>>`: the published WIT.
+    Entries,
+}
+
+impl BatchShape {
+    /// The shape `component` imports; [`BatchShape::Pairs`] when it imports none.
+    pub fn of(engine: &Engine, component: &Component) -> BatchShape {
+        let batch = format!("wasi:keyvalue/batch@{}", VERSIONS[1]);
+        let imports = component.component_type();
+        let Some(ComponentItem::ComponentInstance(batch)) = imports
+            .imports(engine)
+            .find(|(name, _)| *name == batch)
+            .map(|(_, import)| import.ty)
+        else {
+            return BatchShape::Pairs;
+        };
+        let get_many = batch
+            .exports(engine)
+            .find_map(|(name, item)| match item.ty {
+                ComponentItem::ComponentFunc(f) if name == "get-many" => Some(f),
+                _ => None,
+            });
+        // result<list<option<...>>, error>: look at the list's element.
+        let element = get_many
+            .and_then(|f| f.results().next())
+            .and_then(|result| match result {
+                Type::Result(r) => r.ok(),
+                _ => None,
+            })
+            .and_then(|ok| match ok {
+                Type::List(list) => Some(list.ty()),
+                _ => None,
+            });
+        match element {
+            Some(Type::Option(_)) => BatchShape::Entries,
+            _ => BatchShape::Pairs,
+        }
+    }
+}
+
+/// Adds `tabula:host/kv` and every version of `wasi:keyvalue` to the linker, with
+/// `wasi:keyvalue/batch@0.2.0-draft2` in `shape`.
 ///
 /// `get` hands out the view from the embedder's store data, which this module never names (as
 /// wasmtime's own capability crates do), so the capability depends on nothing above it.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> KvView<'_>,
+    shape: BatchShape,
 ) -> wasmtime::Result<()> {
     kv::add_to_linker::<T, KvData>(linker, get)?;
     store::add_to_linker::<T, KvData>(linker, get)?;
     atomics::add_to_linker::<T, KvData>(linker, get)?;
-    batch::add_to_linker::<T, KvData>(linker, get)
+    match shape {
+        BatchShape::Pairs => batch::add_to_linker::<T, KvData>(linker, get)?,
+        BatchShape::Entries => {
+            published_batch::wasi::keyvalue::batch::add_to_linker::<T, KvData>(linker, get)?
+        }
+    }
+    draft::wasi::keyvalue::store::add_to_linker::<T, KvData>(linker, get)?;
+    draft::wasi::keyvalue::atomics::add_to_linker::<T, KvData>(linker, get)?;
+    draft::wasi::keyvalue::batch::add_to_linker::<T, KvData>(linker, get)
 }
 
 fn log_unavailable(e: &KvError) {
@@ -317,7 +386,7 @@ impl From<KvError> for kv::Error {
             KvError::KeyTooLarge(max) => kv::Error::KeyTooLarge(max),
             KvError::ValueTooLarge(max) => kv::Error::ValueTooLarge(max),
             KvError::TtlTooLong => kv::Error::Other(ttl_too_long()),
-            KvError::OverBudget(why) => kv::Error::Other(why),
+            KvError::OverBudget(why) | KvError::Invalid(why) => kv::Error::Other(why),
             KvError::Storage(StorageError::Unavailable(why)) => kv::Error::Unavailable(why),
             KvError::Storage(StorageError::QuotaExceeded) => kv::Error::Other(quota_exceeded()),
             KvError::Storage(e) => kv::Error::Other(e.to_string()),
@@ -325,17 +394,28 @@ impl From<KvError> for kv::Error {
     }
 }
 
+/// What a `wasi:keyvalue` error says (every version has only `other(string)` for these).
+fn wasi_message(e: KvError) -> String {
+    log_unavailable(&e);
+    match e {
+        KvError::KeyTooLarge(max) => format!("key too large: the limit is {max} bytes"),
+        KvError::ValueTooLarge(max) => format!("value too large: the limit is {max} bytes"),
+        KvError::TtlTooLong => ttl_too_long(),
+        KvError::OverBudget(why) | KvError::Invalid(why) => why,
+        KvError::Storage(StorageError::QuotaExceeded) => quota_exceeded(),
+        KvError::Storage(e) => e.to_string(),
+    }
+}
+
 impl From<KvError> for store::Error {
     fn from(e: KvError) -> Self {
-        log_unavailable(&e);
-        store::Error::Other(match e {
-            KvError::KeyTooLarge(max) => format!("key too large: the limit is {max} bytes"),
-            KvError::ValueTooLarge(max) => format!("value too large: the limit is {max} bytes"),
-            KvError::TtlTooLong => ttl_too_long(),
-            KvError::OverBudget(why) => why,
-            KvError::Storage(StorageError::QuotaExceeded) => quota_exceeded(),
-            KvError::Storage(e) => e.to_string(),
-        })
+        store::Error::Other(wasi_message(e))
+    }
+}
+
+impl From<KvError> for draft::wasi::keyvalue::store::Error {
+    fn from(e: KvError) -> Self {
+        draft::wasi::keyvalue::store::Error::Other(wasi_message(e))
     }
 }
 
@@ -481,22 +561,25 @@ fn charge(budget: &Arc<Budget>, bytes: usize) -> KvResult<Charge> {
         .map_err(|e| KvError::OverBudget(e.to_string()))
 }
 
-impl store::Host for KvView<'_> {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
-        let space = match identifier.as_str() {
+/// A listing cursor of `wasi:keyvalue@0.2.0-draft`, where a cursor is a `u64`: the store's
+/// own cursor kept in the request's table, and the guest gets its handle's number. So a
+/// cursor is good within the request that got it, as every value of an instance is.
+struct DraftCursor(String);
+
+impl KvView<'_> {
+    /// Opens bucket `identifier`: `default` (or empty) is `tabula:host/kv`'s space.
+    fn open(&mut self, identifier: &str) -> wasmtime::Result<KvResult<Resource<Bucket>>> {
+        let space = match identifier {
             "" | "default" => "kv:".to_string(),
             name if name.contains(':') => {
-                return Ok(Err(store::Error::Other(
+                return Ok(Err(KvError::Invalid(
                     "a bucket identifier may not contain `:`".into(),
                 )));
             }
             // Every key in it would be over the limit anyway; refusing here also keeps
             // open handles small.
             name if name.len() + 3 > self.ns.limits.max_key_bytes as usize => {
-                return Ok(Err(store::Error::Other(format!(
+                return Ok(Err(KvError::Invalid(format!(
                     "bucket identifier too long: with its keys it must fit the key limit of \
                      {} bytes",
                     self.ns.limits.max_key_bytes
@@ -505,6 +588,104 @@ impl store::Host for KvView<'_> {
             name => format!("b:{name}:"),
         };
         Ok(Ok(self.table.push(Bucket { space })?))
+    }
+
+    /// Every key's value, in order. The answer is charged as it grows, so a batch that would
+    /// not fit the request's budget fails instead of building gigabytes first.
+    async fn get_many(
+        &mut self,
+        b: &Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<KvResult<Vec<(String, Option<Vec<u8>>)>>> {
+        let b = self.bucket(b)?;
+        let mut held = self.budget.empty_charge();
+        let mut out = Vec::with_capacity(keys.len().min(MAX_PAGE as usize));
+        for key in keys {
+            let value = match self.ns.get(&b, &key).await {
+                Ok(value) => value,
+                Err(e) => return Ok(Err(e)),
+            };
+            let size = held.amount() + (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+            if let Err(e) = held.resize(size) {
+                return Ok(Err(KvError::OverBudget(e.to_string())));
+            }
+            out.push((key, value));
+        }
+        Ok(Ok(out))
+    }
+
+    async fn set_many(
+        &mut self,
+        b: &Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<KvResult<()>> {
+        let b = self.bucket(b)?;
+        for (key, value) in key_values {
+            if let Err(e) = self.ns.set(&b, &key, &value, None).await {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    async fn delete_many(
+        &mut self,
+        b: &Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<KvResult<()>> {
+        let b = self.bucket(b)?;
+        for key in keys {
+            if let Err(e) = self.ns.delete(&b, &key).await {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// One page of bucket `b`'s keys, after `cursor`.
+    async fn list_page(
+        &mut self,
+        b: &Resource<Bucket>,
+        cursor: Option<&str>,
+    ) -> wasmtime::Result<KvResult<(Vec<String>, Option<String>)>> {
+        let b = self.bucket(b)?;
+        Ok(self.ns.list(&b, "", cursor, MAX_PAGE).await)
+    }
+
+    /// Takes back the store cursor behind a `0.2.0-draft` cursor. A number that is not one
+    /// of this request's cursors is refused; another handle's number is left alone.
+    fn take_draft_cursor(&mut self, cursor: u64) -> KvResult<String> {
+        let unknown = || {
+            KvError::Invalid(format!(
+                "{cursor} is not a listing cursor of this request (wasi:keyvalue@0.2.0-draft \
+                 cursors are good within the request that got them)"
+            ))
+        };
+        let handle =
+            Resource::<DraftCursor>::new_own(u32::try_from(cursor).map_err(|_| unknown())?);
+        if self.table.get(&handle).is_err() {
+            return Err(unknown());
+        }
+        self.table
+            .delete(handle)
+            .map(|c| c.0)
+            .map_err(|_| unknown())
+    }
+
+    fn give_draft_cursor(&mut self, cursor: Option<String>) -> wasmtime::Result<Option<u64>> {
+        Ok(match cursor {
+            Some(cursor) => Some(u64::from(self.table.push(DraftCursor(cursor))?.rep())),
+            None => None,
+        })
+    }
+}
+
+impl store::Host for KvView<'_> {
+    async fn open(
+        &mut self,
+        identifier: String,
+    ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+        Ok(KvView::open(self, &identifier)?.map_err(Into::into))
     }
 }
 
@@ -551,8 +732,7 @@ impl store::HostBucket for KvView<'_> {
         b: Resource<Bucket>,
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-        let b = self.bucket(&b)?;
-        let listed = self.ns.list(&b, "", cursor.as_deref(), MAX_PAGE).await;
+        let listed = self.list_page(&b, cursor.as_deref()).await?;
         answer(
             self.ns,
             listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }),
@@ -627,29 +807,16 @@ impl atomics::HostCas for KvView<'_> {
     }
 }
 
+/// `get-many` as Spin's copy of the WIT (and `wit/`) has it: every key, with its value if
+/// it has one.
 impl batch::Host for KvView<'_> {
     async fn get_many(
         &mut self,
         b: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, store::Error>> {
-        let b = self.bucket(&b)?;
-        // The answer is charged as it grows, so a batch that would not fit the request's
-        // budget fails instead of building gigabytes first.
-        let mut held = self.budget.empty_charge();
-        let mut out = Vec::with_capacity(keys.len().min(MAX_PAGE as usize));
-        for key in keys {
-            let value = match self.ns.get(&b, &key).await {
-                Ok(value) => value,
-                Err(e) => return answer(self.ns, Err(e)),
-            };
-            let size = held.amount() + (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-            if let Err(e) = held.resize(size) {
-                return answer(self.ns, Err(KvError::OverBudget(e.to_string())));
-            }
-            out.push((key, value));
-        }
-        Ok(Ok(out))
+        let got = KvView::get_many(self, &b, keys).await?;
+        answer(self.ns, got)
     }
 
     async fn set_many(
@@ -657,13 +824,8 @@ impl batch::Host for KvView<'_> {
         b: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&b)?;
-        for (key, value) in key_values {
-            if let Err(e) = self.ns.set(&b, &key, &value, None).await {
-                return answer(self.ns, Err(e));
-            }
-        }
-        Ok(Ok(()))
+        let done = KvView::set_many(self, &b, key_values).await?;
+        answer(self.ns, done)
     }
 
     async fn delete_many(
@@ -671,12 +833,176 @@ impl batch::Host for KvView<'_> {
         b: Resource<Bucket>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&b)?;
-        for key in keys {
-            if let Err(e) = self.ns.delete(&b, &key).await {
-                return answer(self.ns, Err(e));
-            }
+        let done = KvView::delete_many(self, &b, keys).await?;
+        answer(self.ns, done)
+    }
+}
+
+/// Present keys as `some((key, value))` and missing ones as `none`, in order: the
+/// published `get-many` (0.2.0-draft and 0.2.0-draft2).
+fn entries(got: Vec<(String, Option<Vec<u8>>)>) -> Vec<Option<(String, Vec<u8>)>> {
+    got.into_iter()
+        .map(|(key, value)| value.map(|value| (key, value)))
+        .collect()
+}
+
+/// `get-many` as the published `0.2.0-draft2` has it; `set-many` and `delete-many` are the
+/// same as in the other shape.
+impl published_batch::wasi::keyvalue::batch::Host for KvView<'_> {
+    async fn get_many(
+        &mut self,
+        b: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
+        let got = KvView::get_many(self, &b, keys).await?;
+        answer(self.ns, got.map(entries))
+    }
+
+    async fn set_many(
+        &mut self,
+        b: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let done = KvView::set_many(self, &b, key_values).await?;
+        answer(self.ns, done)
+    }
+
+    async fn delete_many(
+        &mut self,
+        b: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Result<(), store::Error>> {
+        let done = KvView::delete_many(self, &b, keys).await?;
+        answer(self.ns, done)
+    }
+}
+
+/// `wasi:keyvalue@0.2.0-draft`: as 0.2.0-draft2 without CAS, with `u64` cursors and
+/// unsigned increments.
+mod draft_impl {
+    use super::draft::wasi::keyvalue::{atomics, batch, store};
+    use super::*;
+
+    impl store::Host for KvView<'_> {
+        async fn open(
+            &mut self,
+            identifier: String,
+        ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
+            Ok(KvView::open(self, &identifier)?.map_err(Into::into))
         }
-        Ok(Ok(()))
+    }
+
+    impl store::HostBucket for KvView<'_> {
+        async fn get(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.get(&b, &key).await)
+        }
+
+        async fn set(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+            value: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), store::Error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.set(&b, &key, &value, None).await)
+        }
+
+        async fn delete(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<(), store::Error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.delete(&b, &key).await.map(drop))
+        }
+
+        async fn exists(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<bool, store::Error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.exists(&b, &key).await)
+        }
+
+        async fn list_keys(
+            &mut self,
+            b: Resource<Bucket>,
+            cursor: Option<u64>,
+        ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
+            let after = match cursor.map(|c| self.take_draft_cursor(c)).transpose() {
+                Ok(after) => after,
+                Err(e) => return answer(self.ns, Err(e)),
+            };
+            let listed = match self.list_page(&b, after.as_deref()).await? {
+                Ok(listed) => listed,
+                Err(e) => return answer(self.ns, Err(e)),
+            };
+            let (keys, next) = listed;
+            let cursor = self.give_draft_cursor(next)?;
+            answer(self.ns, Ok(store::KeyResponse { keys, cursor }))
+        }
+
+        async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
+            self.table.delete(b)?;
+            Ok(())
+        }
+    }
+
+    impl atomics::Host for KvView<'_> {
+        async fn increment(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+            delta: u64,
+        ) -> wasmtime::Result<Result<u64, store::Error>> {
+            let b = self.bucket(&b)?;
+            let result = match i64::try_from(delta) {
+                Ok(delta) => self.ns.increment(&b, &key, delta).await.and_then(|n| {
+                    u64::try_from(n).map_err(|_| {
+                        KvError::Invalid(format!("`{key}` holds {n}, which is not a u64"))
+                    })
+                }),
+                Err(_) => Err(KvError::Invalid(format!(
+                    "an increment of {delta} is over the largest, {}",
+                    i64::MAX
+                ))),
+            };
+            answer(self.ns, result)
+        }
+    }
+
+    impl batch::Host for KvView<'_> {
+        async fn get_many(
+            &mut self,
+            b: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
+            let got = KvView::get_many(self, &b, keys).await?;
+            answer(self.ns, got.map(entries))
+        }
+
+        async fn set_many(
+            &mut self,
+            b: Resource<Bucket>,
+            key_values: Vec<(String, Vec<u8>)>,
+        ) -> wasmtime::Result<Result<(), store::Error>> {
+            let done = KvView::set_many(self, &b, key_values).await?;
+            answer(self.ns, done)
+        }
+
+        async fn delete_many(
+            &mut self,
+            b: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> wasmtime::Result<Result<(), store::Error>> {
+            let done = KvView::delete_many(self, &b, keys).await?;
+            answer(self.ns, done)
+        }
     }
 }

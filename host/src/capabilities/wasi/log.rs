@@ -28,6 +28,9 @@ const MAX_LINE: usize = 16 * 1024;
 /// What one request may still log, shared by its stdout and stderr and all their handles.
 pub struct GuestOutput {
     app: Arc<str>,
+    /// The app's secrets' values, which a line shows as `[secret]`: a guest that prints its
+    /// configuration must not put a secret into the host's log.
+    secrets: Arc<[String]>,
     left: Mutex<Allowance>,
     /// The line each stream (stdout, stderr) has begun and not ended: shared by all of the
     /// stream's handles, so a line written through several of them is one event, as it is
@@ -45,10 +48,17 @@ struct Allowance {
 }
 
 impl GuestOutput {
-    /// The output of one request of `app`: `bytes` and `lines` at most.
-    pub fn new(app: &Arc<str>, bytes: usize, lines: usize) -> Arc<GuestOutput> {
+    /// The output of one request of `app`: `bytes` and `lines` at most, with `secrets`
+    /// hidden.
+    pub fn new(
+        app: &Arc<str>,
+        secrets: &Arc<[String]>,
+        bytes: usize,
+        lines: usize,
+    ) -> Arc<GuestOutput> {
         Arc::new(GuestOutput {
             app: app.clone(),
+            secrets: secrets.clone(),
             left: Mutex::new(Allowance {
                 bytes,
                 lines,
@@ -112,7 +122,12 @@ impl GuestOutput {
         if !self.take_line(line.len()) {
             return;
         }
-        let line = String::from_utf8_lossy(line);
+        let mut line = String::from_utf8_lossy(line);
+        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
+            if line.contains(secret.as_str()) {
+                line = line.replace(secret.as_str(), "[secret]").into();
+            }
+        }
         let line = escape(&line);
         tracing::info!(target: "guest", app = &*self.app, stream = STREAMS[stream], "{line}");
     }
@@ -270,7 +285,7 @@ mod tests {
 
     #[test]
     fn output_is_bounded_across_handles() {
-        let output = GuestOutput::new(&Arc::from("t"), 10, 2);
+        let output = GuestOutput::new(&Arc::from("t"), &Arc::from([]), 10, 2);
         assert_eq!(output.admit(6), 6);
         assert_eq!(output.admit(6), 4, "bytes are shared");
         assert!(output.take_line(1) && output.take_line(1));

@@ -15,9 +15,14 @@ use log::{GuestLog, GuestOutput};
 
 /// What WASI gives a request of `app`: the builder's defaults (nothing of the host's), except
 /// that sockets are refused outright instead of per address; stdout and stderr go to the
-/// log, `log_bytes` and `log_lines` at most.
-pub fn guest_ctx(app: &Arc<str>, log_bytes: usize, log_lines: usize) -> WasiCtx {
-    let output = GuestOutput::new(app, log_bytes, log_lines);
+/// log, `log_bytes` and `log_lines` at most, with the app's `secrets` hidden.
+pub fn guest_ctx(
+    app: &Arc<str>,
+    secrets: &Arc<[String]>,
+    log_bytes: usize,
+    log_lines: usize,
+) -> WasiCtx {
+    let output = GuestOutput::new(app, secrets, log_bytes, log_lines);
     WasiCtx::builder()
         .stdout(GuestLog::stdout(&output))
         .stderr(GuestLog::stderr(&output))

@@ -1,13 +1,13 @@
-//! A component that imports `wasi:keyvalue` in a version tabula does not serve
-//! (`0.2.0-draft`, where tabula serves `0.2.0-draft2`): the host must refuse it when loading,
-//! naming the import and the version it serves, instead of failing in the linker.
+//! A component that imports `wasi:keyvalue` in a version tabula does not serve (`0.1.0`;
+//! tabula serves `0.2.0-draft` and `0.2.0-draft2`): the host must refuse it when loading,
+//! naming the import and the versions it serves, instead of failing in the linker.
 
 use wasi::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
 
 mod bindings {
     wit_bindgen::generate!({
         inline: "
-            package wasi:keyvalue@0.2.0-draft;
+            package wasi:keyvalue@0.1.0;
             interface store { exists: func(key: string) -> bool; }
             world old { import store; }
         ",
