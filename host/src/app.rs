@@ -70,9 +70,12 @@ impl App {
                  `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
             );
         }
-        Component::new(host.engine(), bytes)
-            .map_err(anyhow::Error::from)
-            .context("compiling the component")
+        Component::new(host.engine(), bytes).map_err(|e| {
+            match capabilities::wasi_03_refusal(bytes) {
+                Some(why) => anyhow::anyhow!(why),
+                None => anyhow::Error::from(e).context("compiling the component"),
+            }
+        })
     }
 
     /// Like [`App::load`], from a component that [`App::serialize`] compiled for an engine

@@ -10,6 +10,11 @@ use crate::redis_server::{RedisCluster, RedisServer};
 
 /// `tabula serve --store STORE` with no app of its own, and the admin API if `admin`.
 fn replica(store: &str, admin: bool, extra: &[&str]) -> Server {
+    replica_with_env(store, admin, extra, &[])
+}
+
+/// Like [`replica`], with `env` in its environment.
+fn replica_with_env(store: &str, admin: bool, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut args: Vec<String> = ["serve", "--store", store]
         .iter()
         .map(|s| s.to_string())
@@ -18,7 +23,7 @@ fn replica(store: &str, admin: bool, extra: &[&str]) -> Server {
         args.extend(["--admin-listen".into(), "127.0.0.1:0".into()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Server::start(args)
+    Server::start_with_env(args, env)
 }
 
 /// A built guest's component file.
@@ -613,4 +618,78 @@ async fn a_replica_not_ready_in_time_is_named_and_switches_when_it_is() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Every string and hash value in `redis`, one per line: what the store holds.
+fn everything_stored(redis: &RedisServer) -> String {
+    let keys = redis.command(&["--scan"]);
+    let mut all = String::new();
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        all += &match redis.command(&["TYPE", key]).trim() {
+            "string" => redis.command(&["GET", key]),
+            "hash" => redis.command(&["HGETALL", key]),
+            _ => String::new(),
+        };
+    }
+    all
+}
+
+/// A deploy's variables reach every replica; a secret travels as the name of the replicas'
+/// environment variable, so its value is in no store, no log, no CLI output.
+#[tokio::test]
+async fn a_deploy_carries_variables_and_only_a_reference_to_its_secret() {
+    const SECRET: &str = "d3ploy-s3cret-91ab";
+    let redis = RedisServer::start();
+    let env = [("TABULA_TEST_DEPLOY_TOKEN", SECRET)];
+    let a = replica_with_env(&redis.url(), true, &[], &env);
+    let b = replica_with_env(&redis.url(), false, &[], &env);
+    let run = admin_cli(
+        &a,
+        &[
+            "deploy",
+            &wasm("wasiconfig"),
+            "--name",
+            "cfg",
+            "--route",
+            "/wasiconfig",
+            "--var",
+            "plain=v1",
+            "--secret",
+            "token=TABULA_TEST_DEPLOY_TOKEN",
+        ],
+    );
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    for server in [&a, &b] {
+        assert_eq!(
+            answer(server, "/wasiconfig").await,
+            (200, format!("plain=v1\ntoken={SECRET}\n"))
+        );
+    }
+    let versions = admin_cli(&a, &["versions", "cfg"]);
+    let stored = everything_stored(&redis);
+    assert!(
+        stored.contains("TABULA_TEST_DEPLOY_TOKEN"),
+        "the reference is kept"
+    );
+    for (what, text) in [
+        ("the store", stored),
+        ("replica a's log", a.log()),
+        ("replica b's log", b.log()),
+        (
+            "the CLI",
+            format!(
+                "{}{}{}{}",
+                run.stdout, run.stderr, versions.stdout, versions.stderr
+            ),
+        ),
+    ] {
+        assert!(!text.contains(SECRET), "the secret is in {what}:\n{text}");
+    }
+
+    // A replica whose environment lacks the secret cannot load the app, and says why; the
+    // others keep serving it.
+    let c = replica(&redis.url(), false, &[]);
+    assert_eq!(answer(&c, "/wasiconfig").await.0, 404);
+    assert!(c.logged("TABULA_TEST_DEPLOY_TOKEN"), "{}", c.log());
+    assert_eq!(answer(&b, "/wasiconfig").await.0, 200);
 }

@@ -105,9 +105,15 @@ impl Server {
 
     /// Runs `tabula ARGS... --listen 127.0.0.1:0` and waits until it says where it listens.
     pub fn start(args: impl IntoIterator<Item = String>) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with `env` added to tabula's environment.
+    pub fn start_with_env(args: impl IntoIterator<Item = String>, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(&*TABULA)
             .current_dir(root())
             .args(args)
+            .envs(env.iter().copied())
             .args([
                 "--listen",
                 "127.0.0.1:0",

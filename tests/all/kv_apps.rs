@@ -8,18 +8,21 @@ use tokio::task::JoinSet;
 use crate::harness::{Server, app_args, client, distinct_counts, get, guests, request};
 use crate::redis_server::{RedisCluster, RedisServer};
 
-/// The same `kvtool` component served as two apps, `a` and `b`, on `store`.
+/// The same `kvtool` component served as two apps, `a` and `b`, on `store`, with the
+/// components written against each version of wasi:keyvalue.
 fn two_apps(store: &str) -> Server {
     let kvtool = guests()["kvtool"].wasm.display().to_string();
-    let wasikv = guests()["wasikv"].wasm.display().to_string();
-    Server::start([
-        "serve".to_string(),
-        "--store".into(),
-        store.into(),
-        format!("/a={kvtool}"),
-        format!("/b={kvtool}"),
-        format!("/wasikv={wasikv}"),
-    ])
+    Server::start(
+        [
+            "serve".to_string(),
+            "--store".into(),
+            store.into(),
+            format!("/a={kvtool}"),
+            format!("/b={kvtool}"),
+        ]
+        .into_iter()
+        .chain(app_args(&["wasikv", "kvdraft", "kvpublished"])),
+    )
 }
 
 async fn namespaces_are_isolated(server: &Server) {
@@ -120,6 +123,58 @@ async fn wasi_keyvalue_runs(server: &Server) {
     );
 }
 
+/// Components built from the published WIT of each wasi:keyvalue version (0.2.0-draft, and
+/// 0.2.0-draft2 with its `get-many` shape, which differs from the one above) see the same
+/// store, the same way, and one bucket whichever version opened it.
+async fn every_wasi_keyvalue_version_runs(server: &Server) {
+    let c = client();
+    let common_start = "get a=1\nexists a=true b=false\nget_many a=1 b=2 none\nkeys a b c\n\
+                        increment n=7\n";
+    let end = "after delete: []\n";
+    for bucket in ["default", "other"] {
+        let draft = get(&c, &server.url(&format!("/kvdraft/{bucket}/exercise"))).await;
+        assert_eq!(
+            (draft.status, draft.body.as_str()),
+            (200, &*format!("{common_start}{end}"))
+        );
+        let published = get(&c, &server.url(&format!("/kvpublished/{bucket}/exercise"))).await;
+        assert_eq!(
+            (published.status, published.body.as_str()),
+            (
+                200,
+                &*format!("{common_start}swap failed, now changed\nretried: a=mine\n{end}")
+            )
+        );
+        let across = get(&c, &server.url(&format!("/kvpublished/{bucket}/across"))).await;
+        assert_eq!(
+            across.body, "draft saw from draft2; draft2 saw from draft\n",
+            "one bucket for both versions"
+        );
+    }
+    // Listing pages through each version's cursor (a u64 in 0.2.0-draft) reaches every key
+    // once, over more than one page (about 1000 keys each; Redis' SCAN may give more).
+    for app in ["kvdraft", "kvpublished"] {
+        let paged = get(&c, &server.url(&format!("/{app}/pages/page?n=2500"))).await;
+        assert_eq!(paged.status, 200, "{}", paged.body);
+        let pages: usize = paged
+            .body
+            .strip_prefix("listed 2500 distinct keys in ")
+            .and_then(|rest| rest.strip_suffix(" pages\n"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{app}: {}", paged.body));
+        assert!(pages >= 2, "{app}: 2500 keys in {pages} page");
+    }
+    let bogus = get(&c, &server.url("/kvdraft/default/bogus-cursor?n=1")).await;
+    assert_eq!(bogus.status, 500);
+    assert!(
+        bogus
+            .body
+            .contains("is not a listing cursor of this request"),
+        "{}",
+        bogus.body
+    );
+}
+
 /// Each app has its own storage quota: past it a write fails with an error that says so,
 /// the other app is not affected, and deleting makes room.
 async fn quotas_bound_each_app(store: &str) {
@@ -162,6 +217,7 @@ async fn state_suite(store: &str) {
     limits_give_typed_errors(&server).await;
     ttl_expires_through_the_guest(&server).await;
     wasi_keyvalue_runs(&server).await;
+    every_wasi_keyvalue_version_runs(&server).await;
     quotas_bound_each_app(store).await;
 }
 

@@ -14,3 +14,4 @@ mod processes;
 mod redis_server;
 mod serving;
 mod sessions;
+mod variables;

@@ -99,6 +99,44 @@ fn refusal(import: &str) -> Option<String> {
     )
 }
 
+/// Why a component that wasmtime would not compile is refused, if it is a WASI 0.3 one:
+/// its async types need wasmtime's component-model-async support, whose WASI 0.3 is a
+/// release candidate that differs from what toolchains emit, so the compiler's own message
+/// ("stream requires the component model async feature") is replaced by one that says what
+/// to build. Looked for only after compiling failed, so a good component pays nothing.
+pub fn wasi_03_refusal(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    let mut names = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { break };
+        match payload {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports) if depth == 0 => {
+                names.extend(imports.into_iter().flatten().map(|i| i.name.0.to_string()))
+            }
+            Payload::ComponentExportSection(exports) if depth == 0 => {
+                names.extend(exports.into_iter().flatten().map(|e| e.name.0.to_string()))
+            }
+            _ => {}
+        }
+    }
+    let wasi_03: Vec<String> = names
+        .into_iter()
+        .filter(|name| name.starts_with("wasi:") && name.contains("@0.3."))
+        .collect();
+    (!wasi_03.is_empty()).then(|| {
+        format!(
+            "this is a WASI 0.3 component ({}), and tabula serves WASI 0.2: build it for WASI \
+             0.2, the `wasi:http/proxy` world that exports `wasi:http/incoming-handler@0.2.x` \
+             (e.g. tabula's SDK, spin-sdk 5, wstd 0.5, or componentize-py and jco with their \
+             default worlds)",
+            wasi_03.join(", ")
+        )
+    })
+}
+
 /// Refuses imports outside [`ALLOWED_IMPORTS`], naming all of them, each with its reason, in
 /// one error.
 pub fn check_imports(engine: &Engine, component: &Component) -> Result<()> {

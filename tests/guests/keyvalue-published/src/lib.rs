@@ -5,7 +5,9 @@
 //!
 //! `GET /kvpublished/BUCKET/exercise` runs store, atomics (with CAS) and batch calls and
 //! reports what it saw, in the words the other versions' guests use; `GET
-//! /kvpublished/BUCKET/page?n=N` writes N keys and lists them back page by page.
+//! /kvpublished/BUCKET/page?n=N` writes N keys and lists them back page by page; `GET
+//! /kvpublished/BUCKET/across` writes through this version and reads through
+//! `0.2.0-draft`, and back: both versions must see one bucket.
 
 #[path = "../../common/respond.rs"]
 mod respond;
@@ -19,7 +21,33 @@ mod bindings {
     });
 }
 
+/// The older version too, to show both name the same data.
+mod draft {
+    wit_bindgen::generate!({
+        path: "../../../host/wit/keyvalue-0.2.0-draft",
+        world: "imports",
+    });
+}
+
 use bindings::wasi::keyvalue::{atomics, batch, store};
+
+fn across(name: &str, bucket: &store::Bucket) -> Result<String, store::Error> {
+    let old = draft::wasi::keyvalue::store::open(name)
+        .map_err(|e| store::Error::Other(format!("{e:?}")))?;
+    bucket.set("across", b"from draft2")?;
+    let seen = old
+        .get("across")
+        .map_err(|e| store::Error::Other(format!("{e:?}")))?;
+    old.set("across", b"from draft")
+        .map_err(|e| store::Error::Other(format!("{e:?}")))?;
+    let back = bucket.get("across")?;
+    bucket.delete("across")?;
+    Ok(format!(
+        "draft saw {}; draft2 saw {}\n",
+        show(seen),
+        show(back)
+    ))
+}
 
 fn show(value: Option<Vec<u8>>) -> String {
     value.map_or("-".into(), |v| String::from_utf8_lossy(&v).into_owned())
@@ -104,6 +132,7 @@ impl wasi::exports::http::incoming_handler::Guest for KvPublished {
             .unwrap_or(10);
         let result = store::open(&bucket_name).and_then(|bucket| match action.as_str() {
             "page" => page(&bucket, n),
+            "across" => across(&bucket_name, &bucket),
             _ => exercise(&bucket),
         });
         match result {
