@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     let build = |dir: &str| -> anyhow::Result<AppSpec> {
         let options = BuildOptions {
             target_dir: Some(root.join("target/guests")),
+            variables: Vec::new(),
         };
         Ok(project::build(&[root.join(dir).display().to_string()], &options)?.remove(0))
     };

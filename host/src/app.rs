@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::capabilities::{self, AppCapabilities, Assets};
+use crate::capabilities::{self, AppCapabilities, AppParts, Assets};
 use crate::config::{AppConfig, AppSpec, validate_name};
 use crate::host::Host;
 use crate::metrics::AppMetrics;
@@ -146,12 +146,14 @@ impl App {
         let capabilities = AppCapabilities::new(
             &name,
             host.storage(),
-            config.request,
-            config.kv,
-            config.session.clone(),
-            config.variables.clone(),
-            config.tmp,
-            assets,
+            AppParts {
+                bounds: config.request,
+                kv: config.kv,
+                session: config.session.clone(),
+                variables: config.variables.clone(),
+                tmp: config.tmp,
+                assets,
+            },
         );
         Ok(App {
             inner: Arc::new(AppInner {

@@ -203,18 +203,33 @@ pub struct AppCapabilities {
     tmp: TmpQuota,
 }
 
+/// An app's configuration as far as the capabilities take it, resolved.
+pub struct AppParts {
+    /// What each request may make the host hold or do.
+    pub bounds: RequestBounds,
+    /// Its kv limits and quota.
+    pub kv: KvLimits,
+    /// Its session cookie and expiry.
+    pub session: SessionConfig,
+    /// What it reads through `wasi:config`.
+    pub variables: Arc<Variables>,
+    /// Its `/tmp` quota.
+    pub tmp: TmpQuota,
+    /// Its files at `/app`.
+    pub assets: Assets,
+}
+
 impl AppCapabilities {
     /// The state of app `name`, whose state lives in `storage`.
-    pub fn new(
-        name: &Arc<str>,
-        storage: &Arc<dyn Storage>,
-        bounds: RequestBounds,
-        kv: KvLimits,
-        session: SessionConfig,
-        variables: Arc<Variables>,
-        tmp: TmpQuota,
-        assets: Assets,
-    ) -> AppCapabilities {
+    pub fn new(name: &Arc<str>, storage: &Arc<dyn Storage>, parts: AppParts) -> AppCapabilities {
+        let AppParts {
+            bounds,
+            kv,
+            session,
+            variables,
+            tmp,
+            assets,
+        } = parts;
         let namespace = Arc::new(Namespace::new(
             storage.clone(),
             name,

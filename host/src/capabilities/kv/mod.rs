@@ -13,6 +13,7 @@
 //! cannot reach another's keys).
 
 mod bindings;
+mod draft;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +24,10 @@ use wasmtime::component::{Component, HasData, Linker, Resource, ResourceTable};
 
 use crate::budget::{Budget, Charge};
 use crate::storage::{Namespace, Storage, StorageError, StoreOutcome, Ttl};
+use bindings::draft::wasi::keyvalue as draft_wasi;
+use bindings::published_batch;
 use bindings::tabula::host::kv;
 use bindings::wasi::keyvalue::{atomics, batch, store};
-use bindings::{draft, published_batch};
 
 /// The versions of `wasi:keyvalue` served.
 pub const VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft2"];
@@ -368,9 +370,9 @@ pub fn add_to_linker<T: Send + 'static>(
             published_batch::wasi::keyvalue::batch::add_to_linker::<T, KvData>(linker, get)?
         }
     }
-    draft::wasi::keyvalue::store::add_to_linker::<T, KvData>(linker, get)?;
-    draft::wasi::keyvalue::atomics::add_to_linker::<T, KvData>(linker, get)?;
-    draft::wasi::keyvalue::batch::add_to_linker::<T, KvData>(linker, get)
+    draft_wasi::store::add_to_linker::<T, KvData>(linker, get)?;
+    draft_wasi::atomics::add_to_linker::<T, KvData>(linker, get)?;
+    draft_wasi::batch::add_to_linker::<T, KvData>(linker, get)
 }
 
 fn log_unavailable(e: &KvError) {
@@ -413,9 +415,9 @@ impl From<KvError> for store::Error {
     }
 }
 
-impl From<KvError> for draft::wasi::keyvalue::store::Error {
+impl From<KvError> for draft_wasi::store::Error {
     fn from(e: KvError) -> Self {
-        draft::wasi::keyvalue::store::Error::Other(wasi_message(e))
+        draft_wasi::store::Error::Other(wasi_message(e))
     }
 }
 
@@ -561,11 +563,6 @@ fn charge(budget: &Arc<Budget>, bytes: usize) -> KvResult<Charge> {
         .map_err(|e| KvError::OverBudget(e.to_string()))
 }
 
-/// A listing cursor of `wasi:keyvalue@0.2.0-draft`, where a cursor is a `u64`: the store's
-/// own cursor kept in the request's table, and the guest gets its handle's number. So a
-/// cursor is good within the request that got it, as every value of an instance is.
-struct DraftCursor(String);
-
 impl KvView<'_> {
     /// Opens bucket `identifier`: `default` (or empty) is `tabula:host/kv`'s space.
     fn open(&mut self, identifier: &str) -> wasmtime::Result<KvResult<Resource<Bucket>>> {
@@ -650,33 +647,6 @@ impl KvView<'_> {
     ) -> wasmtime::Result<KvResult<(Vec<String>, Option<String>)>> {
         let b = self.bucket(b)?;
         Ok(self.ns.list(&b, "", cursor, MAX_PAGE).await)
-    }
-
-    /// Takes back the store cursor behind a `0.2.0-draft` cursor. A number that is not one
-    /// of this request's cursors is refused; another handle's number is left alone.
-    fn take_draft_cursor(&mut self, cursor: u64) -> KvResult<String> {
-        let unknown = || {
-            KvError::Invalid(format!(
-                "{cursor} is not a listing cursor of this request (wasi:keyvalue@0.2.0-draft \
-                 cursors are good within the request that got them)"
-            ))
-        };
-        let handle =
-            Resource::<DraftCursor>::new_own(u32::try_from(cursor).map_err(|_| unknown())?);
-        if self.table.get(&handle).is_err() {
-            return Err(unknown());
-        }
-        self.table
-            .delete(handle)
-            .map(|c| c.0)
-            .map_err(|_| unknown())
-    }
-
-    fn give_draft_cursor(&mut self, cursor: Option<String>) -> wasmtime::Result<Option<u64>> {
-        Ok(match cursor {
-            Some(cursor) => Some(u64::from(self.table.push(DraftCursor(cursor))?.rep())),
-            None => None,
-        })
     }
 }
 
@@ -874,135 +844,5 @@ impl published_batch::wasi::keyvalue::batch::Host for KvView<'_> {
     ) -> wasmtime::Result<Result<(), store::Error>> {
         let done = KvView::delete_many(self, &b, keys).await?;
         answer(self.ns, done)
-    }
-}
-
-/// `wasi:keyvalue@0.2.0-draft`: as 0.2.0-draft2 without CAS, with `u64` cursors and
-/// unsigned increments.
-mod draft_impl {
-    use super::draft::wasi::keyvalue::{atomics, batch, store};
-    use super::*;
-
-    impl store::Host for KvView<'_> {
-        async fn open(
-            &mut self,
-            identifier: String,
-        ) -> wasmtime::Result<Result<Resource<Bucket>, store::Error>> {
-            Ok(KvView::open(self, &identifier)?.map_err(Into::into))
-        }
-    }
-
-    impl store::HostBucket for KvView<'_> {
-        async fn get(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-        ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-            let b = self.bucket(&b)?;
-            answer(self.ns, self.ns.get(&b, &key).await)
-        }
-
-        async fn set(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-            value: Vec<u8>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            let b = self.bucket(&b)?;
-            answer(self.ns, self.ns.set(&b, &key, &value, None).await)
-        }
-
-        async fn delete(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            let b = self.bucket(&b)?;
-            answer(self.ns, self.ns.delete(&b, &key).await.map(drop))
-        }
-
-        async fn exists(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-        ) -> wasmtime::Result<Result<bool, store::Error>> {
-            let b = self.bucket(&b)?;
-            answer(self.ns, self.ns.exists(&b, &key).await)
-        }
-
-        async fn list_keys(
-            &mut self,
-            b: Resource<Bucket>,
-            cursor: Option<u64>,
-        ) -> wasmtime::Result<Result<store::KeyResponse, store::Error>> {
-            let after = match cursor.map(|c| self.take_draft_cursor(c)).transpose() {
-                Ok(after) => after,
-                Err(e) => return answer(self.ns, Err(e)),
-            };
-            let listed = match self.list_page(&b, after.as_deref()).await? {
-                Ok(listed) => listed,
-                Err(e) => return answer(self.ns, Err(e)),
-            };
-            let (keys, next) = listed;
-            let cursor = self.give_draft_cursor(next)?;
-            answer(self.ns, Ok(store::KeyResponse { keys, cursor }))
-        }
-
-        async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
-            self.table.delete(b)?;
-            Ok(())
-        }
-    }
-
-    impl atomics::Host for KvView<'_> {
-        async fn increment(
-            &mut self,
-            b: Resource<Bucket>,
-            key: String,
-            delta: u64,
-        ) -> wasmtime::Result<Result<u64, store::Error>> {
-            let b = self.bucket(&b)?;
-            let result = match i64::try_from(delta) {
-                Ok(delta) => self.ns.increment(&b, &key, delta).await.and_then(|n| {
-                    u64::try_from(n).map_err(|_| {
-                        KvError::Invalid(format!("`{key}` holds {n}, which is not a u64"))
-                    })
-                }),
-                Err(_) => Err(KvError::Invalid(format!(
-                    "an increment of {delta} is over the largest, {}",
-                    i64::MAX
-                ))),
-            };
-            answer(self.ns, result)
-        }
-    }
-
-    impl batch::Host for KvView<'_> {
-        async fn get_many(
-            &mut self,
-            b: Resource<Bucket>,
-            keys: Vec<String>,
-        ) -> wasmtime::Result<Result<Vec<Option<(String, Vec<u8>)>>, store::Error>> {
-            let got = KvView::get_many(self, &b, keys).await?;
-            answer(self.ns, got.map(entries))
-        }
-
-        async fn set_many(
-            &mut self,
-            b: Resource<Bucket>,
-            key_values: Vec<(String, Vec<u8>)>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            let done = KvView::set_many(self, &b, key_values).await?;
-            answer(self.ns, done)
-        }
-
-        async fn delete_many(
-            &mut self,
-            b: Resource<Bucket>,
-            keys: Vec<String>,
-        ) -> wasmtime::Result<Result<(), store::Error>> {
-            let done = KvView::delete_many(self, &b, keys).await?;
-            answer(self.ns, done)
-        }
     }
 }
