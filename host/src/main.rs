@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::config::{Allocator, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota};
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::client;
-use tabula::project::{self, BuildOptions, CliVariable};
+use tabula::project::{self, BuildOptions, CliVariable, Lang};
 use tabula::serve::ServeOptions;
 use tabula::server::ServerConfig;
 
@@ -85,6 +85,11 @@ enum Commands {
     New {
         /// The directory and the app's name.
         name: String,
+
+        /// The language: `rust` (the SDK, with a native test), `python` (built with
+        /// componentize-py) or `js` (built with componentize-js).
+        #[arg(long, default_value = "rust")]
+        lang: Lang,
     },
 }
 
@@ -394,7 +399,7 @@ fn main() -> ExitCode {
         Commands::Rm { name, admin: args } => admin(&args.admin_url, |client| async move {
             client::remove(&client, &name).await
         }),
-        Commands::New { name } => project::scaffold(&name),
+        Commands::New { name, lang } => project::scaffold(&name, lang),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -543,10 +548,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
     let cache_dir = match args.cache_dir.as_deref() {
         Some("off") => None,
         Some(dir) => Some(PathBuf::from(dir)),
-        None => std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|dir| dir.join("tabula")),
+        None => project::user_cache_dir(),
     };
     tabula::serve::run(ServeOptions {
         paths: match mode {

@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! name = "hello"      # optional: defaults to the directory's name
+//! lang = "rust"       # optional: "rust" (Cargo.toml), "python" (app.py) or "js" (app.js);
+//!                     # defaults to what the directory holds
 //! route = "/hello"    # optional: defaults to "/" + name
 //! assets = "public"   # optional: a directory served read-only to the guest at /app
 //! strip_route = true  # optional: the guest sees `/x` for `/hello/x` (it learns its route
@@ -40,10 +42,37 @@ use crate::config::{AppSettings, LimitSettings, SessionSettings, VariableSetting
 /// The manifest's file name.
 pub const FILE_NAME: &str = "tabula.toml";
 
+/// The language a project is written in, and so how it is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    /// A cargo project using the tabula SDK (`Cargo.toml`).
+    Rust,
+    /// An `app.py`, built with componentize-py.
+    Python,
+    /// An `app.js`, built with componentize-js.
+    Js,
+}
+
+impl Lang {
+    /// The language of the project in `dir` whose manifest does not say: the one whose
+    /// files are there.
+    fn detect(dir: &Path) -> Lang {
+        if dir.join("app.py").is_file() && !dir.join("Cargo.toml").is_file() {
+            Lang::Python
+        } else if dir.join("app.js").is_file() && !dir.join("Cargo.toml").is_file() {
+            Lang::Js
+        } else {
+            Lang::Rust
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     name: Option<String>,
+    lang: Option<Lang>,
     route: Option<String>,
     assets: Option<String>,
     #[serde(default)]
@@ -65,6 +94,8 @@ pub struct Manifest {
     pub route: String,
     /// The assets directory, relative to the project.
     pub assets: Option<String>,
+    /// What the project is written in: `lang`, else what its files say.
+    pub lang: Lang,
     /// `[limits]` and `[session]`.
     pub settings: AppSettings,
 }
@@ -80,10 +111,11 @@ impl Manifest {
             .ok()
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "app".into());
-        Manifest::parse(&text, &dir_name).with_context(|| format!("in {}", path.display()))
+        Manifest::parse(&text, &dir_name, || Lang::detect(dir))
+            .with_context(|| format!("in {}", path.display()))
     }
 
-    fn parse(text: &str, dir_name: &str) -> Result<Manifest> {
+    fn parse(text: &str, dir_name: &str, detect: impl FnOnce() -> Lang) -> Result<Manifest> {
         let raw: Raw = toml::from_str(text)?;
         let name = raw.name.unwrap_or_else(|| dir_name.to_string());
         validate_name(&name)?;
@@ -92,6 +124,7 @@ impl Manifest {
             name,
             route,
             assets: raw.assets,
+            lang: raw.lang.unwrap_or_else(detect),
             settings: AppSettings {
                 strip_route: raw.strip_route,
                 limits: raw.limits,
@@ -104,11 +137,11 @@ impl Manifest {
 
 #[cfg(test)]
 mod tests {
-    use super::Manifest;
+    use super::{Lang, Manifest};
 
     #[test]
     fn defaults_come_from_the_directory() {
-        let m = Manifest::parse("", "hello").unwrap();
+        let m = Manifest::parse("", "hello", || Lang::Rust).unwrap();
         assert_eq!(m.name, "hello");
         assert_eq!(m.route, "/hello");
     }
@@ -118,12 +151,13 @@ mod tests {
         let m = Manifest::parse(
             "name = \"x\"\nroute = \"/\"\n[session]\nsecure = true\n",
             "dir",
+            || Lang::Rust,
         )
         .unwrap();
         assert_eq!((m.name.as_str(), m.route.as_str()), ("x", "/"));
         assert_eq!(m.settings.session.secure, Some(true));
-        let err = Manifest::parse("rout = \"/\"", "dir").unwrap_err();
+        let err = Manifest::parse("rout = \"/\"", "dir", || Lang::Rust).unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
-        assert!(Manifest::parse("name = \"a b\"", "dir").is_err());
+        assert!(Manifest::parse("name = \"a b\"", "dir", || Lang::Rust).is_err());
     }
 }

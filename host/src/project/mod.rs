@@ -2,18 +2,20 @@
 //! `tabula.toml`) and lone `.wasm` files, and builds projects for `wasm32-wasip2` with cargo.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
+mod js;
 mod manifest;
+mod python;
+mod rust;
+mod sdk;
+mod toolchain;
 
 use crate::config::{AppSettings, AppSpec, VariableSetting, validate_variable_name};
+pub use manifest::Lang;
 use manifest::Manifest;
-
-/// The Rust target guests are compiled for.
-const WASM_TARGET: &str = "wasm32-wasip2";
+pub use sdk::user_cache_dir;
 
 /// Something `tabula up`/`serve` was asked to serve.
 #[derive(Debug, Clone)]
@@ -204,8 +206,10 @@ pub fn build(paths: &[String], options: &BuildOptions) -> Result<Vec<AppSpec>> {
 
 /// Builds every project among `sources` (components pass through) and returns what to load.
 fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>> {
-    if sources.iter().any(|s| matches!(s, Source::Project { .. })) {
-        ensure_wasm_target()?;
+    let rust =
+        |s: &Source| matches!(s, Source::Project { manifest, .. } if manifest.lang == Lang::Rust);
+    if sources.iter().any(rust) {
+        rust::ensure_target()?;
     }
     sources
         .iter()
@@ -220,7 +224,7 @@ fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>>
             Source::Project { dir, manifest } => Ok(AppSpec {
                 name: manifest.name.clone(),
                 route: manifest.route.clone(),
-                wasm: cargo_build(dir, &manifest.name, options)?,
+                wasm: build_project(dir, manifest, options)?,
                 settings: manifest.settings.clone(),
                 assets: manifest.assets.as_ref().map(|a| dir.join(a)),
             }),
@@ -228,107 +232,27 @@ fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>>
         .collect()
 }
 
-/// Makes sure the `wasm32-wasip2` standard library is installed, installing it with rustup
-/// when it is not (machines may set `RUSTUP_AUTO_INSTALL=0`, so nothing else will).
-fn ensure_wasm_target() -> Result<()> {
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .context("running `rustc --print sysroot`: is Rust installed (https://rustup.rs)?")?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
-        return Ok(());
+/// Builds the project in `dir` with its language's tools and returns its component.
+fn build_project(dir: &Path, manifest: &Manifest, options: &BuildOptions) -> Result<PathBuf> {
+    let name = manifest.name.as_str();
+    let build = match manifest.lang {
+        Lang::Rust => return rust::build(dir, name, options),
+        Lang::Python => python::build,
+        Lang::Js => js::build,
+    };
+    let sdk = sdk::unpacked()?;
+    let out = toolchain::Output::new(dir, name, options.target_dir.as_deref(), &sdk)?;
+    if !out.is_current() {
+        build(dir, name, &out.wasm, &sdk)?;
+        out.built()?;
     }
-    eprintln!(
-        "tabula: the {WASM_TARGET} target is missing; running `rustup target add {WASM_TARGET}`"
-    );
-    let status = Command::new("rustup")
-        .args(["target", "add", WASM_TARGET])
-        .status()
-        .context("running rustup: install the target with `rustup target add wasm32-wasip2`")?;
-    if !status.success() {
-        bail!("`rustup target add {WASM_TARGET}` failed ({status}); run it by hand and retry");
-    }
-    Ok(())
+    Ok(out.wasm)
 }
 
-/// One line of `cargo build --message-format=json`, the parts we read.
-#[derive(Deserialize)]
-struct CargoMessage {
-    reason: String,
-    #[serde(default)]
-    manifest_path: Option<PathBuf>,
-    #[serde(default)]
-    filenames: Vec<PathBuf>,
-}
-
-/// Builds the project in `dir` and returns the path of its component.
-fn cargo_build(dir: &Path, name: &str, options: &BuildOptions) -> Result<PathBuf> {
-    let manifest_path = dir
-        .join("Cargo.toml")
-        .canonicalize()
-        .with_context(|| format!("{} has a tabula.toml but no Cargo.toml", dir.display()))?;
-    eprintln!(
-        "tabula: building {name} ({}) for {WASM_TARGET}",
-        dir.display()
-    );
-    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cargo
-        .args(["build", "--release", "--target", WASM_TARGET])
-        .arg("--manifest-path")
-        .arg(&manifest_path)
-        .arg("--message-format=json-render-diagnostics")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(target_dir) = &options.target_dir {
-        cargo.arg("--target-dir").arg(target_dir);
-    }
-    let output = cargo
-        .spawn()
-        .context("running cargo: is Rust installed (https://rustup.rs)?")?
-        .wait_with_output()?;
-    if !output.status.success() {
-        bail!("building {name} failed: cargo's errors are above");
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<CargoMessage>(line).ok())
-        .filter(|m| m.reason == "compiler-artifact")
-        .filter(|m| m.manifest_path.as_deref() == Some(manifest_path.as_path()))
-        .flat_map(|m| m.filenames)
-        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
-        .with_context(|| {
-            format!(
-                "building {name} produced no .wasm: its Cargo.toml needs \
-                 `[lib] crate-type = [\"cdylib\"]`"
-            )
-        })
-}
-
-/// Where `tabula new` points projects for the SDK: `TABULA_SDK_DIR`, else the SDK beside the
-/// sources this binary was built from.
-fn sdk_dir() -> Result<PathBuf> {
-    let dir = std::env::var_os("TABULA_SDK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk"));
-    dir.join("Cargo.toml")
-        .is_file()
-        .then(|| dir.canonicalize())
-        .transpose()?
-        .with_context(|| {
-            format!(
-                "the tabula SDK is not at {}: set TABULA_SDK_DIR to its directory (guest-sdk/ \
-                 in tabula's sources)",
-                dir.display()
-            )
-        })
-}
-
-/// `tabula new NAME`: a handler project in a new directory `NAME`, with a unit test, that
-/// builds, tests and deploys as it is. Its lockfile is the one tabula was built with, so the
-/// build needs nothing that is not already on this machine.
-pub fn scaffold(name: &str) -> Result<()> {
+/// `tabula new NAME --lang LANG`: a handler project in a new directory `NAME` (the app's
+/// name), a kv counter with a test where the language has a native one, that builds and
+/// deploys as it is.
+pub fn scaffold(name: &str, lang: Lang) -> Result<()> {
     let dir = Path::new(name);
     let app = dir
         .file_name()
@@ -338,69 +262,23 @@ pub fn scaffold(name: &str) -> Result<()> {
     if dir.exists() {
         bail!("{} already exists: pick a new name", dir.display());
     }
-    let sdk = sdk_dir()?;
-    std::fs::create_dir_all(dir.join("src"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let files = [
-        (
-            "Cargo.toml",
-            format!(
-                "[package]\nname = \"{app}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
-                 [lib]\n# cdylib: the component; rlib: native unit tests with `cargo test`.\n\
-                 crate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\n\
-                 tabula-sdk = {{ path = {:?} }}\n\n# A project of its own, even inside another workspace.\n[workspace]\n",
-                sdk.display().to_string()
-            ),
-        ),
-        (
-            "Cargo.lock",
-            include_str!("../../../Cargo.lock").to_string(),
-        ),
-        (
-            "tabula.toml",
-            format!("name = \"{app}\"\nroute = \"/{app}\"\n"),
-        ),
-        (".gitignore", "/target\n".to_string()),
-        ("src/lib.rs", SCAFFOLD_LIB.replace("APP", &app)),
-    ];
-    for (file, text) in files {
-        std::fs::write(dir.join(file), text)
-            .with_context(|| format!("writing {}", dir.join(file).display()))?;
+    match lang {
+        Lang::Rust => rust::scaffold(dir, &app),
+        Lang::Python => python::scaffold(dir, &app),
+        Lang::Js => js::scaffold(dir, &app),
     }
-    println!(
-        "created {}: `cd {name} && cargo test` runs its test natively, `tabula up` serves it \
-         at http://127.0.0.1:8080/{app}, `tabula deploy` sends it to your hosts",
-        dir.display()
-    );
+}
+
+/// Writes `files` (path in the project, contents) into the new project `dir`.
+fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<()> {
+    for (file, text) in files {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().expect("in the project"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
-
-/// The handler `tabula new` writes: a counter kept in kv, with a native test.
-const SCAFFOLD_LIB: &str = r#"//! APP: a tabula handler. Each request runs in a fresh instance; what outlives it goes
-//! through `kv` or `session`.
-
-use tabula_sdk::{Request, Response, handler, kv};
-
-#[handler]
-fn handle(req: Request) -> Result<Response, tabula_sdk::Error> {
-    let name = req.query_param("name").unwrap_or_else(|| "world".into());
-    let visits = kv::increment("visits", 1)?;
-    Ok(Response::text(format!("Hello, {name}! Visit {visits}.\n")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn greets_and_counts() {
-        let first = handle(Request::get("/APP?name=Ada")).unwrap();
-        assert_eq!(first.body_text(), "Hello, Ada! Visit 1.\n");
-        let second = handle(Request::get("/APP")).unwrap();
-        assert_eq!(second.body_text(), "Hello, world! Visit 2.\n");
-    }
-}
-"#;
 
 /// The projects among command-line `paths`, by app name: what `tabula up` watches.
 pub fn projects(paths: &[String]) -> Result<Vec<(String, PathBuf)>> {
@@ -414,7 +292,7 @@ pub fn projects(paths: &[String]) -> Result<Vec<(String, PathBuf)>> {
 }
 
 /// A fingerprint of a project's sources (every file's path, size and modification time,
-/// outside `target/` and hidden directories): it changes when a source does.
+/// outside `target/`, `node_modules/`, `__pycache__/` and hidden directories): it changes when a source does.
 pub fn fingerprint(dir: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -427,7 +305,11 @@ pub fn fingerprint(dir: &Path) -> u64 {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name();
-            if name == "target" || name.to_string_lossy().starts_with('.') {
+            if name == "target"
+                || name == "node_modules"
+                || name == "__pycache__"
+                || name.to_string_lossy().starts_with('.')
+            {
                 continue;
             }
             match entry.metadata() {
