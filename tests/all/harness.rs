@@ -26,22 +26,32 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// Built components by app name: every project under `examples/` and `tests/guests/`
+/// Built components by app name: every Rust project under `examples/` and `tests/guests/`
 /// (`hello`, `counter`, `kvtool`, `fstool`, `hostile`, ...).
 pub fn guests() -> &'static HashMap<String, Guest> {
     static GUESTS: OnceLock<HashMap<String, Guest>> = OnceLock::new();
     GUESTS.get_or_init(|| {
         let target_dir = root().join("target/guests");
+        // The Rust projects: the Python and JavaScript ones need their toolchains, and their
+        // own tests (`polyglot.rs`) build them and say how to install those.
+        let rust_projects: Vec<PathBuf> = ["examples", "tests/guests"]
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(root().join(dir)).expect("listing projects"))
+            .map(|entry| entry.expect("listing projects").path())
+            .filter(|dir| dir.join("tabula.toml").is_file() && dir.join("Cargo.toml").is_file())
+            .collect();
         let output = Command::new(&*TABULA)
             .current_dir(root())
-            .args(["build", "examples", "tests/guests", "--target-dir"])
+            .arg("build")
+            .args(&rust_projects)
+            .arg("--target-dir")
             .arg(&target_dir)
             .stderr(Stdio::inherit())
             .output()
             .expect("running `tabula build`");
         assert!(
             output.status.success(),
-            "`tabula build examples tests/guests` failed (see cargo's output above). Guests need \
+            "`tabula build` of the Rust projects in examples/ and tests/guests failed (see cargo's output above). Guests need \
              the wasm32-wasip2 target: `rustup target add wasm32-wasip2`"
         );
         String::from_utf8(output.stdout)

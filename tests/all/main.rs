@@ -10,6 +10,7 @@ mod in_process;
 mod kv_apps;
 mod kv_conformance;
 mod operations;
+mod polyglot;
 mod processes;
 mod redis_server;
 mod serving;
