@@ -183,6 +183,7 @@ async fn bad_deploys_are_refused_with_a_reason_and_change_nothing() {
     let huge = file("huge.wasm", &vec![0u8; 6 << 20]);
     let counter = wasm("counter");
     let forbidden = wasm("forbidden");
+    let wasi_03 = wasm("wasip3");
     let cases: &[(&str, Vec<&str>, &str)] = &[
         (
             "garbage",
@@ -198,6 +199,11 @@ async fn bad_deploys_are_refused_with_a_reason_and_change_nothing() {
             "no HTTP export",
             vec![&empty_component, "--name", "x"],
             "does not export `wasi:http/incoming-handler",
+        ),
+        (
+            "a WASI 0.3 component",
+            vec![&wasi_03, "--name", "x"],
+            "this is a WASI 0.3 component",
         ),
         (
             "a forbidden import",
