@@ -32,7 +32,7 @@ import { componentize } from "@bytecodealliance/componentize-js";
 import { build } from "esbuild";
 
 const WIT = fileURLToPath(new URL("../../wit", import.meta.url));
-const WORLD = "tabula:host/app";
+const DEFAULT_WORLD = "tabula:host/app";
 const SDK = fileURLToPath(new URL("./tabula.js", import.meta.url));
 
 // componentize-js 0.23.0 passes a negative s64 argument (a negative `kv.increment` delta) to
@@ -59,9 +59,11 @@ splicer.spliceBindings = (...args) => {
   return spliced;
 };
 
-const [app, out] = process.argv.slice(2);
+// A third argument names another world of wit/ (bench/compare.sh builds a plain
+// `wasi:http/proxy@0.2.12` hello that other hosts can run too).
+const [app, out, WORLD = DEFAULT_WORLD] = process.argv.slice(2);
 if (!app || !out) {
-  console.error("usage: node build.mjs APP_DIR|ENTRY.js OUT.wasm");
+  console.error("usage: node build.mjs APP_DIR|ENTRY.js OUT.wasm [WORLD]");
   process.exit(2);
 }
 const started = performance.now();

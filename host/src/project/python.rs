@@ -33,9 +33,7 @@ pub(super) fn build(dir: &Path, name: &str, out: &Path, sdk: &Path) -> Result<()
             .arg(sdk.join("guest-sdk/python"))
             .arg("app")
             .arg("-o")
-            .arg(out)
-            // componentize-py prints a line of its own on success.
-            .stdout(std::process::Stdio::null()),
+            .arg(out),
         &format!("building {name} with componentize-py"),
     )
 }

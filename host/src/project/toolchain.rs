@@ -17,9 +17,11 @@ pub(super) fn require(program: &str, fix: &str) -> Result<()> {
     }
 }
 
-/// Runs `command`, its output going to ours; `what` names it in the error.
+/// Runs `command`, all its output going to our stderr (our stdout is `tabula build`'s
+/// machine-readable list); `what` names it in the error.
 pub(super) fn run(command: &mut Command, what: &str) -> Result<()> {
     let status = command
+        .stdout(std::io::stderr())
         .status()
         .with_context(|| format!("{what}: could not start {:?}", command.get_program()))?;
     if !status.success() {
