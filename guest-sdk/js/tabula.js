@@ -176,8 +176,10 @@ function errorResponse(e) {
   if (status < 500) return new Response(`${e.message}\n`, { status });
   // SpiderMonkey's `stack` is the frames alone, without the message.
   console.error(`handler error (${status}): ${e}${e?.stack ? `\n${e.stack}` : ""}`);
-  const headers = status === 503 ? { "retry-after": "1" } : {};
-  return new Response("internal server error\n", { status, headers });
+  if (status === 503) {
+    return new Response("service unavailable; retry shortly\n", { status, headers: { "retry-after": "1" } });
+  }
+  return new Response("internal server error\n", { status });
 }
 
 /** The most `blocking-write-and-flush` takes in one call. */

@@ -46,12 +46,15 @@ enum Commands {
     /// Local development: build handler projects and serve them.
     ///
     /// Each PATH is a project directory (it has a tabula.toml), a directory of projects, a .wasm
-    /// component (served at /), or ROUTE=FILE.wasm. Projects are built for wasm32-wasip2 first.
+    /// component (served at /), or ROUTE=FILE.wasm. Projects are built first: Rust with cargo
+    /// for wasm32-wasip2, Python (`lang = "python"`) with componentize-py, JavaScript
+    /// (`lang = "js"`) with componentize-js.
     Up(ServeArgs),
     /// Production server: serve components (or projects, built first) on the listen address,
     /// and every app deployed to the store (with no PATH, only those).
     Serve(ServeArgs),
-    /// Build handler projects for wasm32-wasip2 and print where each component is.
+    /// Build handler projects (Rust, Python, JavaScript) into components and print where each
+    /// is: `NAME<TAB>ROUTE<TAB>PATH` per line.
     Build(BuildArgs),
     /// Deploy a project (built first) or a .wasm component to running hosts, through the
     /// admin API of any of them; every replica switches at once.

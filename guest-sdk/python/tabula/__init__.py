@@ -201,8 +201,9 @@ def _error_response(e: Exception) -> Response:
         return Response.text(f"{e}\n", status)
     print(f"handler error ({status}):", file=sys.stderr)
     traceback.print_exception(e, file=sys.stderr)
-    headers = {"retry-after": "1"} if status == 503 else {}
-    return Response("internal server error\n", status, headers)
+    if status == 503:
+        return Response("service unavailable; retry shortly\n", status, {"retry-after": "1"})
+    return Response("internal server error\n", status)
 
 
 #: The most `blocking-write-and-flush` takes in one call.
