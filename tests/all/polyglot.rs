@@ -114,3 +114,39 @@ async fn tabula_new_makes_python_and_javascript_projects_that_build_and_serve() 
         );
     }
 }
+
+/// Without the language's toolchain, a project named on the command line fails with the
+/// install command; one found in a directory of projects (`tabula up examples`) is skipped
+/// with the same words, so the rest still serve.
+#[test]
+fn a_missing_toolchain_names_its_install_and_a_listed_project_is_skipped() {
+    let dir = root().join("target/guests/no-toolchain");
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::write(dir.join("app/tabula.toml"), "lang = \"python\"\n").unwrap();
+    std::fs::write(dir.join("app/app.py"), "IncomingHandler = None\n").unwrap();
+    let tabula = |path: &Path| {
+        std::process::Command::new(&*crate::harness::TABULA)
+            .arg("build")
+            .arg(path)
+            .arg("--target-dir")
+            .arg(dir.join("target"))
+            // A PATH where no componentize-py is.
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap()
+    };
+    let fix = "`componentize-py` is not installed: Python projects are built with it: `pip \
+               install componentize-py==0.25.1`";
+    let named = tabula(&dir.join("app"));
+    assert!(!named.status.success());
+    assert!(String::from_utf8_lossy(&named.stderr).contains(fix));
+    let listed = tabula(&dir);
+    assert!(listed.status.success());
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        stderr.contains(&format!("tabula: skipping app (")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(fix), "{stderr}");
+}

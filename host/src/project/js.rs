@@ -11,10 +11,10 @@ use super::toolchain::{locked, require, run};
 
 /// Builds the app in `dir` into `out`, with the SDK written out at `sdk`.
 pub(super) fn build(dir: &Path, name: &str, out: &Path, sdk: &Path) -> Result<()> {
-    require(
-        "node",
-        "JavaScript projects need Node.js 20 or later and npm: e.g. `apt-get install nodejs npm`",
-    )?;
+    let fix =
+        "JavaScript projects need Node.js 20 or later and npm: e.g. `apt-get install nodejs npm`";
+    require("node", fix)?;
+    require("npm", fix)?;
     let tools = sdk.join("guest-sdk/js");
     locked(&tools, || {
         if tools

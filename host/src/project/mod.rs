@@ -26,6 +26,9 @@ enum Source {
         dir: PathBuf,
         /// Its `tabula.toml`.
         manifest: Box<Manifest>,
+        /// Found in a directory of projects rather than named: skipped, with a warning,
+        /// when its language's toolchain is not installed.
+        listed: bool,
     },
     /// A ready component, served at `route`.
     Component {
@@ -69,7 +72,7 @@ fn discover(args: &[String]) -> Result<Vec<Source>> {
                 path.display()
             );
         } else if path.join(manifest::FILE_NAME).is_file() {
-            sources.push(project(path)?);
+            sources.push(project(path, false)?);
         } else if path.is_dir() {
             let found = projects_in(path)?;
             if found.is_empty() {
@@ -104,10 +107,11 @@ fn app_name(text: &str) -> String {
     if name.is_empty() { "app".into() } else { name }
 }
 
-fn project(dir: &Path) -> Result<Source> {
+fn project(dir: &Path, listed: bool) -> Result<Source> {
     Ok(Source::Project {
         dir: dir.to_path_buf(),
         manifest: Box::new(Manifest::read(dir)?),
+        listed,
     })
 }
 
@@ -118,7 +122,7 @@ fn projects_in(dir: &Path) -> Result<Vec<Source>> {
         .filter(|p| p.join(manifest::FILE_NAME).is_file())
         .collect();
     dirs.sort();
-    dirs.iter().map(|d| project(d)).collect()
+    dirs.iter().map(|d| project(d, true)).collect()
 }
 
 /// Options for building projects.
@@ -211,25 +215,42 @@ fn build_all(sources: &[Source], options: &BuildOptions) -> Result<Vec<AppSpec>>
     if sources.iter().any(rust) {
         rust::ensure_target()?;
     }
-    sources
-        .iter()
-        .map(|source| match source {
-            Source::Component { name, route, path } => Ok(AppSpec {
+    let mut specs = Vec::new();
+    for source in sources {
+        specs.push(match source {
+            Source::Component { name, route, path } => AppSpec {
                 name: name.clone(),
                 route: route.clone(),
                 wasm: path.clone(),
                 settings: AppSettings::default(),
                 assets: None,
-            }),
-            Source::Project { dir, manifest } => Ok(AppSpec {
+            },
+            Source::Project {
+                dir,
+                manifest,
+                listed,
+            } => AppSpec {
                 name: manifest.name.clone(),
                 route: manifest.route.clone(),
-                wasm: build_project(dir, manifest, options)?,
+                wasm: match build_project(dir, manifest, options) {
+                    Ok(wasm) => wasm,
+                    // `tabula up examples` serves what it can build here, and says what not.
+                    Err(e) if *listed && e.is::<toolchain::Missing>() => {
+                        eprintln!(
+                            "tabula: skipping {} ({}): {e}",
+                            manifest.name,
+                            dir.display()
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
                 settings: manifest.settings.clone(),
                 assets: manifest.assets.as_ref().map(|a| dir.join(a)),
-            }),
-        })
-        .collect()
+            },
+        });
+    }
+    Ok(specs)
 }
 
 /// Builds the project in `dir` with its language's tools and returns its component.
@@ -285,7 +306,7 @@ pub fn projects(paths: &[String]) -> Result<Vec<(String, PathBuf)>> {
     Ok(discover(paths)?
         .into_iter()
         .filter_map(|source| match source {
-            Source::Project { dir, manifest } => Some((manifest.name, dir)),
+            Source::Project { dir, manifest, .. } => Some((manifest.name, dir)),
             Source::Component { .. } => None,
         })
         .collect())

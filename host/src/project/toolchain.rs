@@ -9,11 +9,30 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// Fails with `fix` unless `program --version` runs.
+/// A language's toolchain is not installed: what to run to install it.
+#[derive(Debug)]
+pub struct Missing {
+    program: String,
+    fix: String,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` is not installed: {}", self.program, self.fix)
+    }
+}
+
+impl std::error::Error for Missing {}
+
+/// Fails with [`Missing`] unless `program --version` runs.
 pub(super) fn require(program: &str, fix: &str) -> Result<()> {
     match Command::new(program).arg("--version").output() {
         Ok(output) if output.status.success() => Ok(()),
-        _ => bail!("`{program}` is not installed: {fix}"),
+        _ => Err(Missing {
+            program: program.into(),
+            fix: fix.into(),
+        }
+        .into()),
     }
 }
 
