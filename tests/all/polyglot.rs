@@ -144,9 +144,6 @@ fn a_missing_toolchain_names_its_install_and_a_listed_project_is_skipped() {
     let listed = tabula(&dir);
     assert!(listed.status.success());
     let stderr = String::from_utf8_lossy(&listed.stderr);
-    assert!(
-        stderr.contains(&format!("tabula: skipping app (")),
-        "{stderr}"
-    );
+    assert!(stderr.contains("tabula: skipping app ("), "{stderr}");
     assert!(stderr.contains(fix), "{stderr}");
 }
