@@ -7,12 +7,18 @@
 # Reports req/s, p50/p99/p99.9 latency, RSS under load and errors (non-2xx answers and socket
 # errors).
 #
-# Then the counter example against native hyper + Redis (bench/counter.sh) and the per-request
-# cost split (cargo bench --bench instantiate), so that one invocation gives every figure.
+# Also: a hello built without the SDK (bench/plain-hello, the `wasi` crate alone) at 64 and
+# 256 connections; `wasmtime serve` reusing each instance for 1000 requests beside its fresh
+# runs; an open-loop run (bench/openloop.rs: a fixed rate, latency from when each request was
+# due) at 50% and 80% of tuned wasmtime serve's peak, for tabula, wasmtime and native hyper.
+# Then the counter example against native hyper + Redis (bench/counter.sh), the per-request
+# cost split (cargo bench --bench instantiate), and Rust, Python and JavaScript side by side
+# (bench/polyglot.sh), so that one invocation gives every figure.
 #
 #   bench/compare.sh                      # DURATION=5s CONNS="1 16 256 1000"
 #   PIPE_CONNS=32 bench/compare.sh        # connections of the HTTP/1 pipelining run (default)
 #   PYTHON=0 bench/compare.sh             # skip the Python component
+#   POLYGLOT=0 bench/compare.sh           # skip bench/polyglot.sh
 #   BASELINE=/tmp/tabula-old bench/compare.sh  # also another tabula build (e.g. from before a
 #                                         # change) on hello, in the same run
 #
@@ -27,6 +33,8 @@ CONNS=${CONNS:-"1 16 256 1000"}
 PIPE_CONNS=${PIPE_CONNS:-32}
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-1}
+POLYGLOT=${POLYGLOT:-1}
+OPEN_SECONDS=${OPEN_SECONDS:-10}
 BASELINE=${BASELINE:-}
 WASMTIME_VERSION=48.0.8
 ulimit -n 65536 2>/dev/null || true
@@ -37,8 +45,9 @@ if ! command -v wasmtime >/dev/null || ! wasmtime --version | grep -q "$WASMTIME
 fi
 start_redis
 echo "bench: building (release)" >&2
-cargo build --release -q -p tabula --bin tabula --example native-hello
+cargo build --release -q -p tabula --bin tabula --example native-hello --example openloop
 hello=$(target/release/tabula build examples/hello --target-dir target/guests 2>/dev/null | cut -f3)
+plain=$(target/release/tabula build bench/plain-hello --target-dir target/guests 2>/dev/null | cut -f3)
 
 TUNED=(-O pooling-allocator -O pooling-pagemap-scan=y -O pooling-memory-keep-resident=4194304
        -O pooling-table-keep-resident=65536 -O pooling-async-stack-keep-resident=1048576)
@@ -115,6 +124,13 @@ run_component() {
         PORT=$(free_port)
         serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$wasm"
         measure "wasmtime serve, tuned ($label)" "$c"; stop
+        if [ "$label" != python ]; then
+            # Not fresh: each instance serves up to 1000 requests (state leaks between them).
+            PORT=$(free_port)
+            serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --max-instance-reuse-count 1000 \
+                --addr "127.0.0.1:$PORT" "$wasm"
+            measure "wasmtime serve, tuned, reused ($label)" "$c"; stop
+        fi
     done
 }
 
@@ -125,6 +141,51 @@ for c in $CONNS; do
     measure "native hyper hello" "$c"; stop
 done
 run_component hello "$hello" "$CONNS"
+
+header "plain-wasi hello (bench/plain-hello: the wasi crate, no SDK), fresh instance per request"
+run_component plain "$plain" "64 256"
+
+# Open loop: a fixed rate, at 50% and 80% of tuned wasmtime serve's peak on hello at 64
+# connections (measured above, in this run).
+peak=$(awk -F'|' '$1 == "wasmtime serve, tuned (hello)" && $2 == 64 {print $3}' "$RESULTS")
+if [ -z "$peak" ]; then
+    PORT=$(free_port)
+    serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$hello"
+    peak=$(wrk -t"$THREADS" -c64 -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/" \
+        | awk '/^RESULT/ {print $2}')
+    stop
+fi
+echo
+echo "hello, open loop (bench/openloop.rs, 64 connections, ${OPEN_SECONDS}s): rates are 50% and 80% of tuned wasmtime serve's peak here, $peak req/s"
+printf '%-34s %7s %10s %9s %9s %9s %9s %7s\n' server rate achieved p50_ms p99_ms p99.9_ms max_ms errors
+OPEN=$(mktemp)
+openloop() {
+    local result
+    result=$(target/release/examples/openloop "http://127.0.0.1:$PORT/" "$2" "$OPEN_SECONDS" 64 \
+        | awk '/^RESULT/ {$1 = ""; print}')
+    # shellcheck disable=SC2086
+    printf '%-34s %7s %10s %9s %9s %9s %9s %7s\n' "$1" "$2" $result
+    echo "$1|$2|$result" >>"$OPEN"
+}
+for pct in 50 80; do
+    rate=$(awk -v p="$peak" -v f="$pct" 'BEGIN {printf "%d", p * f / 100}')
+    PORT=$(free_port)
+    serve native target/release/examples/native-hello "127.0.0.1:$PORT"
+    openloop "native hyper hello" "$rate"; stop
+    PORT=$(free_port)
+    TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
+        --listen "127.0.0.1:$PORT" "/=$hello"
+    openloop "tabula (hello)" "$rate"; stop
+    PORT=$(free_port)
+    serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$hello"
+    openloop "wasmtime serve, tuned (hello)" "$rate"; stop
+done
+awk -F'|' '{split($3, r, " "); p99[$1 "|" $2] = r[3]} END {
+    for (k in p99) if (index(k, "tabula (hello)|") == 1) {
+        split(k, kk, "|"); n = p99["native hyper hello|" kk[2]]
+        if (n > 0) printf "  tabula p99 / native hyper p99 at %s req/s: %.2fx\n", kk[2], p99[k] / n
+    }}' "$OPEN"
+rm -f "$OPEN"
 
 # HTTP/1 pipelining: every write carries PIPELINE requests (bench/report.lua).
 export PIPELINE=8
@@ -166,15 +227,17 @@ for line in open(sys.argv[1]):
     rows[conns][name] = float(rps)
 for conns, r in rows.items():
     natives = {"hello": "native hyper hello", "pipelined": "native hyper hello (pipelined)"}
-    for label in ("hello", "pipelined", "python"):
+    for label in ("hello", "plain", "pipelined", "python"):
         d, u = r.get(f"wasmtime serve, defaults ({label})"), r.get(f"wasmtime serve, tuned ({label})")
         for name, t in r.items():
             if not (name.startswith("tabula") and name.endswith(f"({label})") and u):
                 continue
             native = r.get(natives.get(label, ""))
+            reused = r.get(f"wasmtime serve, tuned, reused ({label})")
             extra = f", native/tabula {native / t:.2f}x" if native else ""
             defaults = f", /defaults {t / d:.2f}x" if d else ""
-            print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x{defaults}{extra}")
+            again = f", /reused {t / reused:.2f}x" if reused else ""
+            print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x{defaults}{again}{extra}")
     base = r.get("tabula baseline build (hello)")
     if base:
         print(f"  tabula / baseline build    c={conns:>4}: {r['tabula (hello)'] / base:.2f}x")
@@ -188,3 +251,9 @@ CONNS=64 THREADS=2 DURATION=$DURATION bash bench/counter.sh 2>/tmp/tabula-counte
 echo
 echo "bench: the per-request cost split (cargo bench)" >&2
 cargo bench -q -p tabula --bench instantiate 2>/dev/null | grep -v '^tabula: building\|Finished'
+
+if [ "$POLYGLOT" = 1 ]; then
+    echo
+    echo "bench: Rust, Python and JavaScript (bench/polyglot.sh)" >&2
+    DURATION=$DURATION bash bench/polyglot.sh 2>/dev/null
+fi

@@ -217,7 +217,7 @@ fn imports_in_a_version_tabula_does_not_serve_are_refused_with_the_one_it_does()
     );
 }
 
-/// A WASI 0.3 component (an async `wasi:http/handler@0.3.0-rc-…` export, as spin-sdk 7
+/// A WASI 0.3 component (an async `wasi:http/handler@0.3.0` export, as spin-sdk 7
 /// builds) is refused with a message that names WASI 0.3 and what to build, not wasmtime's
 /// "requires the component model async feature". Both from the command line and a deploy.
 #[test]
@@ -227,8 +227,8 @@ fn wasi_03_components_are_refused_naming_wasi_03() {
     assert!(!status.success());
     for needle in [
         "this is a WASI 0.3 component (",
-        "wasi:http/handler@0.3.0-rc-2025-09-16",
-        "tabula serves WASI 0.2: build it for WASI 0.2",
+        "wasi:http/handler@0.3.0",
+        "tabula serves WASI 0.2 (wasmtime's 0.3 support is still experimental): build it for WASI 0.2",
     ] {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
     }

@@ -99,11 +99,14 @@ fn refusal(import: &str) -> Option<String> {
     )
 }
 
-/// Why a component that wasmtime would not compile is refused, if it is a WASI 0.3 one:
-/// its async types need wasmtime's component-model-async support, whose WASI 0.3 is a
-/// release candidate that differs from what toolchains emit, so the compiler's own message
-/// ("stream requires the component model async feature") is replaced by one that says what
-/// to build. Looked for only after compiling failed, so a good component pays nothing.
+/// Why a component that wasmtime would not compile is refused, if it is a WASI 0.3 one.
+///
+/// wasmtime 48 implements `wasi:http@0.3.0`, the version spin-sdk 7 emits, but behind its
+/// component-model-async feature, which it calls experimental, incomplete and outside semver;
+/// tabula is built without it, and its limits and hardening cover the WASI 0.2 request path
+/// only. So the compiler's message ("`stream` requires the component model async feature")
+/// is replaced by one that says what to build. Looked for only after compiling failed, so a
+/// good component pays nothing.
 pub fn wasi_03_refusal(bytes: &[u8]) -> Option<String> {
     use wasmparser::{Parser, Payload};
     let mut depth = 0usize;
@@ -128,10 +131,11 @@ pub fn wasi_03_refusal(bytes: &[u8]) -> Option<String> {
         .collect();
     (!wasi_03.is_empty()).then(|| {
         format!(
-            "this is a WASI 0.3 component ({}), and tabula serves WASI 0.2: build it for WASI \
-             0.2, the `wasi:http/proxy` world that exports `wasi:http/incoming-handler@0.2.x` \
-             (e.g. tabula's SDK, spin-sdk 5, wstd 0.5, or componentize-py and jco with their \
-             default worlds)",
+            "this is a WASI 0.3 component ({}), and tabula serves WASI 0.2 (wasmtime's 0.3 \
+             support is still experimental): build it for WASI 0.2, the `wasi:http/proxy` \
+             world that exports `wasi:http/incoming-handler@0.2.x` (e.g. tabula's SDK, \
+             spin-sdk 5, wstd 0.6, or componentize-py and componentize-js with their default \
+             worlds)",
             wasi_03.join(", ")
         )
     })
@@ -417,7 +421,7 @@ mod tests {
             old.contains("serves wasi:keyvalue@0.2.0-draft or wasi:keyvalue@0.2.0-draft2"),
             "{old}"
         );
-        let next = refusal("wasi:http/types@0.3.0-rc-2025-09-16").unwrap();
+        let next = refusal("wasi:http/types@0.3.0").unwrap();
         assert!(next.contains("WASI 0.3"), "{next}");
         let unknown = refusal("acme:secret/vault").unwrap();
         assert!(

@@ -1,14 +1,14 @@
-//! A WASI 0.3 component, as spin-sdk 7 and wstd's 0.3 support build them: it exports
-//! `wasi:http/handler@0.3.0-rc-2025-09-16` with an `async` `handle`, which needs the
-//! component model's async support. Tabula serves WASI 0.2; loading this must be refused with
-//! a message that names WASI 0.3 and says what to build instead.
+//! A WASI 0.3 component with the shape spin-sdk 7 builds: it imports `wasi:http/types@0.3.0`
+//! and exports `wasi:http/handler@0.3.0` with an `async` `handle`, which needs the component
+//! model's async support. Tabula serves WASI 0.2; loading this must be refused with a message
+//! that names WASI 0.3 and says what to build instead.
 //!
 //! Its `handle` answers an error: the component exists to be refused, not to run.
 
 mod bindings {
     wit_bindgen::generate!({
         inline: "
-            package wasi:http@0.3.0-rc-2025-09-16;
+            package wasi:http@0.3.0;
             interface types {
                 resource request;
                 resource response;
