@@ -50,42 +50,7 @@ impl store::Host for KvView<'_> {
 }
 
 impl store::HostBucket for KvView<'_> {
-    async fn get(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.get(&b, &key).await)
-    }
-
-    async fn set(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.set(&b, &key, &value, None).await)
-    }
-
-    async fn delete(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.delete(&b, &key).await.map(drop))
-    }
-
-    async fn exists(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.exists(&b, &key).await)
-    }
+    bucket_methods!(store::Error);
 
     async fn list_keys(
         &mut self,
@@ -103,11 +68,6 @@ impl store::HostBucket for KvView<'_> {
         let (keys, next) = listed;
         let cursor = self.give_draft_cursor(next)?;
         answer(self.ns, Ok(store::KeyResponse { keys, cursor }))
-    }
-
-    async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(b)?;
-        Ok(())
     }
 }
 
@@ -143,21 +103,5 @@ impl batch::Host for KvView<'_> {
         answer(self.ns, got.map(entries))
     }
 
-    async fn set_many(
-        &mut self,
-        b: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let done = KvView::set_many(self, &b, key_values).await?;
-        answer(self.ns, done)
-    }
-
-    async fn delete_many(
-        &mut self,
-        b: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let done = KvView::delete_many(self, &b, keys).await?;
-        answer(self.ns, done)
-    }
+    batch_writes!(store::Error);
 }

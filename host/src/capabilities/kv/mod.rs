@@ -13,7 +13,6 @@
 //! cannot reach another's keys).
 
 mod bindings;
-mod draft;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -650,6 +649,81 @@ impl KvView<'_> {
     }
 }
 
+/// The `bucket` methods every version of `wasi:keyvalue/store` has in common (`get`, `set`,
+/// `delete`, `exists`, and dropping it), in a version's `HostBucket` impl, with its `error`.
+macro_rules! bucket_methods {
+    ($error:ty) => {
+        async fn get(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<Option<Vec<u8>>, $error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.get(&b, &key).await)
+        }
+
+        async fn set(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+            value: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), $error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.set(&b, &key, &value, None).await)
+        }
+
+        async fn delete(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<(), $error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.delete(&b, &key).await.map(drop))
+        }
+
+        async fn exists(
+            &mut self,
+            b: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<bool, $error>> {
+            let b = self.bucket(&b)?;
+            answer(self.ns, self.ns.exists(&b, &key).await)
+        }
+
+        async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
+            self.table.delete(b)?;
+            Ok(())
+        }
+    };
+}
+
+/// The `batch` functions every version and shape has in common (`set-many`,
+/// `delete-many`), in a version's `batch::Host` impl, with its `error`.
+macro_rules! batch_writes {
+    ($error:ty) => {
+        async fn set_many(
+            &mut self,
+            b: Resource<Bucket>,
+            key_values: Vec<(String, Vec<u8>)>,
+        ) -> wasmtime::Result<Result<(), $error>> {
+            let done = KvView::set_many(self, &b, key_values).await?;
+            answer(self.ns, done)
+        }
+
+        async fn delete_many(
+            &mut self,
+            b: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> wasmtime::Result<Result<(), $error>> {
+            let done = KvView::delete_many(self, &b, keys).await?;
+            answer(self.ns, done)
+        }
+    };
+}
+
+// After the macros, which it uses (a `macro_rules!` is seen only below its definition).
+mod draft;
+
 impl store::Host for KvView<'_> {
     async fn open(
         &mut self,
@@ -660,42 +734,7 @@ impl store::Host for KvView<'_> {
 }
 
 impl store::HostBucket for KvView<'_> {
-    async fn get(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.get(&b, &key).await)
-    }
-
-    async fn set(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.set(&b, &key, &value, None).await)
-    }
-
-    async fn delete(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.delete(&b, &key).await.map(drop))
-    }
-
-    async fn exists(
-        &mut self,
-        b: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, store::Error>> {
-        let b = self.bucket(&b)?;
-        answer(self.ns, self.ns.exists(&b, &key).await)
-    }
+    bucket_methods!(store::Error);
 
     async fn list_keys(
         &mut self,
@@ -707,11 +746,6 @@ impl store::HostBucket for KvView<'_> {
             self.ns,
             listed.map(|(keys, cursor)| store::KeyResponse { keys, cursor }),
         )
-    }
-
-    async fn drop(&mut self, b: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(b)?;
-        Ok(())
     }
 }
 
@@ -789,23 +823,7 @@ impl batch::Host for KvView<'_> {
         answer(self.ns, got)
     }
 
-    async fn set_many(
-        &mut self,
-        b: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let done = KvView::set_many(self, &b, key_values).await?;
-        answer(self.ns, done)
-    }
-
-    async fn delete_many(
-        &mut self,
-        b: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let done = KvView::delete_many(self, &b, keys).await?;
-        answer(self.ns, done)
-    }
+    batch_writes!(store::Error);
 }
 
 /// Present keys as `some((key, value))` and missing ones as `none`, in order: the
@@ -828,21 +846,5 @@ impl published_batch::wasi::keyvalue::batch::Host for KvView<'_> {
         answer(self.ns, got.map(entries))
     }
 
-    async fn set_many(
-        &mut self,
-        b: Resource<Bucket>,
-        key_values: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let done = KvView::set_many(self, &b, key_values).await?;
-        answer(self.ns, done)
-    }
-
-    async fn delete_many(
-        &mut self,
-        b: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), store::Error>> {
-        let done = KvView::delete_many(self, &b, keys).await?;
-        answer(self.ns, done)
-    }
+    batch_writes!(store::Error);
 }

@@ -6,6 +6,8 @@
 //! saw, in the words the other versions' guests use; `GET /kvdraft/BUCKET/page?n=N` writes N
 //! keys and lists them back page by page through the `u64` cursor.
 
+#[path = "../../common/keyvalue.rs"]
+mod keyvalue;
 #[path = "../../common/respond.rs"]
 mod respond;
 
@@ -18,63 +20,19 @@ mod bindings {
     });
 }
 
-use bindings::wasi::keyvalue::{atomics, batch, store};
-
-fn show(value: Option<Vec<u8>>) -> String {
-    value.map_or("-".into(), |v| String::from_utf8_lossy(&v).into_owned())
-}
+use bindings::wasi::keyvalue::store;
 
 fn exercise(bucket: &store::Bucket) -> Result<String, store::Error> {
-    let mut out = String::new();
-    bucket.set("a", b"1")?;
-    out += &format!("get a={}\n", show(bucket.get("a")?));
-    out += &format!(
-        "exists a={} b={}\n",
-        bucket.exists("a")?,
-        bucket.exists("b")?
-    );
-    batch::set_many(
-        bucket,
-        &[("b".into(), b"2".to_vec()), ("c".into(), b"3".to_vec())],
-    )?;
-    let many = batch::get_many(bucket, &["a".into(), "b".into(), "zz".into()])?;
-    let many: Vec<String> = many
-        .into_iter()
-        .map(|e| e.map_or("none".into(), |(k, v)| format!("{k}={}", show(Some(v)))))
-        .collect();
-    out += &format!("get_many {}\n", many.join(" "));
-    let mut keys = bucket.list_keys(None)?.keys;
-    keys.sort();
-    out += &format!("keys {}\n", keys.join(" "));
-    atomics::increment(bucket, "n", 5)?;
-    out += &format!("increment n={}\n", atomics::increment(bucket, "n", 2)?);
-    batch::delete_many(bucket, &["a".into(), "b".into(), "c".into(), "n".into()])?;
-    bucket.delete("missing")?;
-    out += &format!("after delete: {:?}\n", bucket.list_keys(None)?.keys);
-    Ok(out)
+    Ok(keyvalue::common(bucket)? + &keyvalue::clean_up(bucket)?)
 }
 
 fn page(bucket: &store::Bucket, n: usize) -> Result<String, store::Error> {
-    let pairs: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| (format!("p{i:05}"), b"x".to_vec()))
-        .collect();
-    batch::set_many(bucket, &pairs)?;
-    let (mut seen, mut pages, mut cursor) = (std::collections::BTreeSet::new(), 0, None);
-    loop {
-        let response = bucket.list_keys(cursor)?;
-        pages += 1;
-        seen.extend(response.keys);
-        match response.cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    let keys: Vec<String> = seen.into_iter().collect();
-    batch::delete_many(bucket, &keys)?;
-    Ok(format!(
-        "listed {} distinct keys in {pages} pages\n",
-        keys.len()
-    ))
+    keyvalue::page(
+        bucket,
+        n,
+        |c: Option<&u64>| bucket.list_keys(c.copied()),
+        |r| r.cursor,
+    )
 }
 
 struct KvDraft;

@@ -4,11 +4,10 @@
 //! `GET /wasikv/BUCKET/count` increments `count` in `BUCKET` through `atomics.increment`;
 //! `GET /wasikv/BUCKET/exercise` runs store, batch and CAS calls and reports what it saw.
 
-use std::io::Write;
+#[path = "../../common/respond.rs"]
+mod respond;
 
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
+use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
 mod bindings {
     wit_bindgen::generate!({
@@ -69,18 +68,10 @@ impl wasi::exports::http::incoming_handler::Guest for WasiKv {
             "exercise" => exercise(&bucket),
             _ => atomics::increment(&bucket, "count", 1).map(|n| format!("{n}\n")),
         });
-        let (status, text) = match result {
-            Ok(text) => (200, text),
-            Err(e) => (500, format!("error: {e:?}\n")),
-        };
-        let response = OutgoingResponse::new(Fields::new());
-        let _ = response.set_status_code(status);
-        let body = response.body().expect("body");
-        ResponseOutparam::set(out, Ok(response));
-        let mut stream = body.write().expect("stream");
-        stream.write_all(text.as_bytes()).expect("write");
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("finish");
+        match result {
+            Ok(text) => respond::respond(out, 200, &text),
+            Err(e) => respond::respond(out, 500, &format!("error: {e:?}\n")),
+        }
     }
 }
 
