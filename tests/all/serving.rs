@@ -235,6 +235,34 @@ fn wasi_03_components_are_refused_naming_wasi_03() {
     assert!(!stderr.contains("async feature"), "{stderr}");
 }
 
+/// A component named on the command line is compiled once: a restart loads it from the
+/// compile cache (`--cache-dir`), as a replica does a deployed one.
+#[tokio::test]
+async fn a_component_on_the_command_line_is_compiled_once_across_restarts() {
+    let cache = std::env::temp_dir().join(format!("tabula-fixed-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let args: Vec<String> = [
+        "serve",
+        "--store",
+        "memory",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(crate::harness::app_args(&["hello"]))
+    .collect();
+    for cached in [false, true] {
+        let mut server = Server::start(args.clone());
+        let reply = get(&client(), &server.url("/hello")).await;
+        assert_eq!(reply.body, "Hello, world!\n");
+        let line = format!("cached={cached}");
+        assert!(server.logged(&line), "{line}: {}", server.log());
+        server.terminate();
+    }
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
 #[test]
 fn two_apps_on_one_route_are_refused() {
     let hello = guests()["hello"].wasm.display().to_string();

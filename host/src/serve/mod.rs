@@ -16,10 +16,10 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::app::App;
-use crate::config::HostConfig;
+use crate::config::{AppSpec, HostConfig};
 use crate::deploy::admin::{self, AdminConfig};
-use crate::deploy::cache::CompileCache;
-use crate::deploy::registry::Registry;
+use crate::deploy::cache::{CompileCache, Compiled};
+use crate::deploy::registry::{self, Registry};
 use crate::deploy::replica::Agent;
 use crate::host::Host;
 use crate::project::{self, BuildOptions};
@@ -138,7 +138,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
 
         let apps = specs
             .iter()
-            .map(|spec| App::load(&host, spec))
+            .map(|spec| load_through_cache(&host, &cache, spec))
             .collect::<Result<Vec<_>>>()?;
         release_free_memory();
         let workdir = match processes.get() {
@@ -241,6 +241,24 @@ pub fn run(options: ServeOptions) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Loads the app of `spec` with its component from `cache` when it holds it, so a restart
+/// does not compile it again (seconds for an interpreter: issue 17's start-up figures).
+fn load_through_cache(host: &Host, cache: &CompileCache, spec: &AppSpec) -> Result<App> {
+    let path = &spec.wasm;
+    let loaded = std::fs::read(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .and_then(|bytes| cache.component(host, &registry::digest(&bytes), &bytes))
+        .and_then(|(component, how)| {
+            info!(
+                app = spec.name,
+                cached = how == Compiled::Cached,
+                "component ready"
+            );
+            App::from_component(host, spec, component)
+        });
+    loaded.with_context(|| format!("loading app `{}` from {}", spec.name, path.display()))
 }
 
 /// How often `tabula up` looks for changed sources.
