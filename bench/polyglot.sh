@@ -84,8 +84,8 @@ for lang in rust python js; do
         --operator-listen off --listen "127.0.0.1:$PORT" "/=$wasm"
     measure "tabula, hello ($lang)" "$(size "$wasm")"; stop
     PORT=$(free_port)
-    # Its compilation cache off, as tabula has none for a component given on the command
-    # line: ready_s is then compiling the component, for both.
+    # Its compilation cache off, as tabula's is (TABULA_CACHE_DIR=off above): ready_s is
+    # then compiling the component, for both.
     serve wasmtime serve -Scli -C cache=n "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$wasm"
     measure "wasmtime serve tuned, hello ($lang)" "$(size "$wasm")"; stop
 done

@@ -350,7 +350,8 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_DEPLOY_TIMEOUT", default_value_t = 120.0)]
     deploy_timeout: f64,
 
-    /// Where compiled deployed components are kept across restarts, or `off`
+    /// Where compiled components (deployed ones and those given as PATH) are kept across
+    /// restarts, or `off`
     /// [default: $XDG_CACHE_HOME/tabula or ~/.cache/tabula].
     #[arg(long, env = "TABULA_CACHE_DIR")]
     cache_dir: Option<String>,

@@ -49,7 +49,7 @@ pub struct ServeOptions {
     pub server: ServerConfig,
     /// The admin API's address and settings, if it is to be served.
     pub admin: Option<(String, AdminConfig)>,
-    /// Where compiled deployed components are cached, if anywhere.
+    /// Where compiled components (deployed and fixed) are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
     /// Rebuild a project when its sources change and serve the new build in place
     /// (`tabula up`).
