@@ -36,6 +36,7 @@ mod budget;
 mod capabilities;
 pub mod config;
 pub mod deploy;
+mod file_lock;
 mod host;
 #[cfg(test)]
 mod layers;

@@ -239,11 +239,15 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_TMP_MAX_FILES", default_value_t = TmpQuota::default().max_files)]
     tmp_max_files: u64,
 
-    /// Processes serving requests, sharing the listener and the store and nothing else. More
-    /// than one spares big components the cross-core interrupts of unmapping memory (see
-    /// the README); needs a shared store such as Redis.
-    #[arg(long, env = "TABULA_PROCESSES", default_value = "1")]
-    processes: std::num::NonZeroUsize,
+    /// Processes serving requests, sharing the listener and the store and nothing else:
+    /// a number, or `auto`: one per core for `tabula serve` with a shared store (Redis), else
+    /// one (`--store memory` lives in one process; `tabula up` reloads in one). Why per core:
+    /// a fresh instance's first writes to its memory image fault in copies of its pages,
+    /// and in a process with threads on other cores each fault interrupts those cores; a
+    /// process of one thread interrupts nobody. That doubles the req/s of an 18 MB Python
+    /// component on 2 cores and is even for small ones (README, "Threads and processes").
+    #[arg(long, env = "TABULA_PROCESSES", default_value = "auto", value_parser = parse_processes)]
+    processes: Processes,
 
     /// Threads serving requests in each process, each with its own connections and instances
     /// [default: the cores divided among the processes].
@@ -518,6 +522,12 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
              or `--store memory` for one process whose state dies with it"
         ),
     };
+    let cores = ServerConfig::default().workers;
+    let processes = match args.processes {
+        Processes::Count(n) => n,
+        Processes::Auto if mode == Mode::Serve && store != "memory" => cores,
+        Processes::Auto => NonZeroUsize::MIN,
+    };
     let server_config = ServerConfig {
         max_connections: args.max_connections.max(1),
         header_timeout: positive_duration(args.header_timeout, "--header-timeout")?,
@@ -526,8 +536,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         max_header_bytes: args.max_header_bytes,
         drain_timeout: positive_duration(args.drain_timeout, "--drain-timeout")?,
         workers: args.workers.unwrap_or_else(|| {
-            let cores = ServerConfig::default().workers.get();
-            NonZeroUsize::new(cores / args.processes.get()).unwrap_or(NonZeroUsize::MIN)
+            NonZeroUsize::new(cores.get() / processes.get()).unwrap_or(NonZeroUsize::MIN)
         }),
     };
     let admin = match args.admin_listen {
@@ -570,7 +579,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             (None, Mode::Serve) => Some("127.0.0.1:9090".into()),
             (None, Mode::Up) => Some("127.0.0.1:0".into()),
         },
-        processes: args.processes,
+        processes,
         store,
         host,
         server: server_config,
@@ -578,6 +587,23 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         cache_dir,
         watch: mode == Mode::Up,
     })
+}
+
+/// `--processes`: a count, or `auto` (resolved in [`serve`], which knows the store).
+#[derive(Debug, Clone, Copy)]
+enum Processes {
+    Auto,
+    Count(NonZeroUsize),
+}
+
+fn parse_processes(value: &str) -> Result<Processes, String> {
+    match value {
+        "auto" => Ok(Processes::Auto),
+        n => n
+            .parse()
+            .map(Processes::Count)
+            .map_err(|_| format!("`{n}` is not `auto` or a number of processes (1 or more)")),
+    }
 }
 
 fn positive_duration(secs: f64, flag: &str) -> Result<Duration> {

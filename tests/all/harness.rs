@@ -123,6 +123,9 @@ impl Server {
         let mut child = Command::new(&*TABULA)
             .current_dir(root())
             .args(args)
+            // One process, whatever the cores: tests that are about worker processes say
+            // so (`processes.rs`), and a server is then one replica on any machine.
+            .env("TABULA_PROCESSES", "1")
             .envs(env.iter().copied())
             .args([
                 "--listen",

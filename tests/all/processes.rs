@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::harness::{Server, app_args, client, distinct_counts, get, request, run_tabula};
+use crate::harness::{
+    Server, admin_cli, app_args, client, distinct_counts, get, guests, request, run_tabula,
+};
 use crate::redis_server::RedisServer;
 
 /// The worker processes of the supervisor `pid`.
@@ -117,4 +119,58 @@ fn processes_refuse_the_in_memory_store() {
     ]);
     assert!(!status.success());
     assert!(stderr.contains("--store redis://"), "{stderr}");
+}
+
+/// `tabula serve` on a shared store runs a worker process per core unless told otherwise,
+/// each one a replica; a deploy reaches them all, and they compile it once between them.
+#[tokio::test]
+async fn serve_on_a_shared_store_runs_a_worker_per_core_and_they_compile_a_deploy_once() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let redis = RedisServer::start();
+    let admin = Server::start(
+        [
+            "serve",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--store",
+            &redis.url(),
+        ]
+        .map(String::from),
+    );
+    let cache = std::env::temp_dir().join(format!("tabula-workers-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let cache_arg = cache.display().to_string();
+    let mut server = Server::start_with_env(
+        ["serve", "--store", &redis.url(), "--cache-dir", &cache_arg].map(String::from),
+        &[("TABULA_PROCESSES", "auto")],
+    );
+    // One process serves alone; more are workers under a supervisor.
+    let workers = if cores > 1 { cores } else { 0 };
+    wait_for_workers(server.pid(), workers, &[]).await;
+    let replicas = 1 + workers.max(1);
+
+    let hello = guests()["hello"].wasm.display().to_string();
+    let run = admin_cli(&admin, &["deploy", &hello, "--name", "hello"]);
+    assert!(run.ok, "deploy failed:\n{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains(&format!("({replicas} replicas switched")),
+        "{}",
+        run.stdout
+    );
+    // Fresh connections spread over the workers: every one of them serves the deploy.
+    for _ in 0..8 * workers.max(1) {
+        assert_eq!(get(&client(), &server.url("/hello")).await.status, 200);
+    }
+    // One worker compiled it; the others waited for its cache entry and loaded that.
+    let log = server.log();
+    let ready: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("version ready"))
+        .collect();
+    assert_eq!(ready.len(), workers.max(1), "{log}");
+    let compiled = ready.iter().filter(|l| l.contains("cached=false")).count();
+    assert_eq!(compiled, 1, "{log}");
+    server.terminate();
+    let _ = std::fs::remove_dir_all(&cache);
 }

@@ -10,13 +10,14 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use wasmtime::component::Component;
 
 use super::registry::digest;
 use crate::app::App;
+use crate::file_lock::with_lock;
 use crate::host::Host;
 
 /// Where compiled components are kept; `None` compiles every time.
@@ -70,51 +71,62 @@ impl CompileCache {
 
     /// The component whose source is `bytes` (with digest `digest`): from the cache when a
     /// sound entry is there, else compiled and cached.
+    ///
+    /// Processes sharing the cache compile a component one at a time: the worker processes
+    /// of one `tabula serve` all load a deployed app at once, and the first compiles it while
+    /// the others wait and then load its entry, instead of each spending the seconds and the
+    /// hundreds of MiB an interpreter's component takes to compile.
     pub fn component(
         &self,
         host: &Host,
         digest: &str,
         bytes: &[u8],
     ) -> Result<(Component, Compiled)> {
-        if let Some(component) = self.cached(host, digest) {
+        let Some((code, sum)) = self.entry(digest) else {
+            return Ok((App::compile(host, bytes)?, Compiled::Fresh));
+        };
+        if let Some(component) = cached(host, &code, &sum) {
             return Ok((component, Compiled::Cached));
         }
-        let component = App::compile(host, bytes)?;
-        if let Some((code, sum)) = self.entry(digest)
-            && let Err(e) = store(&component, &code, &sum)
-        {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "could not cache a compiled component"
-            );
-        }
-        Ok((component, Compiled::Fresh))
-    }
-
-    fn cached(&self, host: &Host, digest: &str) -> Option<Component> {
-        let (code, sum) = self.entry(digest)?;
-        let bytes = std::fs::read(&code).ok()?;
-        let expected = std::fs::read_to_string(&sum).ok()?;
-        if self::digest(&bytes) != expected.trim() {
-            tracing::warn!(entry = %code.display(), "a compile cache entry is damaged; compiling again");
-            return None;
-        }
-        // SAFETY: the bytes are what this process family wrote into a directory only this
-        // user can write, checked above against the digest written beside them; wasmtime
-        // checks that they were compiled by this version and configuration.
-        match unsafe { Component::deserialize(host.engine(), &bytes) } {
-            Ok(component) => Some(component),
-            Err(e) => {
-                tracing::warn!(entry = %code.display(), error = %e, "a compile cache entry does not fit this engine; compiling again");
-                None
+        with_lock(&code.with_extension("lock"), || {
+            if let Some(component) = cached(host, &code, &sum) {
+                return Ok((component, Compiled::Cached));
             }
+            let component = App::compile(host, bytes)?;
+            if let Err(e) = store(&component, &code, &sum) {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not cache a compiled component"
+                );
+            }
+            Ok((component, Compiled::Fresh))
+        })
+    }
+}
+
+/// The component in the entry `code` (checked against `sum`), if it is there and sound.
+fn cached(host: &Host, code: &Path, sum: &Path) -> Option<Component> {
+    let bytes = std::fs::read(code).ok()?;
+    let expected = std::fs::read_to_string(sum).ok()?;
+    if self::digest(&bytes) != expected.trim() {
+        tracing::warn!(entry = %code.display(), "a compile cache entry is damaged; compiling again");
+        return None;
+    }
+    // SAFETY: the bytes are what this process family wrote into a directory only this
+    // user can write, checked above against the digest written beside them; wasmtime
+    // checks that they were compiled by this version and configuration.
+    match unsafe { Component::deserialize(host.engine(), &bytes) } {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(entry = %code.display(), error = %e, "a compile cache entry does not fit this engine; compiling again");
+            None
         }
     }
 }
 
 /// Writes `component`'s compiled code and its digest, each through a rename so a reader never
 /// sees half a file.
-fn store(component: &Component, code: &PathBuf, sum: &PathBuf) -> Result<()> {
+fn store(component: &Component, code: &Path, sum: &Path) -> Result<()> {
     let bytes = component.serialize()?;
     let unique = format!("tmp-{}", std::process::id());
     let tmp_code = code.with_extension(&unique);

@@ -2,8 +2,6 @@
 //! errors that name the fix, one at a time where they share a directory, and skipping a build
 //! whose sources have not changed (their tools take seconds where cargo takes none).
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -52,17 +50,7 @@ pub(super) fn run(command: &mut Command, what: &str) -> Result<()> {
 /// Runs `f` holding an exclusive lock on `dir`, so two builds (two `tabula up`, parallel
 /// tests) do not install into one directory at once.
 pub(super) fn locked<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let path = dir.join(".tabula-lock");
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    // SAFETY: flock only acts on the descriptor, which `file` keeps open until we return.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!(
-            "locking {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    f()
+    crate::file_lock::with_lock(&dir.join(".tabula-lock"), f)
 }
 
 /// Where a project built by a language toolchain puts its component: `TARGET/tabula/NAME.wasm`

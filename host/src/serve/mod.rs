@@ -65,6 +65,9 @@ pub fn run(options: ServeOptions) -> Result<()> {
              process. Use --store redis://… or drop --processes"
         );
     }
+    // The sources as the build below sees them, so that an edit made from now on (even
+    // while the build runs, or before the watch task first runs) is rebuilt.
+    let watched = options.watch.then(|| Watched::now(&options.paths));
     let specs = match &worker {
         // A worker serves what its supervisor built and compiled (`WorkerSetup::load_apps`),
         // and goes when its supervisor goes.
@@ -93,8 +96,6 @@ pub fn run(options: ServeOptions) -> Result<()> {
         server: server_config,
         admin,
         cache_dir,
-        watch,
-        paths,
         build,
         ..
     } = options;
@@ -221,8 +222,9 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 for (name, route) in agent.deployed() {
                     println!("  {name:<16} http://{addr}{route} (deployed)");
                 }
-                let reloads =
-                    watch.then(|| tokio::spawn(reload(paths, build, host.clone(), agent.clone())));
+                let reloads = watched.map(|watched| {
+                    tokio::spawn(watched.reload(build, host.clone(), agent.clone()))
+                });
                 server::run(listener, routes, server_config, shutdown).await?;
                 agent.leave().await;
                 if let Some(reloads) = reloads {
@@ -264,45 +266,60 @@ fn load_through_cache(host: &Host, cache: &CompileCache, spec: &AppSpec) -> Resu
 /// How often `tabula up` looks for changed sources.
 const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// `tabula up`'s reload: rebuilds a project whose sources changed and serves the new build
-/// in place, as a deploy would (requests in flight finish on the old one). A build that
-/// fails is reported and the old build keeps serving.
-async fn reload(paths: Vec<String>, build: BuildOptions, host: Host, agent: Arc<Agent>) {
-    let projects = match project::projects(&paths) {
-        Ok(projects) => projects,
-        Err(e) => return error!(error = format!("{e:#}"), "not watching the projects"),
-    };
-    let mut seen: Vec<u64> = projects
-        .iter()
-        .map(|(_, dir)| project::fingerprint(dir))
-        .collect();
-    loop {
-        tokio::time::sleep(WATCH_EVERY).await;
-        for ((name, dir), seen) in projects.iter().zip(seen.iter_mut()) {
-            let now = project::fingerprint(dir);
-            if now == *seen {
-                continue;
-            }
-            *seen = now;
-            eprintln!("tabula: {name} changed; rebuilding");
-            let (dir, build, host) = (dir.display().to_string(), build.clone(), host.clone());
-            let rebuilt = tokio::task::spawn_blocking(move || -> Result<App> {
-                let spec = project::build(&[dir], &build)?
-                    .into_iter()
-                    .next()
-                    .context("the project built nothing")?;
-                App::load(&host, &spec)
-            })
-            .await;
-            match rebuilt {
-                Ok(Ok(app)) => {
-                    agent.replace_fixed(app);
-                    eprintln!("tabula: {name} reloaded");
+/// The projects `tabula up` watches, with the fingerprint of their sources when last built.
+struct Watched {
+    projects: Vec<(String, PathBuf, u64)>,
+}
+
+impl Watched {
+    fn now(paths: &[String]) -> Watched {
+        let projects = project::projects(paths).unwrap_or_else(|e| {
+            error!(error = format!("{e:#}"), "not watching the projects");
+            Vec::new()
+        });
+        Watched {
+            projects: projects
+                .into_iter()
+                .map(|(name, dir)| {
+                    let seen = project::fingerprint(&dir);
+                    (name, dir, seen)
+                })
+                .collect(),
+        }
+    }
+
+    /// `tabula up`'s reload: rebuilds a project whose sources changed and serves the new
+    /// build in place, as a deploy would (requests in flight finish on the old one). A build
+    /// that fails is reported and the old build keeps serving.
+    async fn reload(mut self, build: BuildOptions, host: Host, agent: Arc<Agent>) {
+        loop {
+            tokio::time::sleep(WATCH_EVERY).await;
+            for (name, dir, seen) in &mut self.projects {
+                let now = project::fingerprint(dir);
+                if now == *seen {
+                    continue;
                 }
-                Ok(Err(e)) => eprintln!(
-                    "tabula: {name}: the build failed; still serving the previous one: {e:#}"
-                ),
-                Err(e) => eprintln!("tabula: {name}: the rebuild stopped: {e}"),
+                *seen = now;
+                eprintln!("tabula: {name} changed; rebuilding");
+                let (dir, build, host) = (dir.display().to_string(), build.clone(), host.clone());
+                let rebuilt = tokio::task::spawn_blocking(move || -> Result<App> {
+                    let spec = project::build(&[dir], &build)?
+                        .into_iter()
+                        .next()
+                        .context("the project built nothing")?;
+                    App::load(&host, &spec)
+                })
+                .await;
+                match rebuilt {
+                    Ok(Ok(app)) => {
+                        agent.replace_fixed(app);
+                        eprintln!("tabula: {name} reloaded");
+                    }
+                    Ok(Err(e)) => eprintln!(
+                        "tabula: {name}: the build failed; still serving the previous one: {e:#}"
+                    ),
+                    Err(e) => eprintln!("tabula: {name}: the rebuild stopped: {e}"),
+                }
             }
         }
     }
