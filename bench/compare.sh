@@ -15,10 +15,11 @@
 # cost split (cargo bench --bench instantiate), and Rust, Python and JavaScript side by side
 # (bench/polyglot.sh), so that one invocation gives every figure.
 #
-#   bench/compare.sh                      # DURATION=5s CONNS="1 16 256 1000"
+#   bench/compare.sh                      # DURATION=5s CONNS="1 16 64 256 1000"
 #   PIPE_CONNS=32 bench/compare.sh        # connections of the HTTP/1 pipelining run (default)
 #   PYTHON=0 bench/compare.sh             # skip the Python component
 #   POLYGLOT=0 bench/compare.sh           # skip bench/polyglot.sh
+#   COUNTER=0 SPLIT=0 bench/compare.sh    # skip bench/counter.sh, the cargo bench cost split
 #   BASELINE=/tmp/tabula-old bench/compare.sh  # also another tabula build (e.g. from before a
 #                                         # change) on hello, in the same run
 #
@@ -29,11 +30,13 @@ cd "$(dirname "$0")/.."
 source bench/common.sh
 require wrk python3 redis-server redis-cli
 DURATION=${DURATION:-5s}
-CONNS=${CONNS:-"1 16 256 1000"}
+CONNS=${CONNS:-"1 16 64 256 1000"}
 PIPE_CONNS=${PIPE_CONNS:-32}
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-1}
 POLYGLOT=${POLYGLOT:-1}
+COUNTER=${COUNTER:-1}
+SPLIT=${SPLIT:-1}
 OPEN_SECONDS=${OPEN_SECONDS:-10}
 BASELINE=${BASELINE:-}
 WASMTIME_VERSION=48.0.8
@@ -49,6 +52,9 @@ cargo build --release -q -p tabula --bin tabula --example native-hello --example
 hello=$(target/release/tabula build examples/hello --target-dir target/guests 2>/dev/null | cut -f3)
 plain=$(target/release/tabula build bench/plain-hello --target-dir target/guests 2>/dev/null | cut -f3)
 
+# tabula with its defaults, on the store production uses: no tuning flag, and its default log
+# (`info`: a line per request) written, to /dev/null.
+TABULA=(target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" --operator-listen off)
 TUNED=(-O pooling-allocator -O pooling-pagemap-scan=y -O pooling-memory-keep-resident=4194304
        -O pooling-table-keep-resident=65536 -O pooling-async-stack-keep-resident=1048576)
 
@@ -95,29 +101,25 @@ header() {
     printf '%-34s %6s %10s %9s %9s %9s %8s %7s\n' server conns req/s p50_ms p99_ms p99.9_ms rss_mib errors
 }
 
-# tabula_rows LABEL WASM CONNS [EXTRA_ARGS...]: tabula (one process, a worker thread per core)
-# and, with EXTRA_ARGS, a second tabula row with them (e.g. --processes).
+# run_component LABEL WASM CONNS: tabula as a user runs it in production (`serve --store
+# redis://…`, no tuning flag: a worker process per core), tabula in one process with a thread
+# per core (as `--store memory` runs), then wasmtime serve with defaults, tuned, and tuned
+# reusing instances.
 run_component() {
     local label=$1 wasm=$2 conns=$3
     for c in $conns; do
         PORT=$(free_port)
-        TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
-            --listen "127.0.0.1:$PORT" "/=$wasm"
+        serve tabula "${TABULA[@]}" --listen "127.0.0.1:$PORT" "/=$wasm"
         measure "tabula ($label)" "$c"; stop
         if [ -n "$BASELINE" ] && [ "$label" = hello ]; then
             PORT=$(free_port)
-            TABULA_LOG=warn serve baseline "$BASELINE" serve --store memory --operator-listen off \
+            serve baseline "$BASELINE" "${TABULA[@]:1}" \
                 --listen "127.0.0.1:$PORT" "/=$wasm"
             measure "tabula baseline build ($label)" "$c"; stop
         fi
-        if [ "$label" = python ]; then
-            # One process per core, sharing a Redis: no cross-core TLB shootdowns (README).
-            PORT=$(free_port)
-            TABULA_LOG=warn serve tabula target/release/tabula serve --processes "$(nproc)" \
-                --store "redis://127.0.0.1:$REDIS_PORT" --operator-listen off \
-                --listen "127.0.0.1:$PORT" "/=$wasm"
-            measure "tabula --processes $(nproc) ($label)" "$c"; stop
-        fi
+        PORT=$(free_port)
+        serve tabula "${TABULA[@]}" --processes 1 --listen "127.0.0.1:$PORT" "/=$wasm"
+        measure "tabula, one process ($label)" "$c"; stop
         PORT=$(free_port)
         serve wasmtime wasmtime serve -Scli --addr "127.0.0.1:$PORT" "$wasm"
         measure "wasmtime serve, defaults ($label)" "$c"; stop
@@ -173,8 +175,7 @@ for pct in 50 80; do
     serve native target/release/examples/native-hello "127.0.0.1:$PORT"
     openloop "native hyper hello" "$rate"; stop
     PORT=$(free_port)
-    TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
-        --listen "127.0.0.1:$PORT" "/=$hello"
+    serve tabula "${TABULA[@]}" --listen "127.0.0.1:$PORT" "/=$hello"
     openloop "tabula (hello)" "$rate"; stop
     PORT=$(free_port)
     serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$hello"
@@ -194,8 +195,7 @@ PORT=$(free_port)
 serve native target/release/examples/native-hello "127.0.0.1:$PORT"
 measure "native hyper hello (pipelined)" "$PIPE_CONNS"; stop
 PORT=$(free_port)
-TABULA_LOG=warn serve tabula target/release/tabula serve --store memory --operator-listen off \
-    --listen "127.0.0.1:$PORT" "/=$hello"
+serve tabula "${TABULA[@]}" --listen "127.0.0.1:$PORT" "/=$hello"
 measure "tabula (pipelined)" "$PIPE_CONNS"; stop
 PORT=$(free_port)
 serve wasmtime wasmtime serve -Scli "${TUNED[@]}" --addr "127.0.0.1:$PORT" "$hello"
@@ -244,13 +244,17 @@ for conns, r in rows.items():
 PY
 rm -f "$RESULTS"
 
-echo
-echo "bench: the counter example against native hyper + redis" >&2
-CONNS=64 THREADS=2 DURATION=$DURATION bash bench/counter.sh 2>/tmp/tabula-counter-bench.log | tail -n +2
+if [ "$COUNTER" = 1 ]; then
+    echo
+    echo "bench: the counter example against native hyper + redis" >&2
+    CONNS=64 THREADS=2 DURATION=$DURATION bash bench/counter.sh 2>/tmp/tabula-counter-bench.log | tail -n +2
+fi
 
-echo
-echo "bench: the per-request cost split (cargo bench)" >&2
-cargo bench -q -p tabula --bench instantiate 2>/dev/null | grep -v '^tabula: building\|Finished'
+if [ "$SPLIT" = 1 ]; then
+    echo
+    echo "bench: the per-request cost split (cargo bench)" >&2
+    cargo bench -q -p tabula --bench instantiate 2>/dev/null | grep -v '^tabula: building\|Finished'
+fi
 
 if [ "$POLYGLOT" = 1 ]; then
     echo

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rust, Python and JavaScript side by side, in one run on one machine:
-# - hello in each language, the same component on tabula (defaults, `--store memory`) and on
+# - hello in each language, the same component on tabula (defaults, its log included, on Redis) and on
 #   tuned `wasmtime serve`: req/s, p50/p99, RSS after the load, and how long each took from
 #   start to its first answer (compiling the component: wasmtime's cache is off);
 # - the kv counter in each language (one increment per request) on tabula with Redis.
@@ -64,14 +64,17 @@ measure() {
     local out rps p50 p99 p999 errors rss
     out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
     read -r rps p50 p99 p999 errors <<<"$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)"
-    rss=$(awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$SERVER/status")
-    printf '%-36s %6s %8.2f %9s %8s %8s %8s %7s\n' "$1" "$2" "$READY" "$rps" "$p50" "$p99" "$rss" "$errors"
+    # The server and its worker processes, if any: all of them, and the largest one.
+    read -r rss largest <<<"$(for p in $SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null); do
+        cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2; if ($2 > m) m = $2}
+                                          END {printf "%.0f %.0f", s/1024, m/1024}')"
+    printf '%-36s %6s %8.2f %9s %8s %8s %8s %8s %7s\n' "$1" "$2" "$READY" "$rps" "$p50" "$p99" "$rss" "$largest" "$errors"
     echo "$1|$rps" >>"$RESULTS"
 }
 
 echo
 echo "wrk -t$THREADS -c$CONNS -d$DURATION, $(nproc) cores, $(uname -sr), $(wasmtime --version)"
-printf '%-36s %6s %8s %9s %8s %8s %8s %7s\n' server size_mb ready_s req/s p50_ms p99_ms rss_mib errors
+printf '%-36s %6s %8s %9s %8s %8s %8s %8s %7s\n' server size_mb ready_s req/s p50_ms p99_ms rss_mib max_proc errors
 size() { du -m "$1" | cut -f1; }
 for lang in rust python js; do
     case $lang in
@@ -80,8 +83,9 @@ for lang in rust python js; do
         js) wasm=$out/hello-js.wasm ;;
     esac
     PORT=$(free_port)
-    TABULA_LOG=warn TABULA_CACHE_DIR=off serve target/release/tabula serve --store memory \
-        --operator-listen off --listen "127.0.0.1:$PORT" "/=$wasm"
+    TABULA_CACHE_DIR=off serve target/release/tabula serve \
+        --store "redis://127.0.0.1:$REDIS_PORT" --operator-listen off \
+        --listen "127.0.0.1:$PORT" "/=$wasm"
     measure "tabula, hello ($lang)" "$(size "$wasm")"; stop
     PORT=$(free_port)
     # Its compilation cache off, as tabula's is (TABULA_CACHE_DIR=off above): ready_s is
@@ -96,7 +100,7 @@ for lang in rust python js; do
         js) wasm=$js_counter ;;
     esac
     PORT=$(free_port)
-    TABULA_LOG=warn serve target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" \
+    serve target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" \
         --operator-listen off --listen "127.0.0.1:$PORT" "/=$wasm"
     measure "tabula + redis, kv counter ($lang)" "$(size "$wasm")"; stop
 done

@@ -43,8 +43,10 @@ pub struct HostConfig {
     /// How instance memory is allocated.
     pub allocator: Allocator,
     /// Linear memory a pool slot keeps mapped between instances. With pagemap scanning (Linux
-    /// 6.7+) only the pages a request dirtied are reset, so large values cost little and spare
-    /// big components (an interpreter) the unmap/remap and its TLB-shootdown IPIs.
+    /// 6.7+) only the pages a request dirtied are reset, so large values cost little. It does
+    /// not spare an interpreter its unmapping: wasmtime 48's scan stops after 32 dirty ranges
+    /// and unmaps the rest, and an interpreter dirties more (worker processes are the cure;
+    /// see `--processes`).
     pub keep_resident_bytes: usize,
     /// Key and value sizes for `kv`.
     pub kv: KvLimits,

@@ -40,6 +40,7 @@ mod file_lock;
 mod host;
 #[cfg(test)]
 mod layers;
+pub mod log_batch;
 mod metrics;
 pub mod project;
 mod request;

@@ -71,6 +71,21 @@ async fn worker_processes_share_listener_and_store_and_are_supervised() {
     let started = wait_for_workers(server.pid(), 2, &[]).await;
 
     count_concurrently(&server, 200).await;
+    // Each worker thread writes its log lines in batches (`log_batch`): every request's line
+    // arrives, once and whole, though two processes and their threads share the one stderr.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let served = |log: &str| log.matches("app=\"counter\" method=POST").count();
+    while served(&server.log()) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert_eq!(served(&log), 200, "{log}");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("20") && line.len() > 30,
+            "a torn line: {line:?}"
+        );
+    }
     // The operator listener sums the workers' metrics.
     let metrics = get(&client(), &server.operator_url("/metrics")).await.body;
     assert!(

@@ -88,8 +88,10 @@ pub async fn run(
             .spawn(move || {
                 // Dropped when the thread ends, however it ends: `run` waits for that.
                 let _done = done;
+                crate::log_batch::batch_this_thread();
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_park(crate::log_batch::flush)
                     .build()
                     .expect("building a worker's tokio runtime");
                 runtime.block_on(async move {
@@ -98,6 +100,7 @@ pub async fn run(
                         Err(e) => error!(error = %e, "a worker could not use the listener"),
                     }
                 });
+                crate::log_batch::flush();
             })
             .context("starting a worker thread")?;
         workers.push(finished);
