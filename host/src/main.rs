@@ -244,8 +244,8 @@ struct ServeArgs {
     /// one (`--store memory` lives in one process; `tabula up` reloads in one). Why per core:
     /// a fresh instance's first writes to its memory image fault in copies of its pages,
     /// and in a process with threads on other cores each fault interrupts those cores; a
-    /// process of one thread interrupts nobody. That doubles the req/s of an 18 MB Python
-    /// component on 2 cores and is even for small ones (README, "Threads and processes").
+    /// process of one thread interrupts nobody. That nearly doubles the req/s of an 18 MB
+    /// Python component on 2 cores and is even for small ones (README, "Threads and processes").
     #[arg(long, env = "TABULA_PROCESSES", default_value = "auto", value_parser = parse_processes)]
     processes: Processes,
 
