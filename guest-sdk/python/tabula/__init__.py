@@ -285,6 +285,10 @@ def _bytes(value: Union[bytes, str]) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
+def _text(value: Optional[bytes]) -> Optional[str]:
+    return None if value is None else value.decode("utf-8")
+
+
 def _ms(seconds: Optional[float]) -> Optional[int]:
     return None if seconds is None else max(1, int(seconds * 1000))
 
@@ -303,8 +307,7 @@ class kv:
     @staticmethod
     def get_text(key: str) -> Optional[str]:
         """The value at ``key`` as text, or ``None``."""
-        value = _kv_call(_kv.get, key)
-        return None if value is None else value.decode("utf-8")
+        return _text(kv.get(key))
 
     @staticmethod
     def set(key: str, value: Union[bytes, str], ttl: Optional[float] = None) -> None:
@@ -375,8 +378,7 @@ class session:
     @staticmethod
     def get_text(name: str) -> Optional[str]:
         """The value ``name`` as text, or ``None``."""
-        value = _session_call(_session.get, name)
-        return None if value is None else value.decode("utf-8")
+        return _text(session.get(name))
 
     @staticmethod
     def set(name: str, value: Union[bytes, str]) -> None:
