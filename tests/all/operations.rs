@@ -177,7 +177,7 @@ async fn over_the_concurrency_limit_requests_queue_then_get_503() {
 
 #[tokio::test]
 async fn request_ids_are_kept_or_made_and_logged() {
-    let server = serve(&[], &["hello"]);
+    let server = serve(&["--access-log"], &["hello"]);
     let c = client();
     let req = hyper::Request::get(server.url("/hello"))
         .header("x-request-id", "client-chosen-42")
@@ -205,6 +205,49 @@ async fn request_ids_are_kept_or_made_and_logged() {
         send(&c, req).await.headers["x-request-id"],
         "bad id with spaces"
     );
+    assert!(
+        server.logged(&format!(
+            "served id=\"{made}\" app=\"hello\" method=GET path=\"/hello\" status=200"
+        )),
+        "{}",
+        server.log()
+    );
+}
+
+/// `serve` logs no line per request unless asked (`--access-log`), but what a request logs
+/// (here a guest's output and a failure) still names it.
+#[tokio::test]
+async fn without_the_access_log_what_a_request_logs_still_names_it() {
+    let server = serve(&[], &["hello", "hostile"]);
+    let c = client();
+    assert_eq!(get(&c, &server.url("/hello")).await.status, 200);
+    let printed = get(&c, &server.url("/hostile?attack=split-lines")).await;
+    assert_eq!(printed.status, 200, "{}", printed.body);
+    let id = printed.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let req = hyper::Request::get(server.url("/hostile?attack=status-101"))
+        .header("x-request-id", "failing-request-7")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&c, req).await.status, 500);
+    let named =
+        |id: &str| format!("request{{id=\"{id}\" app=\"hostile\" method=GET path=\"/hostile\"}}");
+    assert!(
+        server.logged(&format!("{}: guest: part one, part two", named(&id))),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.logged(&format!(
+            "{}: tabula::request::failure: guest failed",
+            named("failing-request-7")
+        )),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains(" served "), "{}", server.log());
 }
 
 #[tokio::test]

@@ -63,10 +63,17 @@ async fn count_concurrently(server: &Server, n: usize) {
 async fn worker_processes_share_listener_and_store_and_are_supervised() {
     let redis = RedisServer::start();
     let mut server = Server::start(
-        ["serve", "--processes", "2", "--store", &redis.url()]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(app_args(&["counter", "hello"])),
+        [
+            "serve",
+            "--processes",
+            "2",
+            "--access-log",
+            "--store",
+            &redis.url(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(app_args(&["counter", "hello"])),
     );
     let started = wait_for_workers(server.pid(), 2, &[]).await;
 

@@ -11,6 +11,7 @@ mod body;
 pub(crate) mod connection;
 mod failure;
 pub(crate) mod instance;
+pub(crate) mod label;
 pub(crate) mod router;
 pub mod server;
 
@@ -21,7 +22,6 @@ use std::time::Instant;
 use anyhow::anyhow;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use tracing::Instrument;
 
 use crate::app::App;
 use crate::capabilities::{refuse_guest_cookies, strip_cookies};
@@ -76,63 +76,60 @@ where
     let unfinished = Arc::new(AtomicBool::new(false));
     let task_app = app.clone();
     let task_unfinished = unfinished.clone();
-    let task = tokio::spawn(
-        async move {
-            let app = task_app;
-            // The start of the body arrives before an instance is taken: a client trickling
-            // its body holds a connection, never one of the app's instance slots.
-            let mut req = req;
-            req.body_mut()
-                .prebuffer(app.host().prebuffer_budget())
-                .await;
-            if let Some(failure) = req.body().verdict.failure(app.config().max_body_bytes) {
-                return Err(failure);
-            }
-            // Admitted here, when the task runs, rather than before it is spawned: a burst of
-            // requests (one per ready connection in a scheduler tick) would otherwise hold
-            // permits while queued behind each other in the run queue, fill the limit with
-            // instances that do not exist yet, and send the rest through the slow path of
-            // the admission queue (a timer and a cross-thread wake-up each). At 1000
-            // connections that halved hello's throughput.
-            let Some(_admission) = app.admit().await else {
-                let limits = app.config();
-                return Err(Failure::Busy(anyhow!(
-                    "app `{}` has had {} instances alive, its limit, for the whole queue \
-                     timeout ({:?})",
-                    app.name(),
-                    limits.max_concurrency,
-                    limits.queue_timeout
-                )));
-            };
-            // Both live exactly as long as the instance: until this task ends. The request's
-            // time starts now, once its body has begun and it has an instance slot.
-            let _live = app.metrics().live_instance();
-            let admitted = Instant::now();
-            let run = async {
-                let mut fresh = FreshInstance::new(&app, session, admitted + timeout).await?;
-                app.metrics()
-                    .instantiation
-                    .observe(admitted.elapsed().as_secs_f64());
-                // Dropped before `fresh` (and so before the response body's channel closes)
-                // however this ends: a failure, the deadline, an abort.
-                let mut marker = UnfinishedMarker(Some(task_unfinished));
-                let result = fresh.call(req, sender).await;
-                if result.is_ok() {
-                    marker.0 = None;
-                }
-                result
-            };
-            // The epoch callback stops guest code; this also stops a guest parked in a host
-            // call, dropping the instance wherever it is.
-            match tokio::time::timeout(timeout, run).await {
-                Ok(result) => result,
-                Err(_) => Err(Failure::Guest(anyhow!(
-                    "request exceeded its deadline of {timeout:?}"
-                ))),
-            }
+    let task = tokio::spawn(label::carry(async move {
+        let app = task_app;
+        // The start of the body arrives before an instance is taken: a client trickling
+        // its body holds a connection, never one of the app's instance slots.
+        let mut req = req;
+        req.body_mut()
+            .prebuffer(app.host().prebuffer_budget())
+            .await;
+        if let Some(failure) = req.body().verdict.failure(app.config().max_body_bytes) {
+            return Err(failure);
         }
-        .in_current_span(),
-    );
+        // Admitted here, when the task runs, rather than before it is spawned: a burst of
+        // requests (one per ready connection in a scheduler tick) would otherwise hold
+        // permits while queued behind each other in the run queue, fill the limit with
+        // instances that do not exist yet, and send the rest through the slow path of
+        // the admission queue (a timer and a cross-thread wake-up each). At 1000
+        // connections that halved hello's throughput.
+        let Some(_admission) = app.admit().await else {
+            let limits = app.config();
+            return Err(Failure::Busy(anyhow!(
+                "app `{}` has had {} instances alive, its limit, for the whole queue \
+                     timeout ({:?})",
+                app.name(),
+                limits.max_concurrency,
+                limits.queue_timeout
+            )));
+        };
+        // Both live exactly as long as the instance: until this task ends. The request's
+        // time starts now, once its body has begun and it has an instance slot.
+        let _live = app.metrics().live_instance();
+        let admitted = Instant::now();
+        let run = async {
+            let mut fresh = FreshInstance::new(&app, session, admitted + timeout).await?;
+            app.metrics()
+                .instantiation
+                .observe(admitted.elapsed().as_secs_f64());
+            // Dropped before `fresh` (and so before the response body's channel closes)
+            // however this ends: a failure, the deadline, an abort.
+            let mut marker = UnfinishedMarker(Some(task_unfinished));
+            let result = fresh.call(req, sender).await;
+            if result.is_ok() {
+                marker.0 = None;
+            }
+            result
+        };
+        // The epoch callback stops guest code; this also stops a guest parked in a host
+        // call, dropping the instance wherever it is.
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Guest(anyhow!(
+                "request exceeded its deadline of {timeout:?}"
+            ))),
+        }
+    }));
     let task = AbortOnDrop(Some(task));
 
     let answer = receiver.await;

@@ -4,6 +4,7 @@
 //! [`run`] takes a bound listener and a shutdown future, so the binary passes a real port and
 //! ctrl-c while tests bind port 0 and start the same server.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -14,11 +15,12 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 pub use super::connection::ServerConfig;
 use super::connection::{accept, connection_builder, plain, serve_connection};
-use super::router::{Router, Routes};
+use super::label::Label;
+use super::router::Routes;
 use super::{Failure, ResponseBody};
 use crate::metrics::{self, StatusLabels};
 
@@ -143,7 +145,7 @@ async fn worker(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Rece
             _ = stop.wait_for(|stop| *stop) => break,
         };
         let worker = shared.clone();
-        let handle = move |req| serve(worker.routes.current(), req, worker.ids.next());
+        let handle = move |req| serve(worker.clone(), req);
         let (builder, config, stopped, done) = (
             builder.clone(),
             shared.config.clone(),
@@ -184,9 +186,13 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{n:08x}", self.prefix)
+        let mut id = [0u8; 24];
+        let mut rest = &mut id[..];
+        write!(rest, "{:08x}{n:08x}", self.prefix).expect("24 bytes hold two u64s in hex");
+        let len = 24 - rest.len();
+        HeaderValue::from_bytes(&id[..len]).expect("hex is a valid header value")
     }
 }
 
@@ -200,17 +206,14 @@ fn incoming_id(req: &Request<Incoming>) -> Option<HeaderValue> {
     ok.then(|| value.clone())
 }
 
-async fn serve(
-    router: Arc<Router>,
-    mut req: Request<Incoming>,
-    fresh_id: String,
-) -> Response<ResponseBody> {
+async fn serve(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
+    let router = shared.routes.current();
     // The guest sees the id too, so its own logs can carry it.
     let id = match incoming_id(&req) {
         Some(id) => id,
         None => {
-            let id = HeaderValue::from_str(&fresh_id).expect("hex is a valid header value");
+            let id = shared.ids.next();
             req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
             id
         }
@@ -236,47 +239,54 @@ async fn serve(
         response.headers_mut().insert(REQUEST_ID.clone(), id);
         return response;
     };
-    let span = info_span!(
-        "request",
-        id = id.to_str().unwrap_or_default(),
-        app = &**app.name(),
-        method = %req.method(),
-        path = req.uri().path()
+    let label = Label::new(
+        id,
+        app.name().clone(),
+        req.method().clone(),
+        req.uri().clone(),
     );
-    async {
-        let mut response = match super::handle(app, req, router.session_cookies()).await {
-            Ok(response) => response,
-            Err(failure) => {
-                failure.log();
-                let response = failure.response();
-                if matches!(
-                    failure,
-                    Failure::Busy(_) | Failure::BodyTooLarge(_) | Failure::BodyTooSlow
-                ) {
-                    metrics::get()
-                        .rejected
-                        .get_or_create(&StatusLabels {
-                            app: app.name().to_string(),
-                            status: response.status().as_u16(),
-                        })
-                        .inc();
+    label
+        .clone()
+        .scope(async {
+            let mut response = match super::handle(app, req, router.session_cookies()).await {
+                Ok(response) => response,
+                Err(failure) => {
+                    failure.log();
+                    let response = failure.response();
+                    if matches!(
+                        failure,
+                        Failure::Busy(_) | Failure::BodyTooLarge(_) | Failure::BodyTooSlow
+                    ) {
+                        metrics::get()
+                            .rejected
+                            .get_or_create(&StatusLabels {
+                                app: app.name().to_string(),
+                                status: response.status().as_u16(),
+                            })
+                            .inc();
+                    }
+                    response
                 }
-                response
+            };
+            response
+                .headers_mut()
+                .insert(REQUEST_ID.clone(), label.id.clone());
+            let status = response.status().as_u16();
+            app.metrics().answered(status);
+            let elapsed = started.elapsed().as_secs_f64();
+            app.metrics().latency.observe(elapsed);
+            if shared.config.access_log {
+                info!(
+                    id = label.id(),
+                    app = &*label.app,
+                    method = %label.method,
+                    path = label.path(),
+                    status,
+                    elapsed_ms = elapsed * 1e3,
+                    "served"
+                );
             }
-        };
-        response.headers_mut().insert(REQUEST_ID.clone(), id);
-        let status = response.status().as_u16();
-        app.metrics().answered(status);
-        app.metrics()
-            .latency
-            .observe(started.elapsed().as_secs_f64());
-        info!(
-            status,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "served"
-        );
-        response
-    }
-    .instrument(span)
-    .await
+            response
+        })
+        .await
 }
