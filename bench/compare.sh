@@ -52,8 +52,9 @@ cargo build --release -q -p tabula --bin tabula --example native-hello --example
 hello=$(target/release/tabula build examples/hello --target-dir target/guests 2>/dev/null | cut -f3)
 plain=$(target/release/tabula build bench/plain-hello --target-dir target/guests 2>/dev/null | cut -f3)
 
-# tabula with its defaults, on the store production uses: no tuning flag, and its default log
-# (`info`: a line per request) written, to /dev/null.
+# tabula with its defaults, on the store production uses: no tuning flag, no access log (off
+# by default for `serve`; a row with `--access-log` shows what the line per request costs).
+# Its log goes to /dev/null.
 TABULA=(target/release/tabula serve --store "redis://127.0.0.1:$REDIS_PORT" --operator-listen off)
 TUNED=(-O pooling-allocator -O pooling-pagemap-scan=y -O pooling-memory-keep-resident=4194304
        -O pooling-table-keep-resident=65536 -O pooling-async-stack-keep-resident=1048576)
@@ -102,8 +103,8 @@ header() {
 }
 
 # run_component LABEL WASM CONNS: tabula as a user runs it in production (`serve --store
-# redis://…`, no tuning flag: a worker process per core), tabula in one process with a thread
-# per core (as `--store memory` runs), then wasmtime serve with defaults, tuned, and tuned
+# redis://…`, no tuning flag: a worker process per core), the same with its access log on,
+# tabula in one process with a thread per core (as `--store memory` runs), then wasmtime serve with defaults, tuned, and tuned
 # reusing instances.
 run_component() {
     local label=$1 wasm=$2 conns=$3
@@ -116,6 +117,11 @@ run_component() {
             serve baseline "$BASELINE" "${TABULA[@]:1}" \
                 --listen "127.0.0.1:$PORT" "/=$wasm"
             measure "tabula baseline build ($label)" "$c"; stop
+        fi
+        if [ "$label" != python ]; then
+            PORT=$(free_port)
+            serve tabula "${TABULA[@]}" --access-log --listen "127.0.0.1:$PORT" "/=$wasm"
+            measure "tabula, --access-log ($label)" "$c"; stop
         fi
         PORT=$(free_port)
         serve tabula "${TABULA[@]}" --processes 1 --listen "127.0.0.1:$PORT" "/=$wasm"

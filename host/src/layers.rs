@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Lowest first. Adding a module means adding it here, where it belongs.
 const LAYERS: &[&[&str]] = &[
-    &["budget", "file_lock", "log_batch", "metrics"],
+    &["budget", "file_lock", "log_batch", "metrics", "request_log"],
     &["storage"],
     &[
         "capabilities::wasi",

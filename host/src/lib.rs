@@ -18,13 +18,14 @@
 //! [`project`] (handler projects built into components), [`deploy`] (versions in the store,
 //! the admin API, each replica following the registry), [`serve`] (the process model: store,
 //! workers, operator and admin listeners), `metrics` and `budget` (what a request may make
-//! the host hold).
+//! the host hold), [`log_batch`] and `request_log` (the log: lines written in batches, each
+//! naming its request).
 //!
 //! Dependencies run one way, from the request path down to storage:
 //!
 //! ```text
 //! serve -> deploy -> request -> app -> host -> state -> project, config -> capabilities
-//!       -> storage -> metrics, budget
+//!       -> storage -> metrics, budget, log_batch, request_log
 //! ```
 //!
 //! `layers.rs` holds the exact order, and its test fails if a module uses one above it.
@@ -44,6 +45,7 @@ pub mod log_batch;
 mod metrics;
 pub mod project;
 mod request;
+mod request_log;
 pub mod serve;
 mod state;
 pub mod storage;

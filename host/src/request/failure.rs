@@ -26,7 +26,7 @@ pub(crate) enum Failure {
 impl Failure {
     /// Logs the failure with its cause chain. Kept here so every caller logs the same way.
     pub(crate) fn log(&self) {
-        let _request = super::label::enter();
+        let _request = crate::request_log::enter();
         match self {
             Failure::Guest(e) => warn!(error = format!("{e:#}"), "guest failed"),
             Failure::GuestErrorCode(code) => warn!(?code, "guest answered with an error code"),

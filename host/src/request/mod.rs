@@ -11,7 +11,6 @@ mod body;
 pub(crate) mod connection;
 mod failure;
 pub(crate) mod instance;
-pub(crate) mod label;
 pub(crate) mod router;
 pub mod server;
 
@@ -25,6 +24,7 @@ use http_body_util::BodyExt;
 
 use crate::app::App;
 use crate::capabilities::{refuse_guest_cookies, strip_cookies};
+use crate::request_log;
 use body::{
     AbortOnDrop, BodyVerdict, GuestRequestBody, GuestResponseBody, UnfinishedMarker, content_length,
 };
@@ -76,7 +76,7 @@ where
     let unfinished = Arc::new(AtomicBool::new(false));
     let task_app = app.clone();
     let task_unfinished = unfinished.clone();
-    let task = tokio::spawn(label::carry(async move {
+    let task = tokio::spawn(request_log::carry(async move {
         let app = task_app;
         // The start of the body arrives before an instance is taken: a client trickling
         // its body holds a connection, never one of the app's instance slots.

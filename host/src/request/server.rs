@@ -19,10 +19,10 @@ use tracing::{error, info, warn};
 
 pub use super::connection::ServerConfig;
 use super::connection::{accept, connection_builder, plain, serve_connection};
-use super::label::Label;
 use super::router::Routes;
 use super::{Failure, ResponseBody};
 use crate::metrics::{self, StatusLabels};
+use crate::request_log::Label;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -376,7 +376,7 @@ pub fn add_to_linker<T: Send + 'static>(
 
 fn log_unavailable(e: &KvError) {
     if let KvError::Storage(StorageError::Unavailable(why)) = e {
-        let _request = crate::request::label::enter();
+        let _request = crate::request_log::enter();
         tracing::warn!(error = %why, "kv call failed: the store is unavailable");
     }
 }

@@ -226,7 +226,7 @@ impl From<SessionError> for wit::Error {
         match e {
             SessionError::TooLarge(max) => wit::Error::TooLarge(max),
             SessionError::Storage(StorageError::Unavailable(why)) => {
-                let _request = crate::request::label::enter();
+                let _request = crate::request_log::enter();
                 tracing::warn!(error = %why, "session call failed: the store is unavailable");
                 wit::Error::Unavailable(why)
             }

@@ -76,7 +76,7 @@ impl GuestOutput {
         left.bytes -= kept;
         if kept < len {
             if left.dropped == 0 {
-                let _request = crate::request::label::enter();
+                let _request = crate::request_log::enter();
                 tracing::warn!(
                     target: "guest",
                     app = &*self.app,
@@ -130,7 +130,7 @@ impl GuestOutput {
             }
         }
         let line = escape(&line);
-        let _request = crate::request::label::enter();
+        let _request = crate::request_log::enter();
         tracing::info!(target: "guest", app = &*self.app, stream = STREAMS[stream], "{line}");
     }
 }
@@ -146,7 +146,7 @@ impl Drop for GuestOutput {
         }
         let left = self.left.get_mut().unwrap_or_else(|e| e.into_inner());
         if left.dropped > 0 {
-            let _request = crate::request::label::enter();
+            let _request = crate::request_log::enter();
             tracing::warn!(
                 target: "guest",
                 app = &*self.app,

@@ -85,3 +85,43 @@ pub(crate) fn enter() -> Option<EnteredSpan> {
         .ok()
         .flatten()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label() -> Arc<Label> {
+        Label::new(
+            HeaderValue::from_static("abc"),
+            "hello".into(),
+            http::Method::GET,
+            http::Uri::from_static("/x?y=1"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_and_the_tasks_it_spawns_are_named_and_nothing_else() {
+        assert!(enter().is_none(), "outside a request");
+        let label = label();
+        let (inside, spawned, made) = label
+            .clone()
+            .scope(async {
+                let inside = enter().is_some();
+                let made = label.span.get().is_some();
+                let spawned = tokio::spawn(carry(async { enter().is_some() }));
+                let bare = tokio::spawn(async { enter().is_none() });
+                assert!(bare.await.unwrap(), "a task not carried is outside");
+                (inside, spawned.await.unwrap(), made)
+            })
+            .await;
+        assert!(inside && spawned && made);
+        assert_eq!((label.id(), label.path()), ("abc", "/x"));
+    }
+
+    #[tokio::test]
+    async fn the_span_is_made_only_when_the_request_logs() {
+        let label = label();
+        label.clone().scope(async {}).await;
+        assert!(label.span.get().is_none());
+    }
+}
