@@ -319,6 +319,7 @@ async fn redis_outage_gives_503_and_recovers_without_restart() {
     }
 }
 
+/// `tabula up` is for development: the embedded store, and a line per request in its log.
 #[tokio::test]
 async fn up_uses_the_embedded_store_by_default() {
     let server = Server::start(["up".to_string()].into_iter().chain(app_args(&["counter"])));
@@ -333,6 +334,11 @@ async fn up_uses_the_embedded_store_by_default() {
     );
     assert!(
         server.logged("the embedded in-memory store"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.logged("served id=") && server.logged("app=\"counter\" method=POST"),
         "{}",
         server.log()
     );
