@@ -104,8 +104,8 @@ header() {
 
 # run_component LABEL WASM CONNS: tabula as a user runs it in production (`serve --store
 # redis://…`, no tuning flag: a worker process per core), the same with its access log on,
-# tabula in one process with a thread per core (as `--store memory` runs), then wasmtime serve with defaults, tuned, and tuned
-# reusing instances.
+# tabula in one process with a thread per core (as `--store memory` runs), then wasmtime
+# serve with defaults, tuned, and tuned reusing instances.
 run_component() {
     local label=$1 wasm=$2 conns=$3
     for c in $conns; do

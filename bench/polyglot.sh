@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rust, Python and JavaScript side by side, in one run on one machine:
-# - hello in each language, the same component on tabula (defaults, its log included, on Redis) and on
+# - hello in each language, the same component on tabula (its defaults, on Redis) and on
 #   tuned `wasmtime serve`: req/s, p50/p99, RSS after the load, and how long each took from
 #   start to its first answer (compiling the component: wasmtime's cache is off);
 # - the kv counter in each language (one increment per request) on tabula with Redis.

@@ -190,7 +190,7 @@ impl RequestIds {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; 24];
         let mut rest = &mut id[..];
-        write!(rest, "{:08x}{n:08x}", self.prefix).expect("24 bytes hold two u64s in hex");
+        write!(rest, "{:08x}{n:08x}", self.prefix).expect("a u32 and a u64 in hex fit in 24 bytes");
         let len = 24 - rest.len();
         HeaderValue::from_bytes(&id[..len]).expect("hex is a valid header value")
     }
