@@ -4,8 +4,8 @@
 # connection counts and with HTTP/1 pipelining; then a large Python component
 # (componentize-py) on tabula and wasmtime serve. Every figure comes from this one invocation
 # on this one machine: the ratios are the point, since absolute numbers vary between machines.
-# Reports req/s, p50/p99/p99.9 latency, RSS under load and errors (non-2xx answers and socket
-# errors).
+# Reports req/s, p50/p99/p99.9 latency, RSS under load, errors (non-2xx answers and socket
+# errors) and the server's CPU time per request (its worker processes included).
 #
 # Also: a hello built without the SDK (bench/plain-hello, the `wasi` crate alone) at 64 and
 # 256 connections; `wasmtime serve` reusing each instance for 1000 requests beside its fresh
@@ -73,11 +73,25 @@ serve() {
     done
 }
 
-# measure NAME CONNS -> a table row
+# The CPU time (user + system, in clock ticks) the server and its worker processes have used.
+server_ticks() {
+    local p
+    for p in $SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null || true); do
+        # The fields after the command name: utime and stime are the 12th and 13th.
+        sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || true
+    done | awk '{t += $12 + $13} END {print t + 0}'
+}
+HZ=$(getconf CLK_TCK)
+
+# measure NAME CONNS -> a table row. cpu_us is the server's CPU time per request (its worker
+# processes included): with wrk on the same cores, req/s depends on how the cores are shared,
+# the CPU a request costs the server much less.
 measure() {
-    local out result rss
+    local out result rss before after
     local threads=$((THREADS < $2 ? THREADS : $2))
+    before=$(server_ticks)
     out=$(wrk -t"$threads" -c"$2" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
+    after=$(server_ticks)
     result=$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)
     # RSS right after the load, of the server and its worker processes if any. (Not the peak:
     # that is compiling the component at start-up, which wasmtime serve skips when its
@@ -85,9 +99,11 @@ measure() {
     local procs
     procs="$SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null || true)"
     rss=$(for p in $procs; do cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2} END {printf "%.0f", s/1024}')
-    read -r rps p50 p99 p999 errors <<<"$result"
-    printf '%-34s %6s %10s %9s %9s %9s %8s %7s\n' "$1" "$2" "$rps" "$p50" "$p99" "$p999" "$rss" "$errors"
-    echo "$1|$2|$rps" >>"$RESULTS"
+    read -r rps p50 p99 p999 errors requests <<<"$result"
+    cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$requests" \
+        'BEGIN {if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-"}')
+    printf '%-34s %6s %10s %9s %9s %9s %8s %7s %7s\n' "$1" "$2" "$rps" "$p50" "$p99" "$p999" "$rss" "$errors" "$cpu"
+    echo "$1|$2|$rps|$cpu" >>"$RESULTS"
 }
 
 stop() {
@@ -99,7 +115,7 @@ RESULTS=$(mktemp)
 header() {
     echo
     echo "$1: wrk -t$THREADS -d$DURATION, $(nproc) cores, $(uname -sr), wasmtime $WASMTIME_VERSION"
-    printf '%-34s %6s %10s %9s %9s %9s %8s %7s\n' server conns req/s p50_ms p99_ms p99.9_ms rss_mib errors
+    printf '%-34s %6s %10s %9s %9s %9s %8s %7s %7s\n' server conns req/s p50_ms p99_ms p99.9_ms rss_mib errors cpu_us
 }
 
 # run_component LABEL WASM CONNS: tabula as a user runs it in production (`serve --store
@@ -228,9 +244,12 @@ echo "ratios (req/s), same connections:"
 python3 - "$RESULTS" <<'PY'
 import sys, collections
 rows = collections.defaultdict(dict)
+cpu = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
-    name, conns, rps = line.strip().split("|")
+    name, conns, rps, us = line.strip().split("|")
     rows[conns][name] = float(rps)
+    if us != "-":
+        cpu[conns][name] = float(us)
 for conns, r in rows.items():
     natives = {"hello": "native hyper hello", "pipelined": "native hyper hello (pipelined)"}
     for label in ("hello", "plain", "pipelined", "python"):
@@ -243,6 +262,11 @@ for conns, r in rows.items():
             extra = f", native/tabula {native / t:.2f}x" if native else ""
             defaults = f", /defaults {t / d:.2f}x" if d else ""
             again = f", /reused {t / reused:.2f}x" if reused else ""
+            # Server CPU per request, reused over tabula: >= 1.0x means a fresh instance
+            # costs the server no more than a reused one.
+            mine, theirs = cpu[conns].get(name), cpu[conns].get(f"wasmtime serve, tuned, reused ({label})")
+            if reused and mine and theirs:
+                again += f" (cpu/req {mine:.1f} against {theirs:.1f} us: {theirs / mine:.2f}x)"
             print(f"  {name:28} c={conns:>4}: /tuned {t / u:.2f}x{defaults}{again}{extra}")
     base = r.get("tabula baseline build (hello)")
     if base:

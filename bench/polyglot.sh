@@ -63,7 +63,7 @@ RESULTS=$(mktemp)
 measure() {
     local out rps p50 p99 p999 errors rss
     out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
-    read -r rps p50 p99 p999 errors <<<"$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)"
+    read -r rps p50 p99 p999 errors _ <<<"$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)"
     # The server and its worker processes, if any: all of them, and the largest one.
     read -r rss largest <<<"$(for p in $SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null); do
         cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2; if ($2 > m) m = $2}

@@ -13,8 +13,8 @@ end
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %.0f %.2f %.2f %.2f %d\n",
+  io.write(string.format("RESULT %.0f %.2f %.2f %.2f %d %d\n",
     summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000, errors))
+    latency:percentile(99.9) / 1000, errors, summary.requests))
 end
