@@ -531,6 +531,17 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             body_min_rate: args.body_min_rate,
         },
     };
+    // `--access-log off` hands `off` to clap as an app: the flag takes a value only after `=`,
+    // so that `--access-log app/` still means the flag and an app.
+    if let Some(word) = args.build.paths.iter().find(|path| {
+        ["on", "off", "true", "false", "yes", "no"].contains(&path.as_str())
+            && !std::path::Path::new(path).exists()
+    }) {
+        bail!(
+            "`{word}` is not a project or a component; to set the access log, join the value \
+             to the flag: `--access-log={word}`"
+        );
+    }
     // Local development may keep state in memory; production must say where state lives.
     let store = match (args.store.as_deref(), mode) {
         (Some(store), _) => store.to_string(),

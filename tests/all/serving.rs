@@ -361,6 +361,15 @@ fn serve_insists_on_a_store() {
     assert!(stderr.contains("needs --store"), "{stderr}");
 }
 
+/// `--access-log` takes its value only after `=`; given after a space, the value would be an
+/// app path, and the error names the fix.
+#[test]
+fn an_access_log_value_after_a_space_is_refused_with_the_fix() {
+    let (status, stderr) = run_tabula(&["serve", "--store", "memory", "--access-log", "off"]);
+    assert!(!status.success());
+    assert!(stderr.contains("`--access-log=off`"), "{stderr}");
+}
+
 /// Two `tabula up` on one machine, on components whose file names are not app names: both
 /// start (each operator listener on a port of its own, printed), and each serves its app.
 #[tokio::test]
