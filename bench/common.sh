@@ -27,6 +27,11 @@ background() {
     pids+=($!)
 }
 
+# server_procs PID: PID and its child processes (a tabula server's workers), one per word.
+server_procs() {
+    echo "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null || true)
+}
+
 # start_redis: a throwaway redis-server on a free port, in REDIS_PORT.
 start_redis() {
     REDIS_PORT=$(free_port)

@@ -76,7 +76,7 @@ serve() {
 # The CPU time (user + system, in clock ticks) the server and its worker processes have used.
 server_ticks() {
     local p
-    for p in $SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null || true); do
+    for p in $(server_procs "$SERVER"); do
         # The fields after the command name: utime and stime are the 12th and 13th.
         sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || true
     done | awk '{t += $12 + $13} END {print t + 0}'
@@ -96,9 +96,7 @@ measure() {
     # RSS right after the load, of the server and its worker processes if any. (Not the peak:
     # that is compiling the component at start-up, which wasmtime serve skips when its
     # compilation cache has it.)
-    local procs
-    procs="$SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null || true)"
-    rss=$(for p in $procs; do cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2} END {printf "%.0f", s/1024}')
+    rss=$(for p in $(server_procs "$SERVER"); do cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2} END {printf "%.0f", s/1024}')
     read -r rps p50 p99 p999 errors requests <<<"$result"
     cpu=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$requests" \
         'BEGIN {if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-"}')

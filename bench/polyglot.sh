@@ -65,7 +65,7 @@ measure() {
     out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s bench/report.lua "http://127.0.0.1:$PORT/")
     read -r rps p50 p99 p999 errors _ <<<"$(grep '^RESULT' <<<"$out" | cut -d' ' -f2-)"
     # The server and its worker processes, if any: all of them, and the largest one.
-    read -r rss largest <<<"$(for p in $SERVER $(cat /proc/"$SERVER"/task/*/children 2>/dev/null); do
+    read -r rss largest <<<"$(for p in $(server_procs "$SERVER"); do
         cat "/proc/$p/status"; done | awk '/VmRSS/ {s += $2; if ($2 > m) m = $2}
                                           END {printf "%.0f %.0f", s/1024, m/1024}')"
     printf '%-36s %6s %8.2f %9s %8s %8s %8s %8s %7s\n' "$1" "$2" "$READY" "$rps" "$p50" "$p99" "$rss" "$largest" "$errors"
