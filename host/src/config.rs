@@ -240,21 +240,121 @@ pub struct AppSpec {
     pub assets: Option<PathBuf>,
 }
 
-/// App names become key namespaces and log fields, so they are kept to `[A-Za-z0-9_-]`.
+/// Longest app name: names become key prefixes, cookie names and log fields.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest route.
+pub const MAX_ROUTE_BYTES: usize = 256;
+
+/// App names become key namespaces and log fields, so they are kept to `[A-Za-z0-9_-]`, at
+/// most [`MAX_NAME_BYTES`] long.
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
+        || name.len() > MAX_NAME_BYTES
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        bail!("app name {name:?} must be made of letters, digits, `-` and `_`");
+        bail!(
+            "app name {:?} must be 1 to {MAX_NAME_BYTES} letters, digits, `-` and `_`",
+            shorten(name)
+        );
     }
     Ok(())
+}
+
+/// Routes are `/` or `/`-separated segments of URL-safe characters (`A-Z a-z 0-9 - . _ ~`,
+/// RFC 3986's unreserved set), none of them `.` or `..`, at most [`MAX_ROUTE_BYTES`] long.
+///
+/// A route is matched against request paths and is the `Path` of the app's session cookie,
+/// and a deployer is not trusted with either: a route like `/shop;Domain=example.com` was
+/// pasted into the cookie's attributes, and `/a/../b` or `//x` can never match the path a
+/// client sends (clients normalise them away).
+pub fn validate_route(route: &str) -> Result<()> {
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
+    let ok = route == "/"
+        || (route.len() <= MAX_ROUTE_BYTES
+            && route
+                .strip_prefix('/')
+                .is_some_and(|rest| rest.split('/').all(segment_ok)));
+    if !ok {
+        bail!(
+            "route {:?}: a route is `/` or `/`-separated names of letters, digits, `-`, `.`, \
+             `_` and `~` (not `.` or `..`), with no `/` at the end, at most {MAX_ROUTE_BYTES} \
+             bytes (e.g. `/hello` or `/shop/api`)",
+            shorten(route)
+        );
+    }
+    Ok(())
+}
+
+/// Whether `route` serves `path`: its own path and everything below it (`/hello` serves
+/// `/hello` and `/hello/x`, not `/helloworld`); the route `/` serves every path.
+pub fn serves(route: &str, path: &str) -> bool {
+    route == "/"
+        || path
+            .strip_prefix(route)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether one of two routes serves paths of the other: the same route, or one below the
+/// other (`/` is above every route).
+pub fn nested(a: &str, b: &str) -> bool {
+    serves(a, b) || serves(b, a)
+}
+
+/// The start of what a user gave, for an error message that must not echo kilobytes.
+fn shorten(text: &str) -> String {
+    let mut short: String = text.chars().take(80).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    short
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_are_safe_paths() {
+        for good in ["/", "/hello", "/shop/api", "/a.b/c_d/e-f~"] {
+            validate_route(good).unwrap();
+        }
+        let long = format!("/{}", "a".repeat(MAX_ROUTE_BYTES));
+        for bad in [
+            "",
+            "hello",
+            "/hello/",
+            "//double",
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/shop;Domain=example.com;SameSite=None",
+            "/sp ace",
+            "/café",
+            "/a%2fb",
+            "/a?b",
+            "/a#b",
+            "/a\r\nSet-Cookie:x",
+            &long,
+        ] {
+            let e = validate_route(bad).expect_err(bad);
+            assert!(e.to_string().contains("e.g. `/hello`"), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        validate_name(&"a".repeat(MAX_NAME_BYTES)).unwrap();
+        let e = validate_name(&"a".repeat(8192)).unwrap_err().to_string();
+        assert!(e.len() < 200, "the message does not echo the name: {e}");
+    }
 
     #[test]
     fn apps_get_the_host_defaults_and_never_more_than_its_caps() {

@@ -372,6 +372,12 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_DEPLOY_TIMEOUT", default_value_t = 120.0)]
     deploy_timeout: f64,
 
+    /// Let a deploy take a route below or above another app's (`/shop/admin` beside
+    /// `/shop`, or `/` beside anything). Off by default: the inner app receives the outer
+    /// one's cookies, so allow it only where one team owns every app.
+    #[arg(long, env = "TABULA_ALLOW_NESTED_ROUTES")]
+    allow_nested_routes: bool,
+
     /// Where compiled components (deployed ones and those given as PATH) are kept across
     /// restarts, or `off`
     /// [default: $XDG_CACHE_HOME/tabula or ~/.cache/tabula].
@@ -584,6 +590,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                 token,
                 max_component_bytes: args.max_component_mib.saturating_mul(1 << 20),
                 deploy_timeout: positive_duration(args.deploy_timeout, "--deploy-timeout")?,
+                allow_nested_routes: args.allow_nested_routes,
             };
             Some((addr, config))
         }

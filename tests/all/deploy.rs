@@ -9,12 +9,12 @@ use crate::harness::{
 use crate::redis_server::{RedisCluster, RedisServer};
 
 /// `tabula serve --store STORE` with no app of its own, and the admin API if `admin`.
-fn replica(store: &str, admin: bool, extra: &[&str]) -> Server {
+pub fn replica(store: &str, admin: bool, extra: &[&str]) -> Server {
     replica_with_env(store, admin, extra, &[])
 }
 
 /// Like [`replica`], with `env` in its environment.
-fn replica_with_env(store: &str, admin: bool, extra: &[&str], env: &[(&str, &str)]) -> Server {
+pub fn replica_with_env(store: &str, admin: bool, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut args: Vec<String> = ["serve", "--store", store]
         .iter()
         .map(|s| s.to_string())
@@ -27,19 +27,19 @@ fn replica_with_env(store: &str, admin: bool, extra: &[&str], env: &[(&str, &str
 }
 
 /// A built guest's component file.
-fn wasm(name: &str) -> String {
+pub fn wasm(name: &str) -> String {
     guests()[name].wasm.display().to_string()
 }
 
 /// Deploys `file` as app `name` at `route`, and checks that the CLI said so.
-fn deploy(admin: &Server, file: &str, name: &str, route: &str) {
+pub fn deploy(admin: &Server, file: &str, name: &str, route: &str) {
     let run = admin_cli(admin, &["deploy", file, "--name", name, "--route", route]);
     assert!(run.ok, "deploy failed:\n{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("is active"), "{}", run.stdout);
 }
 
 /// What `path` answers on `server`: status and body.
-async fn answer(server: &Server, path: &str) -> (u16, String) {
+pub async fn answer(server: &Server, path: &str) -> (u16, String) {
     let reply = get(&client(), &server.url(path)).await;
     (reply.status, reply.body)
 }
@@ -233,12 +233,12 @@ async fn bad_deploys_are_refused_with_a_reason_and_change_nothing() {
         (
             "a bad name",
             vec![&counter, "--name", "a b"],
-            "must be made of letters",
+            "must be 1 to 64 letters",
         ),
         (
             "a bad route",
             vec![&counter, "--name", "x", "--route", "nope"],
-            "a route starts with `/`",
+            "e.g. `/hello`",
         ),
     ];
     for (what, args, reason) in cases {

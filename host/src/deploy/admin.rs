@@ -41,10 +41,10 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::cache::CompileCache;
-use super::registry::{AppRecord, Blob, Registry, Version};
+use super::registry::{AppRecord, Blob, Registry, RouteTaken, Version};
 use crate::app::App;
 use crate::capabilities::Assets;
-use crate::config::{AppSettings, AppSpec, validate_name};
+use crate::config::{AppSettings, AppSpec, validate_name, validate_route};
 use crate::host::Host;
 use crate::request::connection::serve_side_listener;
 use crate::request::server::ServerConfig;
@@ -58,6 +58,10 @@ pub struct AdminConfig {
     pub max_component_bytes: u64,
     /// How long a deploy waits for every replica to get the new version ready.
     pub deploy_timeout: Duration,
+    /// Whether an app may be deployed at a route below or above another app's (`/shop/admin`
+    /// and `/shop`): only where one team owns both, since the inner app receives the outer
+    /// one's cookies.
+    pub allow_nested_routes: bool,
 }
 
 #[derive(Clone)]
@@ -67,6 +71,9 @@ struct Admin {
     cache: Arc<CompileCache>,
     config: Arc<AdminConfig>,
 }
+
+/// Longest message or source a version keeps: they are listed with every version.
+const MAX_NOTE_BYTES: usize = 4096;
 
 /// A refusal: its status and what to do about it.
 struct ApiError(StatusCode, String);
@@ -234,21 +241,28 @@ async fn known_app(admin: &Admin, name: &str) -> ApiResult<AppRecord> {
     }
 }
 
+/// Takes the app off every replica, then frees its route: an app whose upload failed half
+/// way holds a route without a version, and is removed the same way.
 async fn remove_app(
     State(admin): State<Admin>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    known_app(&admin, &name).await?;
-    admin
-        .registry
-        .update(&name, |current| {
-            let mut record = current.cloned().expect("known above");
-            record.active = None;
-            record.pending = None;
-            Ok(record)
-        })
-        .await?;
-    admin.registry.remove_versions(&name).await?;
+    let deployed = known_app(&admin, &name).await;
+    if deployed.is_ok() {
+        admin
+            .registry
+            .update(&name, |current| {
+                let mut record = current.cloned().expect("known above");
+                record.active = None;
+                record.pending = None;
+                Ok(record)
+            })
+            .await?;
+        admin.registry.remove_versions(&name).await?;
+    }
+    if !admin.registry.release_route(&name).await? {
+        deployed?;
+    }
     Ok(Json(json!({ "removed": name })))
 }
 
@@ -310,10 +324,14 @@ async fn upload(
     let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
     validate_name(&name).map_err(|e| bad(format!("{e:#}")))?;
     let route = query.route.unwrap_or_else(|| format!("/{name}"));
-    if !route.starts_with('/') || (route.len() > 1 && route.ends_with('/')) {
-        return Err(bad(format!(
-            "route `{route}`: a route starts with `/` and does not end with one (e.g. `/hello`)"
-        )));
+    validate_route(&route).map_err(|e| bad(format!("{e:#}")))?;
+    for (what, text) in [("message", &query.message), ("source", &query.source)] {
+        if text.len() > MAX_NOTE_BYTES {
+            return Err(bad(format!(
+                "the {what} is {} bytes; at most {MAX_NOTE_BYTES} are kept with a version",
+                text.len()
+            )));
+        }
     }
     let settings: AppSettings = match headers.get("tabula-settings") {
         Some(value) => serde_json::from_slice(value.as_bytes()).map_err(|e| {
@@ -331,7 +349,6 @@ async fn upload(
             )
         })?;
     }
-    check_clash(&admin, &name, &route).await?;
     // The checks an app gets when it loads, on the blocking pool: compiling takes a while.
     let spec = AppSpec {
         name: name.clone(),
@@ -351,6 +368,8 @@ async fn upload(
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
+    // The route is taken last, once the upload is known good: a refused upload holds none.
+    claim_route(&admin, &name, &route).await?;
     admin.registry.put_blob(&blob).await?;
     let digest = blob.digest();
     let draft = Version {
@@ -377,35 +396,69 @@ async fn upload(
     Ok(roll_out(admin, name, version))
 }
 
-/// Refuses a name or route that another app has: a deployed one, or one a live replica
-/// serves from its command line.
-async fn check_clash(admin: &Admin, name: &str, route: &str) -> ApiResult<()> {
-    let conflict = |why: String| ApiError(StatusCode::CONFLICT, why);
-    for record in admin.registry.apps().await? {
-        if record.name == name {
-            continue;
+/// Gives `route` to app `name` (see [`Registry::claim_route`]), or refuses with 409: the
+/// route is another deployed app's, or one a live replica serves from its command line.
+async fn claim_route(admin: &Admin, name: &str, route: &str) -> ApiResult<()> {
+    let allow_nested = admin.config.allow_nested_routes;
+    let nests_badly = |held: &str| {
+        if held == route {
+            Some(format!("route `{route}` is"))
+        } else if !allow_nested && crate::config::nested(held, route) {
+            Some(format!(
+                "route `{route}` would nest with `{held}`, which is"
+            ))
+        } else {
+            None
         }
-        if let Some(active) = &record.active
-            && active.route == route
-        {
-            return Err(conflict(format!(
-                "route `{route}` is app `{}`'s: pick another with --route, or `tabula rm {}`",
-                record.name, record.name
-            )));
-        }
-    }
+    };
     for replica in admin.registry.replicas().await? {
-        for (fixed, fixed_route) in &replica.fixed {
-            if fixed == name || fixed_route == route {
-                return Err(conflict(format!(
-                    "replica {} serves app `{fixed}` at `{fixed_route}` from its command line; \
-                     a deployed app cannot take that name or route",
-                    replica.id
-                )));
+        for (app, held) in &replica.fixed {
+            let clash = if app == name {
+                Some(format!("the name `{app}` is"))
+            } else {
+                nests_badly(held)
+            };
+            if let Some(clash) = clash {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "{clash} app `{app}`'s, which replica {} serves from its command line; \
+                         a deployed app cannot take it{}",
+                        replica.id,
+                        nesting_fix(held, route)
+                    ),
+                ));
             }
         }
     }
-    Ok(())
+    match admin.registry.claim_route(name, route, allow_nested).await {
+        Ok(()) => Ok(()),
+        Err(e) => match e.downcast::<RouteTaken>() {
+            Ok(taken) => {
+                let clash = nests_badly(&taken.route).unwrap_or_default();
+                let fix = if taken.route == route {
+                    format!(": pick another with --route, or `tabula rm {}`", taken.app)
+                } else {
+                    nesting_fix(&taken.route, route)
+                };
+                Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!("{clash} app `{}`'s{fix}", taken.app),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+/// Why nested routes are refused and who may allow them, when `held` and `route` differ.
+fn nesting_fix(held: &str, route: &str) -> String {
+    if held == route {
+        return String::new();
+    }
+    "; routes of different apps may not nest, since the inner app would receive the outer \
+     one's cookies (an operator who owns both may allow it with --allow-nested-routes)"
+        .to_string()
 }
 
 #[derive(Deserialize)]
@@ -454,8 +507,33 @@ async fn activate(
                 })?
         }
     };
-    check_clash(&admin, &name, &version.route).await?;
+    claim_route(&admin, &name, &version.route).await?;
     Ok(roll_out(admin, name, version))
+}
+
+/// Fails when another deploy of app `name` has replaced `version` as the one being rolled
+/// out: the losing side of two concurrent deploys is told at once, instead of waiting out
+/// the deploy timeout for replicas that will never get its version ready.
+async fn superseded(admin: &Admin, name: &str, version: &Version) -> Result<()> {
+    let pending = admin
+        .registry
+        .app(name)
+        .await?
+        .and_then(|(record, _)| record.pending);
+    match pending {
+        Some(pending) if pending.number == version.number => Ok(()),
+        Some(other) => anyhow::bail!(
+            "another deploy of `{name}` ({}) started meanwhile and replaced this one ({}); \
+             nothing was switched",
+            other.id(),
+            version.id()
+        ),
+        None => anyhow::bail!(
+            "`{name}` was switched or removed by someone else meanwhile; this deploy ({}) is \
+             abandoned",
+            version.id()
+        ),
+    }
 }
 
 /// Deploys `version` of app `name` to every replica, reporting as it goes: one JSON object
@@ -528,6 +606,7 @@ async fn switch(
     let deadline = started + admin.config.deploy_timeout;
     let mut last = (usize::MAX, usize::MAX);
     let (ready, not_ready) = loop {
+        superseded(admin, name, version).await?;
         let replicas = admin.registry.replicas().await?;
         let (ready, not_ready): (Vec<_>, Vec<_>) = replicas.into_iter().partition(|r| has(r));
         let counts = (ready.len(), ready.len() + not_ready.len());

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use crate::capabilities::Assets;
-use crate::config::{AppSettings, validate_name};
+use crate::config::{AppSettings, validate_name, validate_route};
 use crate::project::{self, BuildOptions};
 
 /// Where the admin API is, and the token for it.
@@ -135,8 +135,9 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
             spec.route.clone()
         }
     });
-    // Checked here too: a name that is not one cannot be put in the URL.
+    // Checked here too, before a long upload: a name that is not one cannot be put in the URL.
     validate_name(&name)?;
+    validate_route(&route)?;
     let bytes =
         std::fs::read(&spec.wasm).with_context(|| format!("reading {}", spec.wasm.display()))?;
     // The host refuses it anyway, but only after the upload, and a client cut off mid-upload

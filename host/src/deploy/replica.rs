@@ -244,6 +244,17 @@ impl Agent {
         }
         let mut state = self.lock();
         state.prepared.retain(|key, _| wanted.contains(key));
+        // An app the registry no longer lists at all (removed, its route freed) goes too.
+        let listed: BTreeSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+        let before = state.deployed.len();
+        state.deployed.retain(|name, _| {
+            let keep = listed.contains(name.as_str());
+            if !keep {
+                info!(app = name, "app removed");
+            }
+            keep
+        });
+        changed |= state.deployed.len() != before;
         if changed {
             let router = self.router(&state);
             self.routes.replace(router);
@@ -313,19 +324,30 @@ impl Agent {
     }
 
     /// The route table: the fixed apps, then every deployed app that does not clash with
-    /// one already in (a clash is refused at deploy time; this covers a replica started
-    /// later with a fixed app of the same name or route).
+    /// one already in. Clashes are refused at deploy time; this covers a replica started
+    /// later with a fixed app of the same name or route, and versions stored before routes
+    /// were checked as they are now. One app that does not fit never takes the others down.
     fn router(&self, state: &State) -> Router {
         let mut apps = state.fixed.clone();
+        let fixed = apps.len();
         for (name, (_, _, app)) in &state.deployed {
+            if let Err(e) = crate::config::validate_route(app.route()) {
+                error!(
+                    app = name,
+                    error = format!("{e:#}"),
+                    "not serving a deployed app"
+                );
+                continue;
+            }
             let clash = apps
                 .iter()
-                .find(|other| other.name() == app.name() || other.route() == app.route());
+                .position(|other| other.name() == app.name() || other.route() == app.route());
             match clash {
-                Some(other) => error!(
+                Some(at) => error!(
                     app = name,
-                    with = &**other.name(),
-                    "a deployed app clashes with a fixed one; not serving it"
+                    with = &**apps[at].name(),
+                    "a deployed app clashes with {} app of the same name or route; not serving it",
+                    if at < fixed { "a fixed" } else { "a deployed" }
                 ),
                 None => apps.push(app.clone()),
             }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 
 use crate::app::App;
@@ -46,14 +46,8 @@ impl Router {
     pub fn new(apps: impl IntoIterator<Item = App>) -> Result<Router> {
         let mut apps: Vec<App> = apps.into_iter().collect();
         for app in &apps {
-            let route = app.route();
-            if !route.starts_with('/') || (route.len() > 1 && route.ends_with('/')) {
-                bail!(
-                    "app `{}` has route `{route}`: a route starts with `/` and does not end with one \
-                     (e.g. `/hello`, or `/` for everything)",
-                    app.name()
-                );
-            }
+            crate::config::validate_route(app.route())
+                .with_context(|| format!("app `{}`", app.name()))?;
         }
         let mut names: Vec<&str> = apps.iter().map(|a| &**a.name()).collect();
         names.sort_unstable();
@@ -92,7 +86,9 @@ impl Router {
 
     /// The app serving `path`, if any.
     pub fn route(&self, path: &str) -> Option<&App> {
-        self.apps.iter().find(|app| matches(app.route(), path))
+        self.apps
+            .iter()
+            .find(|app| crate::config::serves(app.route(), path))
     }
 
     /// The apps, longest route first.
@@ -101,16 +97,9 @@ impl Router {
     }
 }
 
-fn matches(route: &str, path: &str) -> bool {
-    route == "/"
-        || path
-            .strip_prefix(route)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use crate::config::serves as matches;
 
     #[test]
     fn prefix_matching_respects_segments() {

@@ -127,6 +127,14 @@ impl Node {
     }
 }
 
+/// Most files an app's assets may hold. Every replica keeps a node per file in memory for as
+/// long as the version is loaded, so a deployer must not be able to make that unbounded (a
+/// bundle of a million empty files cost 215 MiB on every replica).
+pub const MAX_ASSET_FILES: usize = 10_000;
+/// Deepest an asset's path may be, in names: the tree is built (and a bundle walked) by
+/// recursion, and a path 3,000 directories deep overflowed the control thread's stack.
+pub const MAX_ASSET_DEPTH: usize = 32;
+
 /// The first bytes of an assets bundle, and its version.
 const BUNDLE_MAGIC: &[u8] = b"tabula-assets 1\n";
 
@@ -140,43 +148,22 @@ impl Assets {
         Assets::load_with(|_| Ok(Entries::new())).expect("an empty tree")
     }
 
-    /// Reads the directory `dir` (recursively) into memory. Symlinks are not followed.
+    /// Reads the directory `dir` (recursively) into memory, through the same bundle a deploy
+    /// sends, so that local assets and deployed ones obey the same bounds and look the same
+    /// (empty directories are left out). Symlinks are not followed.
     pub fn load(dir: &Path) -> anyhow::Result<Assets> {
-        fn read(dir: &Path, mount: &Mount) -> anyhow::Result<Entries> {
-            let mut entries = BTreeMap::new();
-            for entry in
-                std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?
-            {
-                let entry = entry?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let kind = entry.file_type()?;
-                let node = if kind.is_dir() {
-                    mount.new_dir(read(&entry.path(), mount)?, Charge::none())
-                } else if kind.is_file() {
-                    let data = FileData {
-                        bytes: std::fs::read(entry.path())?,
-                        length: Charge::none(),
-                        memory: Charge::none(),
-                    };
-                    mount.new_file(data, Charge::none())
-                } else {
-                    continue;
-                };
-                let entry = Entry {
-                    node,
-                    _name: Charge::none(),
-                };
-                entries.insert(name, entry);
-            }
-            Ok(entries)
-        }
-        Assets::load_with(|mount| read(dir, mount))
+        Assets::from_bundle(&Assets::bundle(dir)?)
     }
 
     /// The files of `dir` (recursively; symlinks not followed) as one deterministic byte
     /// string: how assets travel to the store with a deploy. Empty directories are left out.
     pub fn bundle(dir: &Path) -> anyhow::Result<Vec<u8>> {
-        fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
+        fn walk(
+            dir: &Path,
+            prefix: &str,
+            depth: usize,
+            out: &mut Vec<(String, Vec<u8>)>,
+        ) -> anyhow::Result<()> {
             let mut entries: Vec<_> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading {}", dir.display()))?
                 .collect::<Result<_, _>>()?;
@@ -186,15 +173,27 @@ impl Assets {
                 let path = format!("{prefix}{name}");
                 let kind = entry.file_type()?;
                 if kind.is_dir() {
-                    walk(&entry.path(), &format!("{path}/"), out)?;
+                    anyhow::ensure!(
+                        depth + 1 < MAX_ASSET_DEPTH,
+                        "assets: {} is nested deeper than {MAX_ASSET_DEPTH} levels, the most \
+                         an app's assets may be",
+                        entry.path().display()
+                    );
+                    walk(&entry.path(), &format!("{path}/"), depth + 1, out)?;
                 } else if kind.is_file() {
+                    anyhow::ensure!(
+                        out.len() < MAX_ASSET_FILES,
+                        "assets: more than {MAX_ASSET_FILES} files (the most an app's assets \
+                         may have) by {}",
+                        entry.path().display()
+                    );
                     out.push((path, std::fs::read(entry.path())?));
                 }
             }
             Ok(())
         }
         let mut files = Vec::new();
-        walk(dir, "", &mut files)?;
+        walk(dir, "", 0, &mut files)?;
         let mut bundle = BUNDLE_MAGIC.to_vec();
         for (path, bytes) in files {
             bundle.extend_from_slice(&(path.len() as u32).to_le_bytes());
@@ -242,17 +241,30 @@ impl Assets {
             .strip_prefix(BUNDLE_MAGIC)
             .context("not an assets bundle")?;
         let mut root = Tree::default();
+        let mut files = 0;
         while !rest.is_empty() {
             let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into()?) as usize;
             let path = std::str::from_utf8(take(&mut rest, len)?)?.to_string();
             let len = u64::from_le_bytes(take(&mut rest, 8)?.try_into()?) as usize;
             let bytes = take(&mut rest, len)?.to_vec();
+            files += 1;
+            anyhow::ensure!(
+                files <= MAX_ASSET_FILES,
+                "the assets bundle holds more than {MAX_ASSET_FILES} files, the most an app's \
+                 assets may have"
+            );
             let parts: Vec<&str> = path.split('/').collect();
             anyhow::ensure!(
                 parts
                     .iter()
                     .all(|p| !p.is_empty() && *p != "." && *p != ".." && p.len() <= NAME_MAX),
                 "the assets bundle names a path outside its mount: {path:?}"
+            );
+            anyhow::ensure!(
+                parts.len() <= MAX_ASSET_DEPTH && path.len() <= PATH_MAX,
+                "the assets bundle names a path deeper than {MAX_ASSET_DEPTH} levels or longer \
+                 than {PATH_MAX} bytes: {:?}",
+                path.chars().take(80).collect::<String>()
             );
             let (file, dirs) = parts.split_last().expect("split yields one part at least");
             let mut dir = &mut root;
@@ -266,7 +278,10 @@ impl Assets {
                     Ok(_) => anyhow::bail!("the assets bundle has {part:?} as file and directory"),
                 };
             }
-            dir.0.insert(file.to_string(), Ok(bytes));
+            anyhow::ensure!(
+                dir.0.insert(file.to_string(), Ok(bytes)).is_none(),
+                "the assets bundle names {path:?} twice"
+            );
         }
         Assets::load_with(|mount| Ok(build(root, mount)))
     }
