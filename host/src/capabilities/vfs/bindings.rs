@@ -8,8 +8,8 @@ wasmtime::component::bindgen!({
     with: {
         "wasi:io": wasmtime_wasi_io::bindings::wasi::io,
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-        "wasi:filesystem/types.descriptor": super::Descriptor,
-        "wasi:filesystem/types.directory-entry-stream": super::DirStream,
+        "wasi:filesystem/types.descriptor": super::descriptor::Descriptor,
+        "wasi:filesystem/types.directory-entry-stream": super::descriptor::DirStream,
     },
     require_store_data_send: true,
 });
