@@ -56,6 +56,34 @@ pub struct HostConfig {
     pub session: SessionDefaults,
     /// What one request may make the host hold for it: see [`RequestBounds`].
     pub request: RequestBounds,
+    /// What a component may cost to compile: see [`CompileLimits`].
+    pub compile: CompileLimits,
+}
+
+/// Bounds on what compiling one component may cost, checked on its bytes before the
+/// compiler sees them. Host-wide: a deploy cannot change them.
+///
+/// Compiling is linear in what these count: a component carrying an unused module of
+/// 400,000 empty functions (1.6 MB) took 31-44 s and +2.5 GiB to compile, so within the
+/// 100 MiB upload limit a deploy could ask every replica for half an hour and 150 GiB. The
+/// defaults are about 3.6 times the largest real components measured: componentize-py's
+/// (13,758 functions, 6.3 MiB of code) and componentize-js's (13,005, 8.8 MiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileLimits {
+    /// Functions to compile: the bodies in every core module of the component, plus the
+    /// adapters between them and the host (canonical lifts and lowers).
+    pub max_functions: u64,
+    /// Bytes of code: the code sections of every core module, together.
+    pub max_code_bytes: u64,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        CompileLimits {
+            max_functions: 50_000,
+            max_code_bytes: 32 << 20,
+        }
+    }
 }
 
 /// Where instances get their memory, tables and stacks.
@@ -87,6 +115,7 @@ impl Default for HostConfig {
             tmp: TmpQuota::default(),
             session: SessionDefaults::default(),
             request: RequestBounds::default(),
+            compile: CompileLimits::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Per-request work is kept to a new `Store` and an instantiation (see [`crate::request`]);
 //! everything that can be prepared ahead of time is prepared here.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -37,6 +37,8 @@ struct HostInner {
     config: HostConfig,
     storage: Arc<dyn Storage>,
     prebuffer: Arc<Budget>,
+    /// Held while a component compiles: see [`Host::compile_turn`].
+    compiling: Mutex<()>,
 }
 
 impl Host {
@@ -55,6 +57,7 @@ impl Host {
                 config,
                 storage,
                 prebuffer: Budget::new(PREBUFFER_BUDGET),
+                compiling: Mutex::new(()),
             }),
         })
     }
@@ -79,6 +82,20 @@ impl Host {
     /// Where apps keep their state.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.inner.storage
+    }
+
+    /// This process's turn to compile a component, held until the guard drops: one compile
+    /// at a time. wasmtime already spreads one compile over every core (rayon), so a second
+    /// one at once would finish no sooner and only add its memory to the first's: a burst of
+    /// deploys (uploads checked by the admin API, versions prepared by the replica, `tabula
+    /// up` rebuilds) queues here instead of taking the machine's memory together. Components
+    /// already compiled (the compile cache, `--processes` workers) load without a turn.
+    pub(crate) fn compile_turn(&self) -> MutexGuard<'_, ()> {
+        // A compile that panicked leaves nothing half-done behind the lock.
+        self.inner
+            .compiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// What request bodies read ahead of their instance may hold, across the process.

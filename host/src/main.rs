@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tabula::config::{Allocator, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota};
+use tabula::config::{
+    Allocator, CompileLimits, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota,
+};
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::client;
 use tabula::project::{self, BuildOptions, CliVariable, Lang};
@@ -384,6 +386,17 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_CACHE_DIR")]
     cache_dir: Option<String>,
 
+    /// Most functions a component may have to compile (every core module's, plus its
+    /// adapters); a larger one is refused before compiling: compile time and memory grow
+    /// with it, on every replica.
+    #[arg(long, env = "TABULA_MAX_COMPILE_FUNCTIONS", default_value_t = CompileLimits::default().max_functions)]
+    max_compile_functions: u64,
+
+    /// Most code a component may have to compile, in MiB (every core module's code
+    /// section); a larger one is refused before compiling.
+    #[arg(long, env = "TABULA_MAX_COMPILE_CODE_MIB", default_value_t = CompileLimits::default().max_code_bytes >> 20)]
+    max_compile_code_mib: u64,
+
     /// Instance allocator: `pooling` (fast, reserves virtual memory up front) or `on-demand`.
     #[arg(long, env = "TABULA_ALLOCATOR", default_value = "pooling")]
     allocator: Allocator,
@@ -535,6 +548,10 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             log_lines: args.guest_log_max_lines,
             body_timeout: positive_duration(args.body_timeout, "--body-timeout")?,
             body_min_rate: args.body_min_rate,
+        },
+        compile: CompileLimits {
+            max_functions: args.max_compile_functions,
+            max_code_bytes: args.max_compile_code_mib.saturating_mul(1 << 20),
         },
     };
     // `--access-log off` hands `off` to clap as an app: the flag takes a value only after `=`,

@@ -464,7 +464,9 @@ async fn a_restarted_replica_loads_from_its_compile_cache_and_recompiles_a_bad_e
     deploy(&a, &wasm("hello"), "hello", "/hello");
     // Compiled once, by the upload's check, and cached for this process's replica too.
     assert!(a.logged("cached=true"), "{}", a.log());
-    let mut entries: Vec<String> = std::fs::read_dir(&cache)
+    // Entries are kept in a directory of the cache's own.
+    let compiled = cache.join("compiled");
+    let mut entries: Vec<String> = std::fs::read_dir(&compiled)
         .unwrap()
         .map(|e| {
             e.unwrap()
@@ -479,8 +481,8 @@ async fn a_restarted_replica_loads_from_its_compile_cache_and_recompiles_a_bad_e
     // The lock is what processes sharing the cache take turns compiling under.
     assert_eq!(
         entries,
-        ["cwasm", "lock", "sha256"],
-        "one compiled component, its digest and its lock"
+        ["cwasm", "lock", "record"],
+        "one compiled component, the record of what it is, and its lock"
     );
     a.terminate();
 
@@ -489,7 +491,7 @@ async fn a_restarted_replica_loads_from_its_compile_cache_and_recompiles_a_bad_e
     assert!(again.logged("cached=true"), "{}", again.log());
     again.terminate();
 
-    for entry in std::fs::read_dir(&cache).unwrap() {
+    for entry in std::fs::read_dir(&compiled).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "cwasm") {
             std::fs::write(&path, b"not what was compiled").unwrap();

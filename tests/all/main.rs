@@ -6,6 +6,7 @@ mod deploy;
 mod filesystem;
 mod harness;
 mod hostile;
+mod hostile_compile;
 mod hostile_deploys;
 mod in_process;
 mod kv_apps;

@@ -21,6 +21,11 @@ use wasmtime::component::{ComponentType, Linker, Lower};
 /// Spin's SDKs import, `0.2.0-rc.1` what wasmtime's own `wasi-config` and test programs do.
 pub const VERSIONS: &[&str] = &["0.2.0-draft", "0.2.0-draft-2024-09-27", "0.2.0-rc.1"];
 
+/// The interface under its first name, which wasmCloud 1.x components import: the same
+/// functions and types as `store` (its error variant was then named `config-error`, and
+/// component types match by structure, not name), so the same host functions serve it.
+const RUNTIME: &str = "wasi:config/runtime@0.2.0-draft";
+
 /// The longest variable name, in bytes.
 const MAX_NAME_BYTES: usize = 256;
 
@@ -148,14 +153,15 @@ enum ConfigError {
 
 type ConfigResult<T> = wasmtime::Result<(Result<T, ConfigError>,)>;
 
-/// Adds `wasi:config/store` in every version of [`VERSIONS`] to the linker, answering from
-/// the variables `get` finds in the store's data.
+/// Adds `wasi:config/store` in every version of [`VERSIONS`], and [`RUNTIME`], to the
+/// linker, answering from the variables `get` finds in the store's data.
 pub fn add_to_linker<T: 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &Variables,
 ) -> wasmtime::Result<()> {
-    for version in VERSIONS {
-        let mut store = linker.instance(&format!("wasi:config/store@{version}"))?;
+    let stores = VERSIONS.iter().map(|v| format!("wasi:config/store@{v}"));
+    for name in stores.chain([RUNTIME.to_string()]) {
+        let mut store = linker.instance(&name)?;
         store.func_wrap(
             "get",
             move |mut cx: StoreContextMut<'_, T>, (name,): (String,)| -> ConfigResult<_> {

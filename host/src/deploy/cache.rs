@@ -1,18 +1,25 @@
 //! Compiled components on local disk, by digest and engine fingerprint, so a restarted
 //! replica loads a deployed app in milliseconds instead of compiling it again.
 //!
-//! It is a cache, never trusted blindly: each entry is stored with the sha-256 of its bytes
-//! and checked against it before wasmtime loads it, and wasmtime itself refuses code built by
-//! another version or configuration. An entry that fails either check is compiled again and
-//! replaced. The directory is created private to the user (0700): what is in it becomes
-//! machine code.
+//! It is a cache, never trusted blindly: each entry is stored with a record of what it is
+//! (the digest of the component it was compiled from, the engine's fingerprint and the
+//! sha-256 of the compiled code), checked before wasmtime loads it, so an entry damaged, or
+//! copied over another component's, is never served as that component; wasmtime itself
+//! refuses code built by another version or configuration. An entry that fails a check is
+//! compiled again and replaced.
+//!
+//! What is in the cache becomes machine code, so entries live in a directory of tabula's
+//! own, `compiled/` inside the `--cache-dir`, created private to the user (0700). An
+//! existing directory is never changed: `--cache-dir /tmp` must not make `/tmp` private
+//! (as root, that breaks the machine), and a `compiled/` that is not private and the user's
+//! is refused, not repaired.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use wasmtime::component::Component;
 
 use super::registry::{digest, file_digest};
@@ -36,20 +43,11 @@ pub enum Compiled {
 }
 
 impl CompileCache {
-    /// A cache in `dir` (made if missing) for `host`'s engine.
+    /// A cache in `compiled/` under `dir` (made private if missing) for `host`'s engine.
     pub fn new(dir: Option<PathBuf>, host: &Host) -> Result<CompileCache> {
-        if let Some(dir) = &dir {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating the compile cache {}", dir.display()))?;
-            let mode = std::fs::metadata(dir)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .with_context(|| format!("making {} private", dir.display()))?;
-            }
-        }
+        let dir = dir
+            .map(|dir| private_dir(&dir.join("compiled")))
+            .transpose()?;
         let mut hasher = DefaultHasher::new();
         host.engine()
             .precompile_compatibility_hash()
@@ -60,13 +58,16 @@ impl CompileCache {
         })
     }
 
-    fn entry(&self, digest: &str) -> Option<(PathBuf, PathBuf)> {
+    /// The entry of component `digest`: its compiled code and the record of what it is.
+    fn entry(&self, digest: &str) -> Option<Entry> {
         let dir = self.dir.as_ref()?;
         let stem = format!("{digest}-{}", self.fingerprint);
-        Some((
-            dir.join(format!("{stem}.cwasm")),
-            dir.join(format!("{stem}.sha256")),
-        ))
+        Some(Entry {
+            code: dir.join(format!("{stem}.cwasm")),
+            record: dir.join(format!("{stem}.record")),
+            component: digest.to_string(),
+            fingerprint: self.fingerprint.clone(),
+        })
     }
 
     /// The component whose source is `bytes` (with digest `digest`): from the cache when a
@@ -82,18 +83,18 @@ impl CompileCache {
         digest: &str,
         bytes: &[u8],
     ) -> Result<(Component, Compiled)> {
-        let Some((code, sum)) = self.entry(digest) else {
+        let Some(entry) = self.entry(digest) else {
             return Ok((App::compile(host, bytes)?, Compiled::Fresh));
         };
-        if let Some(component) = cached(host, &code, &sum) {
+        if let Some(component) = entry.load(host) {
             return Ok((component, Compiled::Cached));
         }
-        with_lock(&code.with_extension("lock"), || {
-            if let Some(component) = cached(host, &code, &sum) {
+        with_lock(&entry.code.with_extension("lock"), || {
+            if let Some(component) = entry.load(host) {
                 return Ok((component, Compiled::Cached));
             }
             let compiled = App::compile(host, bytes)?;
-            if let Err(e) = store(&compiled, &code, &sum) {
+            if let Err(e) = entry.store(&compiled) {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "could not cache a compiled component"
@@ -104,27 +105,96 @@ impl CompileCache {
             // mapped from the file, so only the pages that run are in memory, shared with
             // every process that maps it, where the compiler's copy is all resident. An 18 MB
             // Python component's first start was ready at 183-196 MiB instead of 207.
-            let component = map(host, &code).unwrap_or(compiled);
+            let component = map(host, &entry.code).unwrap_or(compiled);
             Ok((component, Compiled::Fresh))
         })
     }
 }
 
-/// The component in the entry `code` (checked against `sum`), if it is there and sound.
-fn cached(host: &Host, code: &Path, sum: &Path) -> Option<Component> {
-    let found = file_digest(code).ok()?;
-    let expected = std::fs::read_to_string(sum).ok()?;
-    if found != expected.trim() {
-        tracing::warn!(entry = %code.display(), "a compile cache entry is damaged; compiling again");
-        return None;
+/// `dir`, created private to the user if missing (with any missing parents), and refused if
+/// it is there but not private and the user's. Never changes an existing directory.
+fn private_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the compile cache {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("reading the compile cache {}", dir.display()))?;
+    // SAFETY: geteuid only reads the process's effective user id.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() || meta.uid() != me || mode & 0o077 != 0 {
+        bail!(
+            "the compile cache {} is not a private directory of this user (uid {}, mode {:o}; \
+             needed: uid {me}, mode 700): what is in it becomes machine code, so tabula will \
+             not use or change it. Remove it (tabula makes it again, private), or give \
+             --cache-dir another directory",
+            dir.display(),
+            meta.uid(),
+            mode,
+        );
     }
-    map(host, code)
+    Ok(dir.to_path_buf())
 }
 
-/// The component compiled into `code`, mapped from the file, once its digest is known good.
+/// One component's place in the cache.
+struct Entry {
+    /// The compiled code, exactly as wasmtime serialized it (so it can be mapped).
+    code: PathBuf,
+    /// What the code is: see [`Entry::record_for`].
+    record: PathBuf,
+    /// The digest of the component the entry is for.
+    component: String,
+    /// The engine's fingerprint.
+    fingerprint: String,
+}
+
+impl Entry {
+    /// The record that binds compiled code whose sha-256 is `code` to this entry's component
+    /// and engine: an entry copied to another component's name, or the code of another
+    /// compile put under this record, no longer fits.
+    fn record_for(&self, code: &str) -> String {
+        format!(
+            "component {}\nengine {}\ncode {code}\n",
+            self.component, self.fingerprint
+        )
+    }
+
+    /// The component in the entry, if it is there and its record fits.
+    fn load(&self, host: &Host) -> Option<Component> {
+        let record = std::fs::read_to_string(&self.record).ok()?;
+        let code = file_digest(&self.code).ok()?;
+        if record != self.record_for(&code) {
+            tracing::warn!(
+                entry = %self.code.display(),
+                "a compile cache entry is not this component's or is damaged; compiling again"
+            );
+            return None;
+        }
+        map(host, &self.code)
+    }
+
+    /// Writes `component`'s compiled code and its record, each through a rename so a reader
+    /// never sees half a file.
+    fn store(&self, component: &Component) -> Result<()> {
+        let bytes = component.serialize()?;
+        let unique = format!("tmp-{}", std::process::id());
+        let tmp_code = self.code.with_extension(&unique);
+        std::fs::write(&tmp_code, &bytes)?;
+        std::fs::rename(&tmp_code, &self.code)?;
+        let tmp_record = self.record.with_extension(&unique);
+        let code = digest(&bytes);
+        std::fs::write(&tmp_record, self.record_for(&code))?;
+        std::fs::rename(&tmp_record, &self.record)?;
+        Ok(())
+    }
+}
+
+/// The component compiled into `code`, mapped from the file, once its record is known good.
 fn map(host: &Host, code: &Path) -> Option<Component> {
     // SAFETY: the file is what this process family wrote into a directory only this user
-    // can write, checked against the digest written beside it (or just written from the
+    // can write, checked against the record written beside it (or just written from the
     // component); entries are replaced by rename and never written in place, so the mapping
     // keeps what was checked; wasmtime checks that they were compiled by this version and
     // configuration.
@@ -135,18 +205,4 @@ fn map(host: &Host, code: &Path) -> Option<Component> {
             None
         }
     }
-}
-
-/// Writes `component`'s compiled code and its digest, each through a rename so a reader never
-/// sees half a file.
-fn store(component: &Component, code: &Path, sum: &Path) -> Result<()> {
-    let bytes = component.serialize()?;
-    let unique = format!("tmp-{}", std::process::id());
-    let tmp_code = code.with_extension(&unique);
-    std::fs::write(&tmp_code, &bytes)?;
-    std::fs::rename(&tmp_code, code)?;
-    let tmp_sum = sum.with_extension(&unique);
-    std::fs::write(&tmp_sum, digest(&bytes))?;
-    std::fs::rename(&tmp_sum, sum)?;
-    Ok(())
 }

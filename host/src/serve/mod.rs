@@ -253,12 +253,14 @@ fn load_through_cache(host: &Host, cache: &CompileCache, spec: &AppSpec) -> Resu
         .with_context(|| format!("reading {}", path.display()))
         .and_then(|bytes| cache.component(host, &registry::digest(&bytes), &bytes))
         .and_then(|(component, how)| {
+            let app = App::from_component(host, spec, component)?;
+            // Said once the app is accepted: its imports and export are checked above.
             info!(
                 app = spec.name,
                 cached = how == Compiled::Cached,
                 "component ready"
             );
-            App::from_component(host, spec, component)
+            Ok(app)
         });
     loaded.with_context(|| format!("loading app `{}` from {}", spec.name, path.display()))
 }
