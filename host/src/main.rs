@@ -280,9 +280,10 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_WRITE_TIMEOUT", default_value_t = ServerConfig::default().write_timeout.as_secs_f64())]
     write_timeout: f64,
 
-    /// Seconds a request body may keep the server waiting at a time; in all it may keep it
-    /// waiting this long plus a second per --body-min-rate bytes received. Slower bodies get
-    /// 408, so a trickling client cannot hold an instance.
+    /// Seconds a request body (an app's request or an admin upload) may keep the server
+    /// waiting at a time; in all it may keep it waiting this long plus a second per
+    /// --body-min-rate bytes received. Slower bodies get 408, so a trickling client cannot
+    /// hold an instance or one of the admin listener's connections.
     #[arg(long, env = "TABULA_BODY_TIMEOUT", default_value_t = RequestBounds::default().body_timeout.as_secs_f64())]
     body_timeout: f64,
 

@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod hostile_compile;
 mod hostile_deploys;
+mod hostile_listeners;
 mod in_process;
 mod kv_apps;
 mod kv_conformance;

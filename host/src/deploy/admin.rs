@@ -278,26 +278,69 @@ async fn upload_assets(
     Ok(Json(json!({ "digest": blob.digest() })))
 }
 
-/// An upload's body, refused past the host's size limit.
+/// An upload's body, refused past the host's size limit: at once, before a byte of it is
+/// read, when its `Content-Length` says so (a client that sent `Expect: 100-continue` then
+/// sends none), else when the limit is crossed. It must keep coming by the rule every request
+/// body follows: no wait for it longer than `--body-timeout`, and all of it within that plus
+/// a second per `--body-min-rate` bytes, or 408. An upload that stalled held its connection,
+/// one of the admin listener's few slots, for as long as its client liked.
 async fn read_limited(admin: &Admin, body: Body, what: &str) -> ApiResult<Bytes> {
+    use hyper::body::Body as _;
     let limit = admin.config.max_component_bytes;
-    Ok(http_body_util::Limited::new(body, limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the {what} is larger than this host accepts ({limit} bytes; the host's \
+                 --max-component-mib)"
+            ),
+        )
+    };
+    if body.size_hint().lower() > limit {
+        return Err(too_large());
+    }
+    let bounds = &admin.host.config().request;
+    let (grace, min_rate) = (bounds.body_timeout, bounds.body_min_rate.max(1));
+    let started = Instant::now();
+    let mut body = http_body_util::Limited::new(body, limit as usize);
+    let mut bytes = bytes::BytesMut::new();
+    loop {
+        let earned = Duration::try_from_secs_f64(bytes.len() as f64 / min_rate as f64)
+            .unwrap_or(Duration::MAX);
+        let left = grace
+            .saturating_add(earned)
+            .saturating_sub(started.elapsed());
+        match tokio::time::timeout(grace.min(left), body.frame()).await {
+            Err(_) => {
+                return Err(ApiError(
+                    StatusCode::REQUEST_TIMEOUT,
                     format!(
-                        "the {what} is larger than this host accepts ({limit} bytes; the \
-                         host's --max-component-mib)"
+                        "the {what} came too slowly ({} bytes in {:.1} s): an upload may pause \
+                         at most {} s (the host's --body-timeout) and take at most that plus a \
+                         second per {min_rate} bytes (--body-min-rate)",
+                        bytes.len(),
+                        started.elapsed().as_secs_f64(),
+                        grace.as_secs_f64(),
                     ),
-                )
-            } else {
-                ApiError(StatusCode::BAD_REQUEST, format!("reading the upload: {e}"))
+                ));
             }
-        })?
-        .to_bytes())
+            Ok(None) => return Ok(bytes.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(too_large());
+            }
+            Ok(Some(Err(e))) => {
+                return Err(ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the upload: {e}"),
+                ));
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]

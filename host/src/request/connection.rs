@@ -1,6 +1,7 @@
-//! How every connection is served, on the main listener and the operator listener alike:
-//! HTTP/1.1 and HTTP/2 through hyper, with the time a client may take to start a request, to
-//! sit idle, and to read what it is sent all bounded.
+//! How every connection is served, on the main listener and the side listeners (operator,
+//! admin) alike: HTTP/1.1 and HTTP/2 through hyper, with the time a client may take to start
+//! a request, to sit idle, and to read what it is sent all bounded; and how a side listener
+//! shares its few connection slots so that idle clients cannot take them all.
 
 use std::convert::Infallible;
 use std::num::NonZeroUsize;
@@ -105,12 +106,28 @@ pub(crate) async fn serve_connection<F, Fut>(
     peer: std::net::SocketAddr,
     handle: F,
     config: &ServerConfig,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let activity = Activity::new();
+    serve_tracked(builder, stream, peer, handle, config, stopped, activity).await;
+}
+
+/// [`serve_connection`], keeping its requests in `activity`, which the caller may watch too.
+async fn serve_tracked<F, Fut>(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    handle: F,
+    config: &ServerConfig,
+    mut stopped: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
     let tracked = activity.clone();
     let handle = Arc::new(handle);
     let service = hyper::service::service_fn(move |req| {
@@ -182,14 +199,29 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// When the connection last started or finished a request, if it ever did.
+    fn last_request(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(self.opened + Duration::from_millis(ms)),
+        }
+    }
+
     /// When a connection with nothing in flight has been idle too long: `first` after it
     /// opened if it never started a request, else `idle` after its last one.
     fn idle_after(&self, first: Duration, idle: Duration) -> Instant {
-        let (from, wait) = match self.last.load(Ordering::Relaxed) {
-            u64::MAX => (self.opened, first),
-            ms => (self.opened + Duration::from_millis(ms), idle),
+        let (from, wait) = match self.last_request() {
+            None => (self.opened, first),
+            Some(at) => (at, idle),
         };
         from.checked_add(wait).unwrap_or(from + YEAR)
+    }
+
+    /// Since when the connection has had nothing in flight (since it opened, if it never
+    /// started a request); `None` while a request is in flight.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Relaxed) == 0)
+            .then(|| self.last_request().unwrap_or(self.opened))
     }
 
     /// When to look again: at the idle deadline, or, while a request is in flight, after
@@ -360,6 +392,22 @@ pub(crate) const SIDE_CONNECTIONS: usize = 64;
 /// Serves a side listener (the operator's, the admin API's) until its task is aborted: every
 /// connection with `handle`, the main listener's timeouts, and at most [`SIDE_CONNECTIONS`]
 /// open at once. It is stopped by aborting it, not drained.
+///
+/// The slots are taken before any token is checked, by anyone who can reach the port, so
+/// doing nothing must not hold one: 70 connections that sent nothing made the admin API
+/// answer 0 of 3 calls in 30 s, and `/healthz` too. So when every slot is taken, a new
+/// connection is not left waiting: the one idle the longest (no request in flight: it sent
+/// nothing, half a request head, or sits kept alive between requests) is closed to make room
+/// (see [`OpenConnections`]). Only a request in flight keeps its slot, and on these
+/// listeners a request without the token is answered at once (401, or a probe's few bytes),
+/// so only authenticated callers can fill them all; new connections then wait for a slot.
+///
+/// Why not just a shorter header timeout on these ports: a client that reconnects as soon as
+/// it is closed refills the slots at once, and a caller queued in the kernel's backlog behind
+/// its reconnects waits a timeout per batch of them. Closing the idlest instead makes a
+/// caller that sends its request as it connects (as every client does) the last one closed:
+/// more connections than there are slots would have to come between its accept and its
+/// request head.
 pub(crate) async fn serve_side_listener<F, Fut>(
     listener: TcpListener,
     config: ServerConfig,
@@ -369,25 +417,90 @@ pub(crate) async fn serve_side_listener<F, Fut>(
     Fut: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let builder = connection_builder(&config);
-    let connections = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(SIDE_CONNECTIONS));
+    let mut open = OpenConnections::default();
     let (_never, stopped) = watch::channel(false);
     loop {
-        let permit = connections
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
         let (stream, peer) = accept(&listener).await;
-        let (builder, config, stopped, handle) = (
+        open.forget_closed();
+        let permit = loop {
+            if let Ok(permit) = slots.clone().try_acquire_owned() {
+                break permit;
+            }
+            open.close_idlest();
+            // The closed connection's task lets go of its slot as soon as it is dropped. If
+            // every connection has a request in flight, one may go idle before any ends:
+            // look again shortly.
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => break permit.expect("never closed"),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        let activity = Activity::new();
+        let (builder, config, stopped, handle, tracked) = (
             builder.clone(),
             config.clone(),
             stopped.clone(),
             handle.clone(),
+            activity.clone(),
         );
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(&builder, stream, peer, handle, &config, stopped).await;
+            serve_tracked(&builder, stream, peer, handle, &config, stopped, tracked).await;
         });
+        open.add(peer, activity, task.abort_handle());
+    }
+}
+
+/// A side listener's open connections, so that the idlest can be closed to make room.
+#[derive(Default)]
+struct OpenConnections(Vec<OpenConnection>);
+
+struct OpenConnection {
+    peer: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    task: tokio::task::AbortHandle,
+}
+
+impl OpenConnections {
+    fn add(
+        &mut self,
+        peer: std::net::SocketAddr,
+        activity: Arc<Activity>,
+        task: tokio::task::AbortHandle,
+    ) {
+        self.0.push(OpenConnection {
+            peer,
+            activity,
+            task,
+        });
+    }
+
+    /// Drops the connections that have ended, so the list stays as short as the slots.
+    fn forget_closed(&mut self) {
+        self.0.retain(|c| !c.task.is_finished());
+    }
+
+    /// Closes the connection that has had no request in flight for the longest, if any has
+    /// none. It is dropped, not shut down gracefully: it has nothing in flight to finish (a
+    /// request whose head completes at this very instant is cut, as an idle timeout would).
+    fn close_idlest(&mut self) {
+        let idlest = self
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.task.is_finished())
+            .filter_map(|(i, c)| Some((c.activity.idle_since()?, i)))
+            .min();
+        if let Some((since, i)) = idlest {
+            let closed = self.0.swap_remove(i);
+            closed.task.abort();
+            info!(
+                peer = %closed.peer,
+                idle_ms = since.elapsed().as_millis() as u64,
+                "every connection slot is taken: closing the connection idle the longest"
+            );
+        }
     }
 }
 
@@ -430,4 +543,53 @@ pub(crate) fn text_response(
         HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection task that runs until aborted, tracked by `activity`.
+    fn open(connections: &mut OpenConnections, port: u16, activity: Arc<Activity>) {
+        let task = tokio::spawn(std::future::pending::<()>());
+        connections.add(([127, 0, 0, 1], port).into(), activity, task.abort_handle());
+    }
+
+    /// The connection idle the longest goes first, counted from its last request if it made
+    /// one, else from its opening; one with a request in flight is never closed, however old.
+    #[tokio::test]
+    async fn the_idlest_connection_is_closed_and_one_in_flight_never() {
+        let mut connections = OpenConnections::default();
+        let pause = || tokio::time::sleep(Duration::from_millis(5));
+        let busy = Activity::new();
+        let _in_flight = busy.begin();
+        open(&mut connections, 1, busy);
+        pause().await;
+        let kept_alive = Activity::new();
+        open(&mut connections, 2, kept_alive.clone());
+        pause().await;
+        open(&mut connections, 3, Activity::new());
+        pause().await;
+        drop(kept_alive.begin());
+        let ports = |c: &OpenConnections| c.0.iter().map(|c| c.peer.port()).collect::<Vec<_>>();
+
+        connections.close_idlest();
+        assert_eq!(
+            ports(&connections),
+            [1, 2],
+            "the silent one, idle since it opened"
+        );
+        connections.close_idlest();
+        assert_eq!(
+            ports(&connections),
+            [1],
+            "then the one idle since its request"
+        );
+        connections.close_idlest();
+        assert_eq!(
+            ports(&connections),
+            [1],
+            "a request in flight keeps its slot"
+        );
+    }
 }
