@@ -61,27 +61,36 @@ fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
 
 const DAY: u64 = 24 * 60 * 60;
 
+/// Deploys `tests/guests/kvtool` through the admin API as app `name` at `/NAME`, with
+/// `session` as its manifest's `[session]` (JSON), as `tabula deploy` sends it.
+async fn deploy_kvtool(host: &Server, name: &str, session: &str) {
+    let kvtool = std::fs::read(&guests()["kvtool"].wasm).unwrap();
+    let req = hyper::Request::post(format!(
+        "{}/v1/apps/{name}/versions?route=/{name}",
+        host.admin
+    ))
+    .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+    .header(
+        "tabula-settings",
+        format!(r#"{{"limits":{{}},"session":{session}}}"#),
+    )
+    .body(Full::new(Bytes::from(kvtool)))
+    .unwrap();
+    let deployed = send(&client(), req).await;
+    assert_eq!(deployed.status, 200, "{}", deployed.body);
+    assert!(deployed.body.contains("switched"), "{}", deployed.body);
+}
+
 #[tokio::test]
 async fn a_deploy_asking_for_a_century_of_session_gets_the_hosts_caps() {
     let redis = RedisServer::start();
     let host = serve(&redis.url(), &["--admin-listen", "127.0.0.1:0"], &[]);
     // What the issue's attacker deployed: a 4 GiB session living 100 years, idle or not.
     let century = 100 * 365 * DAY;
-    let settings = format!(
-        r#"{{"limits":{{}},"session":{{"lifetime_secs":{century},"idle_timeout_secs":{century},"max_bytes":4294967295}}}}"#
+    let session = format!(
+        r#"{{"lifetime_secs":{century},"idle_timeout_secs":{century},"max_bytes":4294967295}}"#
     );
-    let kvtool = std::fs::read(&guests()["kvtool"].wasm).unwrap();
-    let req = hyper::Request::post(format!(
-        "{}/v1/apps/century/versions?route=/century",
-        host.admin
-    ))
-    .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-    .header("tabula-settings", settings)
-    .body(Full::new(Bytes::from(kvtool)))
-    .unwrap();
-    let deployed = send(&client(), req).await;
-    assert_eq!(deployed.status, 200, "{}", deployed.body);
-    assert!(deployed.body.contains("switched"), "{}", deployed.body);
+    deploy_kvtool(&host, "century", &session).await;
 
     let wrote = visit("PUT", &host.url("/century?session=a"), None, "v").await;
     assert_eq!(wrote.status, 204, "{}", wrote.body);
@@ -129,6 +138,22 @@ async fn a_deploy_asking_for_a_century_of_session_gets_the_hosts_caps() {
         "{}",
         host.log()
     );
+}
+
+/// On the embedded store, a `u64::MAX` lifetime made every session write panic (an `Instant`
+/// overflow): it gets the cap, and the store cuts what it is given to what it can hold.
+#[tokio::test]
+async fn a_lifetime_of_u64_max_on_the_embedded_store_is_capped_not_a_panic() {
+    let host = serve("memory", &["--admin-listen", "127.0.0.1:0"], &[]);
+    let max = u64::MAX;
+    let session = format!(r#"{{"lifetime_secs":{max},"idle_timeout_secs":{max}}}"#);
+    deploy_kvtool(&host, "forever", &session).await;
+    let wrote = visit("PUT", &host.url("/forever?session=a"), None, "v").await;
+    assert_eq!(wrote.status, 204, "{}\n{}", wrote.body, host.log());
+    let cookie = session_cookie(&wrote).unwrap();
+    let read = visit("GET", &host.url("/forever?session=a"), Some(&cookie), "").await;
+    assert_eq!((read.status, read.body.as_str()), (200, "v"));
+    assert!(!host.logged("panicked"), "{}", host.log());
 }
 
 #[tokio::test]
