@@ -8,9 +8,9 @@
 //!   raise it up to the host's cap, never beyond it.
 //!
 //! Each capability defines its own section and this module composes them: [`KvLimits`] and
-//! [`TmpQuota`] have one shape at both ends; sessions have [`SessionDefaults`] (host),
-//! [`SessionSettings`] (manifest) and [`SessionConfig`] (app: with its cookie's name and
-//! path). [`AppSpec`] names an app: where its component is and what it asks for.
+//! [`TmpQuota`] have one shape at both ends; sessions have [`SessionDefaults`] (host: its
+//! defaults and caps), [`SessionSettings`] (manifest) and [`SessionConfig`] (app: with its
+//! cookie's name and path), which caps a manifest's session settings the same way. [`AppSpec`] names an app: where its component is and what it asks for.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub struct HostConfig {
     pub kv: KvLimits,
     /// What a request may keep in `/tmp`.
     pub tmp: TmpQuota,
-    /// Session settings for apps whose manifest does not say otherwise.
+    /// Session settings for apps whose manifest does not say otherwise, and their caps.
     pub session: SessionDefaults,
     /// What one request may make the host hold for it: see [`RequestBounds`].
     pub request: RequestBounds,
@@ -183,9 +183,9 @@ impl AppConfig {
         route: &str,
         settings: &AppSettings,
     ) -> Result<(AppConfig, Vec<String>)> {
-        let session = SessionConfig::new(name, route, &host.session, &settings.session)?;
+        let (session, mut capped) =
+            SessionConfig::new(name, route, &host.session, &settings.session)?;
         let (app, host) = (&settings.limits, host);
-        let mut capped = Vec::new();
         let mut cap = |what: &str, asked: Option<u64>, cap: u64| -> u64 {
             match asked {
                 Some(asked) if asked > cap => {

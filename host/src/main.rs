@@ -341,19 +341,27 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_STORE")]
     store: Option<String>,
 
-    /// Seconds an unused session lives (its expiry slides on every use). Apps may override it.
+    /// Seconds an unused session lives (its expiry slides on every use). Apps may set their
+    /// own, up to --session-max-lifetime.
     #[arg(long, env = "TABULA_SESSION_IDLE_TIMEOUT", default_value_t = SessionDefaults::default().idle_timeout.as_secs())]
     session_idle_timeout: u64,
 
-    /// Seconds any session lives at most, however busy. Apps may override it.
+    /// Seconds any session lives at most, however busy. Apps may set their own, up to
+    /// --session-max-lifetime.
     #[arg(long, env = "TABULA_SESSION_LIFETIME", default_value_t = SessionDefaults::default().lifetime.as_secs())]
     session_lifetime: u64,
+
+    /// Seconds an app's manifest or deploy may set a session's lifetime or idle timeout to
+    /// (longer asks get this, with a warning). At least --session-lifetime and
+    /// --session-idle-timeout.
+    #[arg(long, env = "TABULA_SESSION_MAX_LIFETIME", default_value_t = SessionDefaults::default().max_lifetime.as_secs())]
+    session_max_lifetime: u64,
 
     /// Mark session cookies `Secure` (HTTPS only): set it when clients reach tabula over TLS.
     #[arg(long, env = "TABULA_SESSION_SECURE")]
     session_secure: bool,
 
-    /// Largest session in bytes (names and values). Apps may override it.
+    /// Largest session in bytes (names and values). Apps may lower it.
     #[arg(long, env = "TABULA_SESSION_MAX_BYTES", default_value_t = SessionDefaults::default().max_bytes)]
     session_max_bytes: u32,
 
@@ -540,6 +548,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                 "--session-idle-timeout",
             )?,
             lifetime: positive_duration(args.session_lifetime as f64, "--session-lifetime")?,
+            max_lifetime: Duration::from_secs(args.session_max_lifetime),
             max_bytes: args.session_max_bytes,
         },
         request: RequestBounds {
@@ -555,6 +564,16 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             max_code_bytes: args.max_compile_code_mib.saturating_mul(1 << 20),
         },
     };
+    let session = &host.session;
+    if session.lifetime.max(session.idle_timeout) > session.max_lifetime {
+        bail!(
+            "--session-lifetime ({} s) and --session-idle-timeout ({} s) must be at most \
+             --session-max-lifetime ({} s): raise --session-max-lifetime or lower them",
+            session.lifetime.as_secs(),
+            session.idle_timeout.as_secs(),
+            session.max_lifetime.as_secs()
+        );
+    }
     // `--access-log off` hands `off` to clap as an app: the flag takes a value only after `=`,
     // so that `--access-log app/` still means the flag and an app.
     if let Some(word) = args.build.paths.iter().find(|path| {

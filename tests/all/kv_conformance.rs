@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tabula::storage::{self, Quota, Storage, StorageError, Ttl};
+use tabula::storage::{self, HashLimits, HashWrite, Quota, Storage, StorageError, Ttl};
 
 use crate::redis_server::{RedisCluster, RedisServer};
 
@@ -33,10 +33,12 @@ async fn suite(s: Arc<dyn Storage>) {
         compare_and_swap(&*s, q).await;
         compare_and_swap_under_contention(s.clone(), quota.clone()).await;
         paging_through_thousands_of_keys(&*s, q).await;
+        hashes(&*s, q).await;
+        rename(&*s, q).await;
+        huge_expiries(&*s, q).await;
     }
-    hashes(&*s, None).await;
-    rename(&*s, None).await;
     quotas(&*s).await;
+    hashes_count_against_the_quota(&*s).await;
 }
 
 /// A namespace's quota of keys and bytes: writes over it change nothing and fail; deleting
@@ -365,12 +367,27 @@ async fn paging_through_thousands_of_keys(s: &dyn Storage, q: Option<&Quota>) {
     );
 }
 
+/// Hash limits of `max_bytes` and room for any number of fields.
+fn bytes_only(max_bytes: u64) -> HashLimits {
+    HashLimits {
+        max_bytes,
+        max_fields: u32::MAX,
+    }
+}
+
 async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
+    use HashWrite::{Stored, TooLarge, TooManyFields};
     let key = k("hash");
     let day = Duration::from_secs(86400);
+    let limits = bytes_only(100);
+    let set = async |field: &str, value: &[u8], limits| {
+        s.hash_set(&key, field, value, limits, day, q)
+            .await
+            .unwrap()
+    };
     assert_eq!(s.hash_get(&key, "f").await.unwrap(), None);
-    assert!(s.hash_set(&key, "f", b"one", 100, day).await.unwrap());
-    assert!(s.hash_set(&key, "g", b"two", 100, day).await.unwrap());
+    assert_eq!(set("f", b"one", limits).await, Stored);
+    assert_eq!(set("g", b"two", limits).await, Stored);
     assert_eq!(
         s.hash_get(&key, "f").await.unwrap().as_deref(),
         Some(&b"one"[..])
@@ -381,37 +398,62 @@ async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
     );
     // Names and values count: g(1)+two(3)=4, so f may take 100-4-1 = 95 bytes of value
     // (replacing f's value counts only the new one).
-    assert!(
-        s.hash_set(&key, "f", &[b'x'; 95], 100, day).await.unwrap(),
-        "exactly at the limit"
-    );
-    assert!(
-        !s.hash_set(&key, "f", &[b'x'; 96], 100, day).await.unwrap(),
-        "over the limit"
-    );
-    assert!(
-        !s.hash_set(&key, "h", b"", 100, day).await.unwrap(),
-        "a new field over the limit"
-    );
+    assert_eq!(set("f", &[b'x'; 95], limits).await, Stored, "at the limit");
+    assert_eq!(set("f", &[b'x'; 96], limits).await, TooLarge, "over it");
+    assert_eq!(set("h", b"", limits).await, TooLarge, "a new field over it");
     assert_eq!(
         s.hash_get(&key, "f").await.unwrap().map(|v| v.len()),
         Some(95),
         "unchanged"
     );
-    assert!(s.hash_delete(&key, "f").await.unwrap());
-    assert!(!s.hash_delete(&key, "f").await.unwrap());
+    // The running total follows overwrites and removals exactly.
+    assert_eq!(set("f", b"1", limits).await, Stored);
+    assert_eq!(
+        set("h", &[b'x'; 93], limits).await,
+        Stored,
+        "f 2 + g 4 + h 94"
+    );
+    assert_eq!(set("i", b"", limits).await, TooLarge);
+    assert!(s.hash_delete(&key, "f", q).await.unwrap());
+    assert!(!s.hash_delete(&key, "f", q).await.unwrap());
+    assert_eq!(
+        set("i", b"x", limits).await,
+        Stored,
+        "f's 2 bytes are free again"
+    );
     assert_eq!(
         s.hash_get(&key, "g").await.unwrap().as_deref(),
         Some(&b"two"[..])
     );
+    // Fields are bounded on their own: g, h and i are three.
+    let three = HashLimits {
+        max_bytes: 1000,
+        max_fields: 3,
+    };
+    assert_eq!(set("j", b"", three).await, TooManyFields);
+    assert_eq!(s.hash_get(&key, "j").await.unwrap(), None, "not written");
+    assert_eq!(
+        set("g", b"2", three).await,
+        Stored,
+        "an existing field is no new one"
+    );
+    assert!(s.hash_delete(&key, "i", q).await.unwrap());
+    assert_eq!(set("j", b"", three).await, Stored);
     assert!(s.get(&key).await.is_err(), "a hash is not bytes");
-    s.delete(&key, q).await.unwrap();
+    for field in ["g", "h", "j"] {
+        assert!(s.hash_delete(&key, field, q).await.unwrap());
+    }
+    assert!(
+        !s.exists(&key).await.unwrap(),
+        "the hash went with its last field"
+    );
 
     let brief = k("brief-hash");
-    assert!(
-        s.hash_set(&brief, "f", b"v", 100, Duration::from_millis(200))
+    assert_eq!(
+        s.hash_set(&brief, "f", b"v", limits, Duration::from_millis(200), q)
             .await
-            .unwrap()
+            .unwrap(),
+        Stored
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
@@ -421,13 +463,107 @@ async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
     );
 }
 
+/// Hashes in a quota: each is one key of its name plus its fields' names and values; a write
+/// over the quota changes nothing; deleting, expiring and renaming keep the count exact.
+async fn hashes_count_against_the_quota(s: &dyn Storage) {
+    let quota = Quota {
+        usage: k("hq:usage"),
+        max_keys: 2,
+        max_bytes: 100,
+    };
+    let q = Some(&quota);
+    // Each key's name, `tabula:{conformance}:hq:X`, is 25 bytes.
+    let key = |name: &str| k(&format!("hq:{name}"));
+    let day = Duration::from_secs(86400);
+    let set = async |name: &str, field: &str, value: &[u8], ttl| {
+        s.hash_set(&key(name), field, value, bytes_only(1000), ttl, q)
+            .await
+    };
+    assert_eq!(set("a", "f", b"1", day).await, Ok(HashWrite::Stored));
+    assert_eq!(set("b", "f", b"1", day).await, Ok(HashWrite::Stored));
+    assert_eq!(
+        set("c", "f", b"1", day).await,
+        Err(StorageError::QuotaExceeded),
+        "a third key"
+    );
+    assert!(!s.exists(&key("c")).await.unwrap(), "nothing was written");
+    // a is 25+2 = 27 bytes, b 27: a may grow by 100-54 = 46 bytes, a field g of 45.
+    assert_eq!(
+        set("a", "g", &[b'x'; 46], day).await,
+        Err(StorageError::QuotaExceeded),
+        "over the bytes"
+    );
+    assert_eq!(s.hash_get(&key("a"), "g").await.unwrap(), None);
+    assert_eq!(set("a", "g", &[b'x'; 45], day).await, Ok(HashWrite::Stored));
+    assert!(s.hash_delete(&key("a"), "g", q).await.unwrap());
+    assert_eq!(
+        set("a", "g", &[b'x'; 45], day).await,
+        Ok(HashWrite::Stored),
+        "given back"
+    );
+    // A rename moves the count: still two keys.
+    assert!(s.rename(&key("a"), &key("d"), q).await.unwrap());
+    assert_eq!(
+        set("c", "f", b"1", day).await,
+        Err(StorageError::QuotaExceeded)
+    );
+    assert!(s.delete(&key("d"), q).await.unwrap());
+    assert_eq!(
+        set("c", "f", b"1", Duration::from_millis(200)).await,
+        Ok(HashWrite::Stored)
+    );
+    assert_eq!(
+        set("e", "f", b"1", day).await,
+        Err(StorageError::QuotaExceeded)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        set("e", "f", b"1", day).await,
+        Ok(HashWrite::Stored),
+        "an expired hash is given back"
+    );
+    // Its last field removed, a hash is gone and so is its count.
+    assert!(s.hash_delete(&key("e"), "f", q).await.unwrap());
+    assert_eq!(set("f", "f", b"1", day).await, Ok(HashWrite::Stored));
+    for name in ["b", "f"] {
+        s.delete(&key(name), q).await.unwrap();
+    }
+}
+
+/// An expiry longer than a store can hold (a deploy asked for `u64::MAX` seconds) is kept as
+/// the longest it can, never a panic or a refusal.
+async fn huge_expiries(s: &dyn Storage, q: Option<&Quota>) {
+    let key = k("forever");
+    let century = Duration::from_secs(100 * 365 * 86400);
+    let long = |ttl| matches!(ttl, Ttl::ExpiresIn(left) if left > century);
+    s.set(&key, b"v", Some(Duration::MAX), q).await.unwrap();
+    assert!(long(s.ttl(&key).await.unwrap()));
+    assert!(s.expire(&key, Some(Duration::MAX), q).await.unwrap());
+    assert!(long(s.ttl(&key).await.unwrap()));
+    assert!(
+        s.compare_and_swap(&key, Some(b"v"), b"w", Some(Duration::MAX), q)
+            .await
+            .unwrap()
+    );
+    s.delete(&key, q).await.unwrap();
+    let hash = k("forever-hash");
+    assert_eq!(
+        s.hash_set(&hash, "f", b"v", bytes_only(100), Duration::MAX, q)
+            .await
+            .unwrap(),
+        HashWrite::Stored
+    );
+    assert!(long(s.ttl(&hash).await.unwrap()));
+    s.delete(&hash, q).await.unwrap();
+}
+
 async fn rename(s: &dyn Storage, q: Option<&Quota>) {
     let (from, to) = (k("from"), k("to"));
-    assert!(!s.rename(&from, &to).await.unwrap(), "nothing to move");
+    assert!(!s.rename(&from, &to, q).await.unwrap(), "nothing to move");
     s.set(&from, b"v", Some(Duration::from_secs(60)), q)
         .await
         .unwrap();
-    assert!(s.rename(&from, &to).await.unwrap());
+    assert!(s.rename(&from, &to, q).await.unwrap());
     assert_eq!(s.get(&from).await.unwrap(), None);
     assert_eq!(s.get(&to).await.unwrap().as_deref(), Some(&b"v"[..]));
     assert!(

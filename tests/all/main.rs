@@ -9,6 +9,7 @@ mod hostile;
 mod hostile_compile;
 mod hostile_deploys;
 mod hostile_listeners;
+mod hostile_sessions;
 mod in_process;
 mod kv_apps;
 mod kv_conformance;

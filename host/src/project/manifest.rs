@@ -9,7 +9,8 @@
 //! strip_route = true  # optional: the guest sees `/x` for `/hello/x` (it learns its route
 //!                     # from the `tabula-route` header either way)
 //!
-//! [session]           # optional: each setting overrides the host's default
+//! [session]           # optional: each may lower the host's default, or raise it up to
+//!                     # the host's cap (--session-max-lifetime, --session-max-bytes)
 //! cookie_name = "sid"
 //! secure = true
 //! idle_timeout_secs = 900

@@ -4,14 +4,17 @@
 //! memory at most once a second, on writes, so an idle host does no work.
 //!
 //! Quotas are kept as in Redis: a record per namespace of the keys it counts and their sizes.
-//! Checking one walks that record, which is fine for a store meant for development.
+//! Checking one walks that record, which is fine for a store meant for development. A hash
+//! keeps its running size as in Redis, so both stores refuse the same writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Page, Quota, Storage, StorageError, StorageResult, Ttl};
+use super::{
+    HashLimits, HashWrite, LONGEST_TTL, Page, Quota, Storage, StorageError, StorageResult, Ttl,
+};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -25,7 +28,19 @@ struct Entry {
 #[derive(Debug, Clone)]
 enum Value {
     Bytes(Vec<u8>),
-    Hash(BTreeMap<String, Vec<u8>>),
+    Hash(Hash),
+}
+
+/// A hash's fields and the running total of their names and values.
+#[derive(Debug, Clone, Default)]
+struct Hash {
+    fields: BTreeMap<String, Vec<u8>>,
+    bytes: u64,
+}
+
+/// When something given `ttl` at `now` expires: `None` (never) past what an `Instant` holds.
+fn deadline(now: Instant, ttl: Duration) -> Option<Instant> {
+    now.checked_add(ttl.min(LONGEST_TTL))
 }
 
 fn wrong_type() -> StorageError {
@@ -38,6 +53,16 @@ impl Entry {
             Value::Bytes(b) => Ok(b),
             Value::Hash(_) => Err(wrong_type()),
         }
+    }
+
+    /// What the entry at `key` counts in a quota: the key's name plus its value (a hash's
+    /// fields' names and values).
+    fn size(&self, key: &str) -> u64 {
+        key.len() as u64
+            + match &self.value {
+                Value::Bytes(b) => b.len() as u64,
+                Value::Hash(h) => h.bytes,
+            }
     }
 }
 
@@ -110,7 +135,7 @@ impl MemoryStorage {
         let size = entries
             .get(key)
             .filter(|e| e.live(now))
-            .map(|e| (key.len() + e.bytes().map_or(0, <[u8]>::len)) as u64);
+            .map(|e| e.size(key));
         let Some(size) = size else {
             counted.remove(key);
             return Ok(result);
@@ -182,7 +207,7 @@ impl Storage for MemoryStorage {
         self.with_quota(quota, key, |m, now| {
             let entry = Entry {
                 value: Value::Bytes(value.to_vec()),
-                expires: ttl.map(|t| now + t),
+                expires: ttl.and_then(|t| deadline(now, t)),
             };
             m.insert(key.to_string(), entry);
             Ok(())
@@ -238,7 +263,7 @@ impl Storage for MemoryStorage {
             }
             let entry = Entry {
                 value: Value::Bytes(new.to_vec()),
-                expires: ttl.map(|t| now + t),
+                expires: ttl.and_then(|t| deadline(now, t)),
             };
             m.insert(key.to_string(), entry);
             Ok(true)
@@ -283,7 +308,7 @@ impl Storage for MemoryStorage {
         self.with_quota(quota, key, |m, now| {
             Ok(match live(m, key, now) {
                 Some(e) => {
-                    e.expires = ttl.map(|t| now + t);
+                    e.expires = ttl.and_then(|t| deadline(now, t));
                     true
                 }
                 None => false,
@@ -303,7 +328,7 @@ impl Storage for MemoryStorage {
 
     async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>> {
         self.with(|m, now| match live(m, key, now).map(|e| &e.value) {
-            Some(Value::Hash(h)) => Ok(h.get(field).cloned()),
+            Some(Value::Hash(h)) => Ok(h.fields.get(field).cloned()),
             Some(Value::Bytes(_)) => Err(wrong_type()),
             None => Ok(None),
         })
@@ -314,62 +339,87 @@ impl Storage for MemoryStorage {
         key: &str,
         field: &str,
         value: &[u8],
-        max_bytes: usize,
+        limits: HashLimits,
         ttl: Duration,
-    ) -> StorageResult<bool> {
-        self.with(|m, now| {
+        quota: Option<&Quota>,
+    ) -> StorageResult<HashWrite> {
+        self.with_quota(quota, key, |m, now| {
             let entry = match live(m, key, now) {
                 Some(e) => e,
                 None => m.entry(key.to_string()).or_insert(Entry {
-                    value: Value::Hash(BTreeMap::new()),
+                    value: Value::Hash(Hash::default()),
                     expires: None,
                 }),
             };
             let Value::Hash(hash) = &mut entry.value else {
                 return Err(wrong_type());
             };
-            let others: usize = hash
-                .iter()
-                .filter(|(f, _)| f.as_str() != field)
-                .map(|(f, v)| f.len() + v.len())
-                .sum();
-            if others + field.len() + value.len() > max_bytes {
-                if hash.is_empty() {
+            let old = hash
+                .fields
+                .get(field)
+                .map(|v| (field.len() + v.len()) as u64);
+            let bytes = hash.bytes - old.unwrap_or(0) + (field.len() + value.len()) as u64;
+            let refused = if bytes > limits.max_bytes {
+                Some(HashWrite::TooLarge)
+            } else if old.is_none() && hash.fields.len() >= limits.max_fields as usize {
+                Some(HashWrite::TooManyFields)
+            } else {
+                None
+            };
+            if let Some(refused) = refused {
+                if hash.fields.is_empty() {
                     m.remove(key);
                 }
-                return Ok(false);
+                return Ok(refused);
             }
-            hash.insert(field.to_string(), value.to_vec());
-            entry.expires = Some(now + ttl);
-            Ok(true)
+            hash.fields.insert(field.to_string(), value.to_vec());
+            hash.bytes = bytes;
+            entry.expires = deadline(now, ttl);
+            Ok(HashWrite::Stored)
         })
     }
 
-    async fn hash_delete(&self, key: &str, field: &str) -> StorageResult<bool> {
-        self.with(|m, now| {
+    async fn hash_delete(
+        &self,
+        key: &str,
+        field: &str,
+        quota: Option<&Quota>,
+    ) -> StorageResult<bool> {
+        self.with_quota(quota, key, |m, now| {
             let Some(entry) = live(m, key, now) else {
                 return Ok(false);
             };
             let Value::Hash(hash) = &mut entry.value else {
                 return Err(wrong_type());
             };
-            let removed = hash.remove(field).is_some();
-            if hash.is_empty() {
+            let Some(value) = hash.fields.remove(field) else {
+                return Ok(false);
+            };
+            hash.bytes -= (field.len() + value.len()) as u64;
+            if hash.fields.is_empty() {
                 m.remove(key);
             }
-            Ok(removed)
+            Ok(true)
         })
     }
 
-    async fn rename(&self, from: &str, to: &str) -> StorageResult<bool> {
-        Ok(self.with(|m, now| {
-            if live(m, from, now).is_none() {
-                return false;
+    async fn rename(&self, from: &str, to: &str, quota: Option<&Quota>) -> StorageResult<bool> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = map.sweep();
+        let Map { entries, usage, .. } = &mut *map;
+        if live(entries, from, now).is_none() {
+            return Ok(false);
+        }
+        let entry = entries.remove(from).expect("checked above");
+        entries.insert(to.to_string(), entry);
+        // The count moves with the key; a counted key it replaced is gone, and so is its count.
+        if let Some(counted) = quota.and_then(|q| usage.get_mut(&q.usage)) {
+            counted.remove(to);
+            if let Some(size) = counted.remove(from) {
+                counted.insert(to.to_string(), size - from.len() as u64 + to.len() as u64);
             }
-            let entry = m.remove(from).expect("checked above");
-            m.insert(to.to_string(), entry);
-            true
-        }))
+        }
+        Ok(true)
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StorageResult<()> {

@@ -75,6 +75,31 @@ pub struct Quota {
     pub max_bytes: u64,
 }
 
+/// The longest expiry the stores keep; a longer one is cut to it (about 146 million years).
+/// Redis refuses an expiry past `i64::MAX` ms from now, and `Instant` arithmetic past what it
+/// holds panics: a guest or a deploy asking for `u64::MAX` must get neither.
+const LONGEST_TTL: Duration = Duration::from_millis(i64::MAX as u64 / 2);
+
+/// How large one hash may grow: [`Storage::hash_set`] refuses a write past either bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashLimits {
+    /// Its fields' names and values, added up.
+    pub max_bytes: u64,
+    /// Its fields.
+    pub max_fields: u32,
+}
+
+/// What [`Storage::hash_set`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashWrite {
+    /// The field is set.
+    Stored,
+    /// The hash would have gone over its `max_bytes`; nothing changed.
+    TooLarge,
+    /// A new field would have gone over its `max_fields`; nothing changed.
+    TooManyFields,
+}
+
 /// One page of a key listing. `cursor` is `None` when the listing is complete.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Page {
@@ -131,24 +156,35 @@ pub trait Storage: Send + Sync + 'static {
     async fn ttl(&self, key: &str) -> StorageResult<Ttl>;
 
     // Hashes: a key holding named fields, each updated on its own (sessions use them, so that
-    // concurrent requests changing different fields never overwrite each other).
+    // concurrent requests changing different fields never overwrite each other). A hash keeps
+    // the running total of its fields' names and values beside them (in Redis, in a field of
+    // its own, `#bytes`: names starting with `#` are the store's), so that a write costs the
+    // same however large the hash is. Counted against a quota, a hash is one key whose size
+    // is its name plus that total.
 
     /// One field of the hash at `key`.
     async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>>;
-    /// Sets one field and the hash's expiry to `ttl`, unless the hash's fields and values
-    /// would then add up to more than `max_bytes`: then nothing changes and it answers false.
+    /// Sets one field and the hash's expiry to `ttl`, unless the hash would then be over
+    /// `limits`: then nothing changes and it says which limit.
     async fn hash_set(
         &self,
         key: &str,
         field: &str,
         value: &[u8],
-        max_bytes: usize,
+        limits: HashLimits,
         ttl: Duration,
+        quota: Option<&Quota>,
+    ) -> StorageResult<HashWrite>;
+    /// Removes one field; whether it was there. The hash goes with its last field.
+    async fn hash_delete(
+        &self,
+        key: &str,
+        field: &str,
+        quota: Option<&Quota>,
     ) -> StorageResult<bool>;
-    /// Removes one field; whether it was there.
-    async fn hash_delete(&self, key: &str, field: &str) -> StorageResult<bool>;
-    /// Moves the value at `from` (with its expiry) to `to`; false when `from` is missing.
-    async fn rename(&self, from: &str, to: &str) -> StorageResult<bool>;
+    /// Moves the value at `from` (with its expiry, and its place in `quota`) to `to`; false
+    /// when `from` is missing.
+    async fn rename(&self, from: &str, to: &str, quota: Option<&Quota>) -> StorageResult<bool>;
 
     // Messages, for replicas that must hear of a change at once (deploys). Best effort: a
     // subscriber that is not connected when a message is sent misses it, so whoever relies on

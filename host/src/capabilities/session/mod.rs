@@ -10,8 +10,20 @@
 //! store's own expiry (the key's TTL is never longer than what is left of either), and the
 //! absolute cap is checked again on every load.
 //!
+//! What a deploy may ask is bounded: its lifetimes and size are capped by the host's
+//! ([`SessionDefaults`]), and a session holds at most [`MAX_VALUES`] values. Every session is
+//! a key in its app's storage quota, counted with its size (its id's key name plus its names
+//! and values), so an app's sessions and kv keys share one bound, kept exact by the store for
+//! every replica and given back when a session expires or is destroyed. One bound rather than
+//! a count of its own, because what a session costs the shared store is what a kv key costs,
+//! and it is cheap: a counted write is one script, whose bookkeeping reads and writes a few
+//! fields and one sorted-set entry (log n), never the whole session. So a flood of cookieless
+//! visitors to an app that writes its session on every visit (`counter-py` made 4,458
+//! sessions in 10 s) fills that app's quota and no one else's; past it, new sessions are
+//! refused with an error that says so, and the sessions already there are untouched.
+//!
 //! The session is resolved lazily, on the handler's first session call: requests that do not
-//! use it cost nothing and never create one. What the cookie should become is recorded in a
+//! use it cost nothing, and reading never creates one. What the cookie should become is recorded in a
 //! [`CookieJar`] that the request path reads when the response head goes out; [`cookie`]
 //! also keeps every session cookie away from guests.
 
@@ -23,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasData, Linker};
 
-use crate::storage::{Namespace, StorageError, StoreOutcome};
+use crate::storage::{HashLimits, HashWrite, Namespace, StorageError, StoreOutcome};
 use bindings::tabula::host::session as wit;
 use cookie::CookieChange;
 pub use cookie::{CookieJar, refuse_guest_cookies, strip_cookies};
@@ -33,6 +45,12 @@ pub use cookie::{CookieJar, refuse_guest_cookies, strip_cookies};
 const CREATED: &str = "m:created";
 const VALUE_PREFIX: &str = "v:";
 const ID_BYTES: usize = 32;
+
+/// The most values one session holds. Its bytes are bounded by `max_bytes`, but each value
+/// also costs the store its own bookkeeping (some 50 bytes in a Redis hash), which a session
+/// of ten thousand 1-byte values would multiply; a thousand is far more than a login, a cart
+/// or a form's state needs.
+pub const MAX_VALUES: u32 = 1024;
 
 /// Session settings of one app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +69,9 @@ pub struct SessionConfig {
     pub max_bytes: u32,
 }
 
-/// Host-wide defaults, which an app's manifest may override.
+/// Host-wide defaults, which an app's manifest may lower, or raise up to the host's caps: a
+/// deployer is a tenant, and a session it makes live a century or hold 4 GiB is kept by the
+/// store every app shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionDefaults {
     /// Whether cookies are marked `Secure`.
@@ -60,17 +80,22 @@ pub struct SessionDefaults {
     pub idle_timeout: Duration,
     /// How long any session lives, however busy.
     pub lifetime: Duration,
-    /// Largest session, counting names and values.
+    /// The longest an app may set either: a cap of its own, so that an app may ask for
+    /// "remember me" sessions longer than the default without every app getting them.
+    pub max_lifetime: Duration,
+    /// Largest session, counting names and values; also the cap.
     pub max_bytes: u32,
 }
 
 impl Default for SessionDefaults {
     fn default() -> Self {
-        // OWASP's ranges for ordinary applications: 15-30 minutes idle, 4-8 hours absolute.
+        // OWASP's ranges for ordinary applications: 15-30 minutes idle, 4-8 hours absolute;
+        // 30 days is the usual "remember me".
         SessionDefaults {
             secure: false,
             idle_timeout: Duration::from_secs(30 * 60),
             lifetime: Duration::from_secs(8 * 60 * 60),
+            max_lifetime: Duration::from_secs(30 * 24 * 60 * 60),
             max_bytes: 64 * 1024,
         }
     }
@@ -93,13 +118,14 @@ pub struct SessionSettings {
 }
 
 impl SessionConfig {
-    /// The settings of app `app` served at `route`.
+    /// The settings of app `app` served at `route`: what its `settings` ask for within the
+    /// host's caps, else the host's `defaults`; with a line for each value a cap lowered.
     pub fn new(
         app: &str,
         route: &str,
         defaults: &SessionDefaults,
         settings: &SessionSettings,
-    ) -> anyhow::Result<SessionConfig> {
+    ) -> anyhow::Result<(SessionConfig, Vec<String>)> {
         let cookie_name = settings
             .cookie_name
             .clone()
@@ -111,22 +137,65 @@ impl SessionConfig {
         {
             anyhow::bail!("session cookie name {cookie_name:?} is not a valid cookie name");
         }
+        if settings.idle_timeout_secs == Some(0) || settings.lifetime_secs == Some(0) {
+            anyhow::bail!("session timeouts must be at least one second");
+        }
+        let mut capped = Vec::new();
+        let mut within = |what: &str, asked: Option<u64>, default: u64, cap: u64| match asked {
+            Some(asked) if asked > cap => {
+                capped.push(format!(
+                    "session {what} {asked} is over the host's cap, {cap}"
+                ));
+                cap
+            }
+            Some(asked) => asked,
+            None => default,
+        };
+        let max_secs = defaults.max_lifetime.as_secs();
+        let idle_timeout = within(
+            "idle_timeout_secs",
+            settings.idle_timeout_secs,
+            defaults.idle_timeout.as_secs(),
+            max_secs,
+        );
+        let lifetime = within(
+            "lifetime_secs",
+            settings.lifetime_secs,
+            defaults.lifetime.as_secs(),
+            max_secs,
+        );
+        let max_bytes = within(
+            "max_bytes",
+            settings.max_bytes.map(u64::from),
+            defaults.max_bytes.into(),
+            defaults.max_bytes.into(),
+        );
         let config = SessionConfig {
             cookie_name,
             path: route.to_string(),
             secure: settings.secure.unwrap_or(defaults.secure),
-            idle_timeout: settings
-                .idle_timeout_secs
-                .map_or(defaults.idle_timeout, Duration::from_secs),
-            lifetime: settings
-                .lifetime_secs
-                .map_or(defaults.lifetime, Duration::from_secs),
-            max_bytes: settings.max_bytes.unwrap_or(defaults.max_bytes),
+            // A default is kept as it is: it may hold a fraction of a second.
+            idle_timeout: if settings.idle_timeout_secs.is_some() {
+                Duration::from_secs(idle_timeout)
+            } else {
+                defaults.idle_timeout
+            },
+            lifetime: if settings.lifetime_secs.is_some() {
+                Duration::from_secs(lifetime)
+            } else {
+                defaults.lifetime
+            },
+            max_bytes: max_bytes as u32,
         };
-        if config.idle_timeout.is_zero() || config.lifetime.is_zero() {
-            anyhow::bail!("session timeouts must be at least one second");
+        Ok((config, capped))
+    }
+
+    /// How large a session's hash may grow: its values and its creation time.
+    fn limits(&self) -> HashLimits {
+        HashLimits {
+            max_bytes: self.max_bytes.into(),
+            max_fields: MAX_VALUES + 1,
         }
-        Ok(config)
     }
 
     /// The session id carried by a request's `Cookie` headers, if it is well-formed.
@@ -203,6 +272,8 @@ pub struct Session {
 #[derive(Debug)]
 enum SessionError {
     TooLarge(u32),
+    /// A new value past [`MAX_VALUES`].
+    TooManyValues,
     Storage(StorageError),
 }
 
@@ -216,7 +287,7 @@ impl StoreOutcome for SessionError {
     fn storage_error(&self) -> Option<&StorageError> {
         match self {
             SessionError::Storage(e) => Some(e),
-            SessionError::TooLarge(_) => None,
+            SessionError::TooLarge(_) | SessionError::TooManyValues => None,
         }
     }
 }
@@ -225,6 +296,24 @@ impl From<SessionError> for wit::Error {
     fn from(e: SessionError) -> Self {
         match e {
             SessionError::TooLarge(max) => wit::Error::TooLarge(max),
+            SessionError::TooManyValues => wit::Error::Other(format!(
+                "the session already holds {MAX_VALUES} values, the most it may: remove some \
+                 before setting others"
+            )),
+            SessionError::Storage(StorageError::QuotaExceeded) => {
+                let _request = crate::request_log::enter();
+                tracing::warn!(
+                    "session write refused: the app is at its storage quota, which its \
+                     sessions count against"
+                );
+                wit::Error::Other(
+                    "the app is at its storage quota, which its sessions count against \
+                     (each session is a key, with its names and values): wait for sessions \
+                     to expire, keep fewer kv keys, or ask the operator for a larger \
+                     --kv-max-keys / --kv-max-bytes"
+                        .into(),
+                )
+            }
             SessionError::Storage(StorageError::Unavailable(why)) => {
                 let _request = crate::request_log::enter();
                 tracing::warn!(error = %why, "session call failed: the store is unavailable");
@@ -300,13 +389,15 @@ impl Session {
             return Ok(());
         };
         match self.remaining(created_ms) {
+            // Uncounted: the quota's record of when the session expires may then be early,
+            // which costs one look at the key when it comes due (see `storage::redis`).
             Some(left) => {
                 storage.expire(&key, Some(left), None).await?;
                 self.state = State::Active { id, created_ms };
             }
             // Past its absolute lifetime: gone, however recently it was used.
             None => {
-                storage.delete(&key, None).await?;
+                storage.delete(&key, self.namespace.quota()).await?;
             }
         }
         Ok(())
@@ -321,20 +412,8 @@ impl Session {
         let id = new_id()?;
         let created_ms = now_ms();
         let ttl = self.config.idle_timeout.min(self.config.lifetime);
-        let stored = self
-            .namespace
-            .storage()
-            .hash_set(
-                &self.key(&id),
-                CREATED,
-                created_ms.to_string().as_bytes(),
-                self.config.max_bytes as usize,
-                ttl,
-            )
+        self.write(&id, CREATED, created_ms.to_string().as_bytes(), ttl)
             .await?;
-        if !stored {
-            return Err(SessionError::TooLarge(self.config.max_bytes));
-        }
         self.state = State::Active {
             id: id.clone(),
             created_ms,
@@ -356,23 +435,34 @@ impl Session {
             .await?)
     }
 
+    /// Sets one field of session `id`, counted in the app's quota, with the expiry `ttl`.
+    async fn write(&self, id: &str, field: &str, value: &[u8], ttl: Duration) -> SessionResult<()> {
+        let written = self
+            .namespace
+            .storage()
+            .hash_set(
+                &self.key(id),
+                field,
+                value,
+                self.config.limits(),
+                ttl,
+                self.namespace.quota(),
+            )
+            .await?;
+        match written {
+            HashWrite::Stored => Ok(()),
+            HashWrite::TooLarge => Err(SessionError::TooLarge(self.config.max_bytes)),
+            HashWrite::TooManyFields => Err(SessionError::TooManyValues),
+        }
+    }
+
     async fn set(&mut self, name: &str, value: &[u8]) -> SessionResult<()> {
         let (id, created_ms) = self.active_or_create().await?;
         let ttl = self
             .remaining(created_ms)
             .unwrap_or(Duration::from_millis(1));
-        let field = format!("{VALUE_PREFIX}{name}");
-        let max = self.config.max_bytes;
-        let stored = self
-            .namespace
-            .storage()
-            .hash_set(&self.key(&id), &field, value, max as usize, ttl)
-            .await?;
-        if stored {
-            Ok(())
-        } else {
-            Err(SessionError::TooLarge(max))
-        }
+        self.write(&id, &format!("{VALUE_PREFIX}{name}"), value, ttl)
+            .await
     }
 
     async fn remove(&mut self, name: &str) -> SessionResult<()> {
@@ -381,7 +471,7 @@ impl Session {
             let field = format!("{VALUE_PREFIX}{name}");
             self.namespace
                 .storage()
-                .hash_delete(&self.key(id), &field)
+                .hash_delete(&self.key(id), &field, self.namespace.quota())
                 .await?;
         }
         Ok(())
@@ -390,15 +480,15 @@ impl Session {
     async fn clear(&mut self) -> SessionResult<()> {
         self.resolve().await?;
         if let State::Active { id, created_ms } = &self.state {
-            let key = self.key(id);
-            let storage = self.namespace.storage();
             let ttl = self
                 .remaining(*created_ms)
                 .unwrap_or(Duration::from_millis(1));
-            storage.delete(&key, None).await?;
-            let created = created_ms.to_string();
-            storage
-                .hash_set(&key, CREATED, created.as_bytes(), usize::MAX, ttl)
+            let quota = self.namespace.quota();
+            self.namespace
+                .storage()
+                .delete(&self.key(id), quota)
+                .await?;
+            self.write(id, CREATED, created_ms.to_string().as_bytes(), ttl)
                 .await?;
         }
         Ok(())
@@ -407,7 +497,11 @@ impl Session {
     async fn destroy(&mut self) -> SessionResult<()> {
         self.resolve().await?;
         if let State::Active { id, .. } = &self.state {
-            self.namespace.storage().delete(&self.key(id), None).await?;
+            let quota = self.namespace.quota();
+            self.namespace
+                .storage()
+                .delete(&self.key(id), quota)
+                .await?;
         }
         let had_cookie = self.presented.is_some() || matches!(self.state, State::Active { .. });
         self.state = State::Absent;
@@ -427,7 +521,7 @@ impl Session {
         let moved = self
             .namespace
             .storage()
-            .rename(&self.key(id), &self.key(&fresh))
+            .rename(&self.key(id), &self.key(&fresh), self.namespace.quota())
             .await?;
         if moved {
             self.state = State::Active {
@@ -537,6 +631,57 @@ mod tests {
             &SessionSettings::default(),
         )
         .unwrap()
+        .0
+    }
+
+    #[test]
+    fn apps_may_ask_for_less_or_more_but_never_past_the_caps() {
+        let host = SessionDefaults::default();
+        let ask =
+            |settings: SessionSettings| SessionConfig::new("a", "/a", &host, &settings).unwrap();
+        let (plain, capped) = ask(SessionSettings::default());
+        assert_eq!(
+            (plain.idle_timeout, plain.lifetime, plain.max_bytes),
+            (host.idle_timeout, host.lifetime, host.max_bytes)
+        );
+        assert!(capped.is_empty());
+
+        let week = 7 * 24 * 60 * 60;
+        let (remember_me, capped) = ask(SessionSettings {
+            lifetime_secs: Some(week),
+            idle_timeout_secs: Some(60),
+            max_bytes: Some(1024),
+            ..SessionSettings::default()
+        });
+        assert_eq!(
+            remember_me.lifetime,
+            Duration::from_secs(week),
+            "up to the cap"
+        );
+        assert_eq!(remember_me.idle_timeout, Duration::from_secs(60), "lower");
+        assert_eq!(remember_me.max_bytes, 1024);
+        assert!(capped.is_empty());
+
+        let (greedy, capped) = ask(SessionSettings {
+            lifetime_secs: Some(u64::MAX),
+            idle_timeout_secs: Some(u64::MAX),
+            max_bytes: Some(u32::MAX),
+            ..SessionSettings::default()
+        });
+        assert_eq!(
+            (greedy.idle_timeout, greedy.lifetime, greedy.max_bytes),
+            (host.max_lifetime, host.max_lifetime, host.max_bytes)
+        );
+        assert_eq!(capped.len(), 3, "{capped:?}");
+        assert!(
+            capped[1].starts_with("session lifetime_secs 18446744073709551615 is over"),
+            "{capped:?}"
+        );
+        let zero = SessionSettings {
+            lifetime_secs: Some(0),
+            ..SessionSettings::default()
+        };
+        assert!(SessionConfig::new("a", "/a", &host, &zero).is_err());
     }
 
     #[test]

@@ -50,6 +50,10 @@
 //! - `huge-ttl`: `tabula:host/kv` `set("t", "v")` with a TTL of `u64::MAX` ms, then of
 //!   `i64::MAX + 1` ms; the body has one `ttl-ms=T: RESULT` line for each.
 //!
+//! Sessions (`tabula:host/session`):
+//! - `session-values` (n=100000): `set("v{i}", "x")`: many small values in one session.
+//! - `session-get` (n=0): answers the value of `v{n}`, or `none`.
+//!
 //! HTTP and logs:
 //! - `fields` (n=20000): `fields.from-list` with 12 headers of 4000 bytes each (~48 KiB).
 //! - `log-flood` (n=1000000): n lines of `line {i}\r` plus ANSI colour codes on stderr.
@@ -88,7 +92,7 @@ mod bindings {
     });
 }
 
-use bindings::tabula::host::kv;
+use bindings::tabula::host::{kv, session};
 use bindings::wasi::keyvalue::{atomics, batch, store};
 
 const MIB: usize = 1 << 20;
@@ -116,6 +120,8 @@ const ATTACKS: &[&str] = &[
     "get-many",
     "list-keys",
     "huge-ttl",
+    "session-values",
+    "session-get",
     "fields",
     "log-flood",
     "status-101",
@@ -394,6 +400,20 @@ fn huge_ttl() -> String {
         .join("\n")
 }
 
+// Sessions.
+
+fn session_values(n: u64) -> Result<(), Stop> {
+    steps(n, |i| session::set(&format!("v{i}"), b"x"))
+}
+
+fn session_get(n: u64) -> String {
+    match session::get(&format!("v{n}")) {
+        Ok(Some(value)) => String::from_utf8_lossy(&value).into_owned(),
+        Ok(None) => "none".into(),
+        Err(e) => format!("session-get: {e:?}"),
+    }
+}
+
 // HTTP and logs.
 
 fn fields(n: u64, keep: &mut Keep) -> Result<(), Stop> {
@@ -568,6 +588,8 @@ fn default_n(attack: &str) -> u64 {
         "fields" => 20_000,
         "log-flood" => 1_000_000,
         "list-keys" => u32::MAX.into(),
+        "session-values" => 100_000,
+        "session-get" => 0,
         "big-response" => 64,
         _ => 1,
     }
@@ -605,6 +627,8 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
             "get-many" => report(name, n, get_many(n, &mut keep)),
             "list-keys" => list_keys(n),
             "huge-ttl" => huge_ttl(),
+            "session-values" => report(name, n, session_values(n)),
+            "session-get" => session_get(n),
             "fields" => report(name, n, fields(n, &mut keep)),
             "log-flood" => report(name, n, log_flood(n)),
             "split-lines" => {
