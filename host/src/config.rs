@@ -20,8 +20,9 @@ use anyhow::{Result, bail};
 use serde::Deserialize;
 
 pub use crate::capabilities::{
-    KvLimits, RequestBounds, SessionConfig, SessionDefaults, SessionSettings, TmpQuota,
-    VariableSetting, VariableSettings, Variables, validate_variable_name,
+    DEFAULT_SECRET_PREFIX, KvLimits, RequestBounds, SecretPolicy, SessionConfig, SessionDefaults,
+    SessionSettings, TmpQuota, VariableSetting, VariableSettings, Variables,
+    validate_variable_name,
 };
 
 /// Host-wide configuration. The per-app values are both defaults and caps.
@@ -56,6 +57,8 @@ pub struct HostConfig {
     pub session: SessionDefaults,
     /// What one request may make the host hold for it: see [`RequestBounds`].
     pub request: RequestBounds,
+    /// Which environment variables an app's secrets may name.
+    pub secrets: SecretPolicy,
 }
 
 /// Where instances get their memory, tables and stacks.
@@ -87,6 +90,7 @@ impl Default for HostConfig {
             tmp: TmpQuota::default(),
             session: SessionDefaults::default(),
             request: RequestBounds::default(),
+            secrets: SecretPolicy::default(),
         }
     }
 }
@@ -219,7 +223,7 @@ impl AppConfig {
             request: host.request,
             session,
             strip_route: settings.strip_route,
-            variables: Arc::new(Variables::resolve(&settings.variables)?),
+            variables: Arc::new(Variables::resolve(&settings.variables, &host.secrets)?),
         };
         Ok((config, capped))
     }

@@ -6,6 +6,7 @@ mod deploy;
 mod filesystem;
 mod harness;
 mod hostile;
+mod hostile_guests;
 mod in_process;
 mod kv_apps;
 mod kv_conformance;
