@@ -20,8 +20,9 @@ use anyhow::{Result, bail};
 use serde::Deserialize;
 
 pub use crate::capabilities::{
-    KvLimits, RequestBounds, SessionConfig, SessionDefaults, SessionSettings, TmpQuota,
-    VariableSetting, VariableSettings, Variables, validate_variable_name,
+    DEFAULT_SECRET_PREFIX, KvLimits, RequestBounds, SecretPolicy, SessionConfig, SessionDefaults,
+    SessionSettings, TmpQuota, VariableSetting, VariableSettings, Variables,
+    validate_variable_name,
 };
 
 /// Host-wide configuration. The per-app values are both defaults and caps.
@@ -58,6 +59,8 @@ pub struct HostConfig {
     pub request: RequestBounds,
     /// What a component may cost to compile: see [`CompileLimits`].
     pub compile: CompileLimits,
+    /// Which environment variables an app's secrets may name.
+    pub secrets: SecretPolicy,
 }
 
 /// Bounds on what compiling one component may cost, checked on its bytes before the
@@ -116,6 +119,7 @@ impl Default for HostConfig {
             session: SessionDefaults::default(),
             request: RequestBounds::default(),
             compile: CompileLimits::default(),
+            secrets: SecretPolicy::default(),
         }
     }
 }
@@ -248,7 +252,7 @@ impl AppConfig {
             request: host.request,
             session,
             strip_route: settings.strip_route,
-            variables: Arc::new(Variables::resolve(&settings.variables)?),
+            variables: Arc::new(Variables::resolve(&settings.variables, &host.secrets)?),
         };
         Ok((config, capped))
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::config::{
-    Allocator, CompileLimits, HostConfig, KvLimits, RequestBounds, SessionDefaults, TmpQuota,
+    Allocator, CompileLimits, HostConfig, KvLimits, RequestBounds, SecretPolicy,
+    SessionDefaults, TmpQuota,
 };
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::client;
@@ -154,7 +155,8 @@ struct VariableArgs {
 
     /// A secret: its value is tabula's environment variable ENV_VAR, read where the app loads
     /// (on every replica, for a deploy). Only the reference is stored or sent; the value never
-    /// appears in logs or metrics. E.g. `--secret api_key=ACME_API_KEY`.
+    /// appears in logs or metrics. ENV_VAR must start with the host's --secret-prefix
+    /// (TABULA_SECRET_ by default). E.g. `--secret api_key=TABULA_SECRET_ACME_API_KEY`.
     #[arg(long = "secret", value_name = "[APP:]NAME=ENV_VAR", value_parser = CliVariable::secret)]
     secrets: Vec<CliVariable>,
 }
@@ -310,9 +312,10 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_GUEST_LOG_MAX_LINES", default_value_t = RequestBounds::default().log_lines)]
     guest_log_max_lines: usize,
 
-    /// Log a line per request (`--access-log`, `--access-log=off`) once its response head is
-    /// out (`served`, at `info`, with the request's id, app, method and path, its status and
-    /// time) [default: on for `tabula up`, off for `tabula serve`]. Off in production because
+    /// Log a line per request (`--access-log`, `--access-log=off`) once its response is over
+    /// (`served`, at `info`, with the request's id, app, method and path, its status and
+    /// time, and `aborted` for a body cut short or left by the client) [default: on for
+    /// `tabula up`, off for `tabula serve`]. Off in production because
     /// at tens of thousands of requests a second the line costs 8-9% of the throughput, and
     /// /metrics counts requests by app and status anyway. Failures and guest output are logged
     /// either way, naming the request.
@@ -327,6 +330,14 @@ struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     access_log: Option<bool>,
+
+    /// What a secret (`--secret`, `{ env = ... }` in [variables], a deploy's) may name: only
+    /// environment variables that start with this prefix. A deploy naming another fails, so
+    /// a deployer cannot read the host's own environment (the admin token, the store's
+    /// password, cloud credentials). tabula's own settings (TABULA_* outside TABULA_SECRET_*)
+    /// are refused whatever the prefix; an empty prefix allows every other variable.
+    #[arg(long, env = "TABULA_SECRET_PREFIX", default_value = tabula::config::DEFAULT_SECRET_PREFIX)]
+    secret_prefix: String,
 
     /// Seconds in-flight requests get to finish after SIGTERM or ctrl-c.
     #[arg(long, env = "TABULA_DRAIN_TIMEOUT", default_value_t = ServerConfig::default().drain_timeout.as_secs_f64())]
@@ -551,6 +562,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
             max_lifetime: Duration::from_secs(args.session_max_lifetime),
             max_bytes: args.session_max_bytes,
         },
+        secrets: SecretPolicy::new(&args.secret_prefix),
         request: RequestBounds {
             host_memory_bytes: args.request_host_memory_mib.saturating_mul(1 << 20),
             max_resources: args.max_resources.max(1),

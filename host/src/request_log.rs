@@ -6,9 +6,13 @@
 //! on hello (perf), though most requests log nothing. Here a request carries a [`Label`]
 //! instead, in a task-local that costs a pointer swap per poll, and the span is made from it
 //! the first time something in the request logs ([`enter`]). The access line (`served`,
-//! `--access-log`) writes the same fields itself, without a span.
+//! `--access-log`) writes the same fields itself, without a span, once the request is over:
+//! when the last of its parts (the response body, the guest's task) lets go of its label. So
+//! it can say that a response whose head went out as `200` was then aborted.
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use hyper::header::HeaderValue;
 use tracing::Span;
@@ -25,14 +29,28 @@ pub(crate) struct Label {
     pub(crate) method: http::Method,
     pub(crate) uri: http::Uri,
     span: OnceLock<Span>,
+    /// The access line's, if the access log is on.
+    access: Option<Access>,
+}
+
+/// What the access line says beyond the label.
+struct Access {
+    started: Instant,
+    /// The status sent; 0 until then.
+    status: AtomicU16,
+    /// Why the response did not end as it should have, if it did not.
+    aborted: OnceLock<&'static str>,
 }
 
 impl Label {
+    /// A request's label; with `access_log` (when the request started), its access line is
+    /// written when the request is over.
     pub(crate) fn new(
         id: HeaderValue,
         app: Arc<str>,
         method: http::Method,
         uri: http::Uri,
+        access_log: Option<Instant>,
     ) -> Arc<Label> {
         Arc::new(Label {
             id,
@@ -40,7 +58,31 @@ impl Label {
             method,
             uri,
             span: OnceLock::new(),
+            access: access_log.map(|started| Access {
+                started,
+                status: AtomicU16::new(0),
+                aborted: OnceLock::new(),
+            }),
         })
+    }
+
+    /// The response's head went out with `status`.
+    pub(crate) fn answered(&self, status: u16) {
+        if let Some(access) = &self.access {
+            access.status.store(status, Ordering::Relaxed);
+        }
+    }
+
+    /// The response did not end as it should have, for `why` (the first reason given stays).
+    pub(crate) fn aborted(&self, why: &'static str) {
+        if let Some(access) = &self.access {
+            let _ = access.aborted.set(why);
+        }
+    }
+
+    /// Enters this request's span: the lines logged while the guard lives name the request.
+    pub(crate) fn enter(&self) -> EnteredSpan {
+        self.span().clone().entered()
     }
 
     pub(crate) fn id(&self) -> &str {
@@ -72,8 +114,36 @@ impl Label {
 /// Runs `future` (a task spawned for the current request) as part of the current request,
 /// if there is one: what `tracing`'s `in_current_span` is to spans.
 pub(crate) fn carry<F: Future>(future: F) -> impl Future<Output = F::Output> {
-    let current = CURRENT.try_with(Clone::clone).ok().flatten();
-    CURRENT.scope(current, future)
+    CURRENT.scope(current(), future)
+}
+
+impl Drop for Label {
+    /// The access line, once nothing of the request is left.
+    fn drop(&mut self) {
+        let Some(access) = &self.access else {
+            return;
+        };
+        let status = access.status.load(Ordering::Relaxed);
+        if status == 0 {
+            return;
+        }
+        tracing::info!(
+            id = self.id(),
+            app = &*self.app,
+            method = %self.method,
+            path = self.path(),
+            status,
+            elapsed_ms = access.started.elapsed().as_secs_f64() * 1e3,
+            aborted = access.aborted.get().copied(),
+            "served"
+        );
+    }
+}
+
+/// The current request's label, for a part of the request that outlives its task (the
+/// response body).
+pub(crate) fn current() -> Option<Arc<Label>> {
+    CURRENT.try_with(Clone::clone).ok().flatten()
 }
 
 /// Enters the current request's span, made now if nothing in the request has logged yet, so
@@ -81,7 +151,7 @@ pub(crate) fn carry<F: Future>(future: F) -> impl Future<Output = F::Output> {
 /// enters nothing.
 pub(crate) fn enter() -> Option<EnteredSpan> {
     CURRENT
-        .try_with(|label| label.as_ref().map(|label| label.span().clone().entered()))
+        .try_with(|label| label.as_ref().map(|label| label.enter()))
         .ok()
         .flatten()
 }
@@ -96,6 +166,7 @@ mod tests {
             "hello".into(),
             http::Method::GET,
             http::Uri::from_static("/x?y=1"),
+            None,
         )
     }
 

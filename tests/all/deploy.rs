@@ -664,7 +664,7 @@ fn everything_stored(redis: &RedisServer) -> String {
 async fn a_deploy_carries_variables_and_only_a_reference_to_its_secret() {
     const SECRET: &str = "d3ploy-s3cret-91ab";
     let redis = RedisServer::start();
-    let env = [("TABULA_TEST_DEPLOY_TOKEN", SECRET)];
+    let env = [("TABULA_SECRET_TEST_DEPLOY_TOKEN", SECRET)];
     let a = replica_with_env(&redis.url(), true, &[], &env);
     let b = replica_with_env(&redis.url(), false, &[], &env);
     let run = admin_cli(
@@ -679,7 +679,7 @@ async fn a_deploy_carries_variables_and_only_a_reference_to_its_secret() {
             "--var",
             "plain=v1",
             "--secret",
-            "token=TABULA_TEST_DEPLOY_TOKEN",
+            "token=TABULA_SECRET_TEST_DEPLOY_TOKEN",
         ],
     );
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
@@ -692,7 +692,7 @@ async fn a_deploy_carries_variables_and_only_a_reference_to_its_secret() {
     let versions = admin_cli(&a, &["versions", "cfg"]);
     let stored = everything_stored(&redis);
     assert!(
-        stored.contains("TABULA_TEST_DEPLOY_TOKEN"),
+        stored.contains("TABULA_SECRET_TEST_DEPLOY_TOKEN"),
         "the reference is kept"
     );
     for (what, text) in [
@@ -714,6 +714,6 @@ async fn a_deploy_carries_variables_and_only_a_reference_to_its_secret() {
     // others keep serving it.
     let c = replica(&redis.url(), false, &[]);
     assert_eq!(answer(&c, "/wasiconfig").await.0, 404);
-    assert!(c.logged("TABULA_TEST_DEPLOY_TOKEN"), "{}", c.log());
+    assert!(c.logged("TABULA_SECRET_TEST_DEPLOY_TOKEN"), "{}", c.log());
     assert_eq!(answer(&b, "/wasiconfig").await.0, 200);
 }

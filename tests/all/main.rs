@@ -8,6 +8,7 @@ mod harness;
 mod hostile;
 mod hostile_compile;
 mod hostile_deploys;
+mod hostile_guests;
 mod hostile_listeners;
 mod hostile_sessions;
 mod in_process;

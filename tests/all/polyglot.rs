@@ -8,7 +8,7 @@ use crate::harness::{Server, client, root, send};
 use crate::redis_server::RedisServer;
 
 /// Builds the project at `dir` with `tabula build` and returns its component.
-fn build(dir: &Path) -> String {
+pub(crate) fn build(dir: &Path) -> String {
     let target = root().join("target/guests");
     let output = std::process::Command::new(&*crate::harness::TABULA)
         .current_dir(root())

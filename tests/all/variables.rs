@@ -81,11 +81,11 @@ async fn secrets_reach_the_guest_and_never_the_log_or_metrics() {
             "--var",
             "wasiconfig:plain=visible",
             "--secret",
-            "token=TABULA_TEST_TOKEN",
+            "token=TABULA_SECRET_TEST_TOKEN",
             "--secret",
-            "greeter:api_key=TABULA_TEST_TOKEN",
+            "greeter:api_key=TABULA_SECRET_TEST_TOKEN",
         ],
-        &[("TABULA_TEST_TOKEN", SECRET)],
+        &[("TABULA_SECRET_TEST_TOKEN", SECRET)],
     );
     // The guest reads it (through Spin's version of wasi:config) and prints every variable.
     assert_eq!(
@@ -123,11 +123,11 @@ fn a_secret_that_is_not_set_stops_the_start_and_names_its_variable() {
         "memory",
         &config,
         "--secret",
-        "token=TABULA_TEST_NEVER_SET_4e2",
+        "token=TABULA_SECRET_NEVER_SET_4e2",
     ]);
     assert!(!status.success());
     assert!(
-        stderr.contains("`TABULA_TEST_NEVER_SET_4e2`, which is not set"),
+        stderr.contains("`TABULA_SECRET_NEVER_SET_4e2`, which is not set"),
         "{stderr}"
     );
 }
@@ -148,4 +148,104 @@ fn bad_variables_are_refused_with_the_fix() {
         stderr.contains("app `nope`, which is not among the apps given"),
         "{stderr}"
     );
+}
+
+/// A secret of several lines (a PEM key, with `\r\n` endings) printed by the guest shows
+/// none of its lines in the log, though the log cuts it line by line.
+#[tokio::test]
+async fn a_secret_of_several_lines_is_hidden_line_by_line() {
+    let lines = [
+        "-----BEGIN PRIVATE KEY-----",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+        "BKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+        "-----END PRIVATE KEY-----",
+    ];
+    let pem = format!("{}\r\n", lines.join("\r\n"));
+    let server = serve(
+        &[
+            &format!("/wasiconfig={}", wasm("wasiconfig")),
+            "--secret",
+            "key=TABULA_SECRET_TEST_PEM",
+        ],
+        &[("TABULA_SECRET_TEST_PEM", &pem)],
+    );
+    assert_eq!(body(&server, "/wasiconfig").await, format!("key={pem}\n"));
+    assert!(server.logged("key=[secret]"), "{}", server.log());
+    for line in lines {
+        assert!(
+            !server.log().contains(line),
+            "a line of the secret is in the log, `{line}`:\n{}",
+            server.log()
+        );
+    }
+}
+
+/// A secret may name only the variables the operator set aside for apps: by default those
+/// that start with `TABULA_SECRET_`, never tabula's own settings. A deploy naming the admin
+/// token is refused with the rule and the flag, and the guest never sees the token.
+#[tokio::test]
+async fn a_secret_names_only_what_the_operator_allows() {
+    let redis = crate::redis_server::RedisServer::start();
+    let server = Server::start_with_env(
+        [
+            "serve",
+            "--store",
+            &redis.url(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]
+        .map(String::from),
+        &[],
+    );
+    let config = wasm("wasiconfig");
+    for env in ["TABULA_ADMIN_TOKEN", "TABULA_STORE", "HOME"] {
+        let run = crate::harness::admin_cli(
+            &server,
+            &[
+                "deploy",
+                &config,
+                "--name",
+                "cfg",
+                "--route",
+                "/wasiconfig",
+                "--secret",
+                &format!("tok={env}"),
+            ],
+        );
+        assert!(!run.ok, "a deploy read `{env}`:\n{}", run.stdout);
+        assert!(
+            run.stderr.contains(env) && run.stderr.contains("--secret-prefix"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        get(&client(), &server.url("/wasiconfig")).await.status,
+        404,
+        "no refused deploy is served"
+    );
+
+    // `serve` refuses the same at start, and the operator may choose the prefix.
+    let wasiconfig = format!("/wasiconfig={config}");
+    let (status, stderr) = run_tabula(&[
+        "serve",
+        "--store",
+        "memory",
+        &wasiconfig,
+        "--secret",
+        "tok=TABULA_ADMIN_TOKEN",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("tabula's own settings"), "{stderr}");
+    let acme = serve(
+        &[
+            &wasiconfig,
+            "--secret-prefix",
+            "ACME_",
+            "--secret",
+            "tok=ACME_TEST_TOKEN",
+        ],
+        &[("ACME_TEST_TOKEN", SECRET)],
+    );
+    assert_eq!(body(&acme, "/wasiconfig/tok").await, format!("{SECRET}\n"));
 }

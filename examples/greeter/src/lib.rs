@@ -19,8 +19,10 @@ fn greeter(req: Request) -> Response {
 
 fn private(req: &Request) -> Response {
     let Some(key) = config::get("api_key") else {
-        return Response::text("no api_key is configured: start with --secret api_key=ENV_VAR\n")
-            .with_status(503);
+        return Response::text(
+            "no api_key is configured: start with --secret api_key=TABULA_SECRET_API_KEY\n",
+        )
+        .with_status(503);
     };
     let presented = req
         .header("authorization")

@@ -40,7 +40,10 @@ pub use kv::KvLimits;
 pub use session::{
     Session, SessionConfig, SessionDefaults, SessionSettings, refuse_guest_cookies, strip_cookies,
 };
-pub use variables::{VariableSetting, VariableSettings, Variables, validate_variable_name};
+pub use variables::{
+    DEFAULT_SECRET_PREFIX, SecretPolicy, VariableSetting, VariableSettings, Variables,
+    validate_variable_name,
+};
 pub use vfs::{Assets, TmpQuota};
 
 /// Interface packages a guest may import, each with a version served (a package may have
@@ -246,7 +249,7 @@ impl AppCapabilities {
             kv: Arc::new(kv::Keyspace::new(namespace.clone(), kv)),
             namespace,
             session: Arc::new(session),
-            secrets: variables.secrets().map(String::from).collect(),
+            secrets: variables.secrets().into(),
             variables,
             assets,
             tmp,

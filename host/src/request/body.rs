@@ -4,8 +4,8 @@
 //! guest if the client goes away ([`GuestResponseBody`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::failure::Failure;
 use crate::budget::{Budget, Charge};
 use crate::config::AppConfig;
+use crate::request_log::Label;
 
 /// The guest's task, aborted if dropped while still armed: when the client is gone before the
 /// guest has finished its response.
@@ -41,13 +42,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sets its flag when dropped unless cleared: the guest did not finish its response.
-pub(super) struct UnfinishedMarker(pub(super) Option<Arc<AtomicBool>>);
+/// Why the guest stopped before finishing its response, if it did: set by the guest's task
+/// before the guest's store is dropped, so before the response body can see its end.
+#[derive(Default)]
+pub(super) struct Unfinished(OnceLock<String>);
+
+/// Records, when dropped armed, that the guest stopped before finishing its response: it
+/// trapped, or ran out of time, or its task was aborted.
+pub(super) struct UnfinishedMarker(Option<Arc<Unfinished>>);
+
+impl UnfinishedMarker {
+    pub(super) fn new(unfinished: Arc<Unfinished>) -> UnfinishedMarker {
+        UnfinishedMarker(Some(unfinished))
+    }
+
+    /// The guest returned: whatever it left unfinished was aborted
+    /// ([`super::instance::FreshInstance::abort_unfinished_bodies`]) and ends in an error.
+    pub(super) fn returned(mut self) {
+        self.0 = None;
+    }
+
+    /// The guest failed, for `reason`.
+    pub(super) fn failed(mut self, reason: String) {
+        if let Some(unfinished) = self.0.take() {
+            let _ = unfinished.0.set(reason);
+        }
+    }
+}
 
 impl Drop for UnfinishedMarker {
     fn drop(&mut self) {
-        if let Some(flag) = &self.0 {
-            flag.store(true, Ordering::Release);
+        if let Some(unfinished) = &self.0 {
+            let _ = unfinished
+                .0
+                .set("the guest was stopped: its deadline passed".to_string());
         }
     }
 }
@@ -56,17 +84,38 @@ impl Drop for UnfinishedMarker {
 ///
 /// wasmtime ends the body cleanly when the guest's store goes away, even if the guest trapped
 /// or ran out of time halfway: a client (or a cache) would take a cut-short body for a whole
-/// one. Here such an end is an error instead, so HTTP/1 closes the connection without the
-/// last chunk and HTTP/2 resets the stream. Dropping the body unfinished (the client went
-/// away) aborts the guest; a body is finished at its end, at its declared length, or, for
-/// HEAD, 204 and 304, at once.
+/// one. Here such an end is an error instead, as is a body the guest returned without
+/// finishing, or dropped: HTTP/1 closes the connection without the last chunk and HTTP/2
+/// resets the stream. Either is logged as a warning and marks the access line `aborted`.
+/// Dropping the body unfinished (the client went away) aborts the guest; a body is finished
+/// at its end, at its declared length, or, for HEAD, 204 and 304, at once.
 pub(super) struct GuestResponseBody {
     pub(super) inner: HyperOutgoingBody,
     pub(super) task: AbortOnDrop,
     /// Set before the guest's store is dropped when the guest did not finish.
-    pub(super) unfinished: Arc<AtomicBool>,
+    pub(super) unfinished: Arc<Unfinished>,
     /// The bytes still to come of a body with a declared length: at 0 the client has it all.
     pub(super) declared: Option<u64>,
+    /// The request's, for the log.
+    pub(super) label: Option<Arc<Label>>,
+}
+
+impl GuestResponseBody {
+    /// Ends the body in an error, and says so in the log.
+    fn cut_short(&mut self, reason: &str) -> anyhow::Error {
+        let _request = self.label.as_ref().map(|label| {
+            label.aborted("the guest did not finish the body");
+            label.enter()
+        });
+        tracing::warn!(
+            reason,
+            "response body cut short: the guest did not finish it, so the client gets an \
+             error (HTTP/1: the connection closes without the last chunk; HTTP/2: the stream \
+             is reset)"
+        );
+        self.task.disarm();
+        anyhow!("the guest did not finish its response body; the body is cut short")
+    }
 }
 
 impl Body for GuestResponseBody {
@@ -93,14 +142,21 @@ impl Body for GuestResponseBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None if self.unfinished.load(Ordering::Acquire) => Poll::Ready(Some(Err(anyhow!(
-                "the guest failed before finishing its response body; the body is cut short"
-            )))),
-            None => {
-                self.task.disarm();
-                Poll::Ready(None)
+            // wasmtime's error for an aborted body says nothing a log reader could use.
+            Some(Err(_)) => {
+                let reason = self.unfinished.0.get().cloned().unwrap_or_else(|| {
+                    "the guest returned, or dropped its body, without `outgoing-body.finish`"
+                        .to_string()
+                });
+                Poll::Ready(Some(Err(self.cut_short(&reason))))
             }
+            None => match self.unfinished.0.get().cloned() {
+                Some(reason) => Poll::Ready(Some(Err(self.cut_short(&reason)))),
+                None => {
+                    self.task.disarm();
+                    Poll::Ready(None)
+                }
+            },
         }
     }
 
@@ -110,6 +166,17 @@ impl Body for GuestResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestResponseBody {
+    /// A body dropped before its end: the client went away (the guest is aborted with it).
+    fn drop(&mut self) {
+        if self.task.0.is_some()
+            && let Some(label) = &self.label
+        {
+            label.aborted("the client went away");
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use wasmtime::component::{Resource, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::body::{HostOutgoingBody, HyperOutgoingBody, StreamContext};
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use super::failure::Failure;
@@ -120,5 +120,19 @@ impl FreshInstance {
             .call_async(&mut self.store, (req, out))
             .await
             .map_err(|e| Failure::Guest(e.into()))
+    }
+
+    /// Aborts every outgoing body the guest left without `outgoing-body.finish` when it
+    /// returned, as dropping one does. wasmtime ends such a
+    /// body cleanly once the store goes away, so a client would take a body cut short for a
+    /// whole one; aborted, it ends in an error. (An aborted body that never went out, of a
+    /// response the guest made and did not send, ends nowhere.)
+    pub fn abort_unfinished_bodies(&mut self) {
+        for entry in self.store.data_mut().http().table.iter_mut() {
+            if let Some(body) = entry.downcast_mut::<HostOutgoingBody>() {
+                let (stand_in, _) = HostOutgoingBody::new(StreamContext::Response, None, 1, 1);
+                std::mem::replace(body, stand_in).abort();
+            }
+        }
     }
 }

@@ -15,7 +15,6 @@ pub(crate) mod router;
 pub mod server;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::anyhow;
@@ -26,7 +25,8 @@ use crate::app::App;
 use crate::capabilities::{refuse_guest_cookies, strip_cookies};
 use crate::request_log;
 use body::{
-    AbortOnDrop, BodyVerdict, GuestRequestBody, GuestResponseBody, UnfinishedMarker, content_length,
+    AbortOnDrop, BodyVerdict, GuestRequestBody, GuestResponseBody, Unfinished, UnfinishedMarker,
+    content_length,
 };
 pub(crate) use connection::ResponseBody;
 pub(crate) use failure::Failure;
@@ -73,7 +73,7 @@ where
     let session = app.capabilities().session(presented);
     let jar = session.jar();
     let (sender, receiver) = tokio::sync::oneshot::channel();
-    let unfinished = Arc::new(AtomicBool::new(false));
+    let unfinished = Arc::new(Unfinished::default());
     let task_app = app.clone();
     let task_unfinished = unfinished.clone();
     let task = tokio::spawn(request_log::carry(async move {
@@ -112,12 +112,17 @@ where
             app.metrics()
                 .instantiation
                 .observe(admitted.elapsed().as_secs_f64());
-            // Dropped before `fresh` (and so before the response body's channel closes)
-            // however this ends: a failure, the deadline, an abort.
-            let mut marker = UnfinishedMarker(Some(task_unfinished));
+            // Settled or dropped before `fresh` (and so before the response body's channel
+            // closes) however this ends: a return, a failure, the deadline, an abort.
+            let marker = UnfinishedMarker::new(task_unfinished);
             let result = fresh.call(req, sender).await;
-            if result.is_ok() {
-                marker.0 = None;
+            match &result {
+                Ok(()) => {
+                    fresh.abort_unfinished_bodies();
+                    marker.returned();
+                }
+                Err(Failure::Guest(e)) => marker.failed(format!("{e:#}")),
+                Err(other) => marker.failed(format!("{other:?}")),
             }
             result
         };
@@ -166,6 +171,7 @@ where
                     task,
                     unfinished,
                     declared,
+                    label: request_log::current(),
                 }
                 .boxed_unsync()
             }))

@@ -244,6 +244,7 @@ async fn serve(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Resp
         app.name().clone(),
         req.method().clone(),
         req.uri().clone(),
+        shared.config.access_log.then_some(started),
     );
     label
         .clone()
@@ -275,17 +276,7 @@ async fn serve(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Resp
             app.metrics().answered(status);
             let elapsed = started.elapsed().as_secs_f64();
             app.metrics().latency.observe(elapsed);
-            if shared.config.access_log {
-                info!(
-                    id = label.id(),
-                    app = &*label.app,
-                    method = %label.method,
-                    path = label.path(),
-                    status,
-                    elapsed_ms = elapsed * 1e3,
-                    "served"
-                );
-            }
+            label.answered(status);
             response
         })
         .await

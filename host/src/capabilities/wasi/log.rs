@@ -11,6 +11,14 @@
 //! event says so. Without a bound, 1 MiB of newlines made a million log events. Control
 //! characters are escaped, so a guest cannot forge or hide log lines with `\r` or terminal
 //! escapes.
+//!
+//! The app's secrets never reach the log as the guest printed them: every log event shows
+//! `[secret]` in place of a secret's value and of each of its lines (split at `\r` and `\n`,
+//! see [`Variables::secrets`](crate::capabilities::Variables::secrets)), so a PEM key printed
+//! whole, or line by line, or with `\r\n` endings, shows none of its lines. A line too long
+//! for one event is never cut inside a secret (see [`GuestOutput::push`]). This keeps a
+//! secret out of the log when a guest prints it by accident; it is no wall against a guest
+//! that means to leak it, which holds the value and can reshape it (or answer with it).
 
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -28,8 +36,9 @@ const MAX_LINE: usize = 16 * 1024;
 /// What one request may still log, shared by its stdout and stderr and all their handles.
 pub struct GuestOutput {
     app: Arc<str>,
-    /// The app's secrets' values, which a line shows as `[secret]`: a guest that prints its
-    /// configuration must not put a secret into the host's log.
+    /// The app's secrets' values and their lines, longest first, which a line shows as
+    /// `[secret]`: a guest that prints its configuration must not put a secret into the
+    /// host's log.
     secrets: Arc<[String]>,
     left: Mutex<Allowance>,
     /// The line each stream (stdout, stderr) has begun and not ended: shared by all of the
@@ -109,26 +118,72 @@ impl GuestOutput {
     fn push(&self, stream: usize, bytes: &[u8]) {
         let bytes = &bytes[..self.admit(bytes.len())];
         let mut partial = self.partial.lock().unwrap_or_else(|e| e.into_inner());
-        let line = &mut partial[stream];
-        for chunk in bytes.split_inclusive(|b| *b == b'\n') {
-            line.extend_from_slice(chunk);
-            if line.ends_with(b"\n") || line.len() >= MAX_LINE {
-                self.emit(stream, line.strip_suffix(b"\n").unwrap_or(line));
+        self.split(&mut partial[stream], bytes, |line| self.emit(stream, line));
+    }
+
+    /// Adds `bytes` to the unfinished `line` and hands `event` each log event they complete:
+    /// a line, or a part of [`MAX_LINE`] bytes at most of a longer one, cut where no secret
+    /// is split (see [`GuestOutput::cut`]).
+    fn split(&self, line: &mut Vec<u8>, mut bytes: &[u8], mut event: impl FnMut(&[u8])) {
+        while !bytes.is_empty() {
+            let room = bytes.len().min(MAX_LINE - line.len());
+            if let Some(newline) = bytes[..room].iter().position(|b| *b == b'\n') {
+                line.extend_from_slice(&bytes[..newline]);
+                event(line);
                 line.clear();
+                bytes = &bytes[newline + 1..];
+                continue;
+            }
+            line.extend_from_slice(&bytes[..room]);
+            bytes = &bytes[room..];
+            if line.len() == MAX_LINE {
+                let cut = self.cut(line);
+                event(&line[..cut]);
+                line.drain(..cut);
             }
         }
+    }
+
+    /// Where a line of [`MAX_LINE`] bytes may be cut: before its last bytes, as many as the
+    /// longest secret has but one (a secret may have begun there, its rest still to come),
+    /// and then before any secret the cut would split. So each secret is whole in one event,
+    /// where [`GuestOutput::hide`] finds it. (Only a secret longer than half of
+    /// [`MAX_LINE`], or one that overlaps itself printed over and over, may still be split.)
+    fn cut(&self, line: &[u8]) -> usize {
+        let longest = self.secrets.first().map_or(0, String::len);
+        let hold = longest.saturating_sub(1).min(MAX_LINE / 2);
+        let mut cut = line.len() - hold;
+        while let Some(start) = self
+            .secrets
+            .iter()
+            .filter_map(|secret| {
+                let secret = secret.as_bytes();
+                let from = cut.saturating_sub(secret.len().saturating_sub(1));
+                (from..cut).find(|&at| line[at..].starts_with(secret))
+            })
+            .min()
+        {
+            cut = start;
+        }
+        if cut == 0 { line.len() - hold } else { cut }
+    }
+
+    /// `line` as text, with `[secret]` in place of every secret and every line of one.
+    fn hide<'a>(&self, line: &'a [u8]) -> std::borrow::Cow<'a, str> {
+        let mut line = String::from_utf8_lossy(line);
+        for secret in self.secrets.iter() {
+            if line.contains(secret.as_str()) {
+                line = line.replace(secret.as_str(), "[secret]").into();
+            }
+        }
+        line
     }
 
     fn emit(&self, stream: usize, line: &[u8]) {
         if !self.take_line(line.len()) {
             return;
         }
-        let mut line = String::from_utf8_lossy(line);
-        for secret in self.secrets.iter().filter(|s| !s.is_empty()) {
-            if line.contains(secret.as_str()) {
-                line = line.replace(secret.as_str(), "[secret]").into();
-            }
-        }
+        let line = self.hide(line);
         let line = escape(&line);
         let _request = crate::request_log::enter();
         tracing::info!(target: "guest", app = &*self.app, stream = STREAMS[stream], "{line}");
@@ -284,6 +339,62 @@ mod tests {
             "a\\\\rb",
             "a guest's own backslash is doubled"
         );
+    }
+
+    /// The events an output with `secrets` makes of `writes` to one stream, as logged.
+    fn events(secrets: &[&str], writes: &[&[u8]]) -> Vec<String> {
+        let secrets: Arc<[String]> = secrets.iter().map(|s| s.to_string()).collect();
+        let output = GuestOutput::new(&Arc::from("t"), &secrets, usize::MAX, usize::MAX);
+        let (mut line, mut events) = (Vec::new(), Vec::new());
+        for bytes in writes {
+            output.split(&mut line, bytes, |event| {
+                events.push(output.hide(event).into_owned());
+            });
+        }
+        events
+    }
+
+    #[test]
+    fn secrets_are_hidden_whole_and_line_by_line() {
+        let lines = ["-----BEGIN KEY-----", "MIIEvQIBADANBg", "-----END KEY-----"];
+        let pem = format!("{}\r\n", lines.join("\r\n"));
+        let secrets = [pem.as_str(), lines[0], lines[2], lines[1]];
+        let printed = format!("key={pem}then\r{}\rdone\n", lines[1]);
+        let logged = events(&secrets, &[printed.as_bytes()]).join("\n");
+        for line in lines {
+            assert!(!logged.contains(line), "{line} is in the log: {logged}");
+        }
+        assert!(
+            logged.contains("key=[secret]") && logged.contains("then"),
+            "{logged}"
+        );
+    }
+
+    #[test]
+    fn a_long_line_is_never_cut_inside_a_secret() {
+        let secret = "s3cr3t-value-0123456789";
+        for offset in 0..secret.len() + 2 {
+            let filler = "x".repeat(MAX_LINE - offset);
+            let printed = format!("{filler}{secret}{filler}{secret}\n");
+            // Written in small pieces, as a guest might.
+            let writes: Vec<&[u8]> = printed.as_bytes().chunks(7).collect();
+            let logged = events(&[secret], &writes);
+            assert!(logged.len() > 1, "the line is cut");
+            for event in &logged {
+                assert!(event.len() <= MAX_LINE, "an event of {} bytes", event.len());
+                for part in [&secret[..6], &secret[secret.len() - 6..]] {
+                    assert!(
+                        !event.contains(part),
+                        "offset {offset}: `{part}` is in an event"
+                    );
+                }
+            }
+            assert_eq!(
+                logged.concat().matches("[secret]").count(),
+                2,
+                "offset {offset}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,11 @@
 //!   see whether the host let its own session cookie through to the guest.
 //! - `stream-trap`: answers `200`, writes 10 KiB of body, then traps without finishing it.
 //! - `stream-hang`: answers `200`, writes 10 KiB of body, then spins forever.
+//! - `stream-unfinished`: answers `200`, writes 10 KiB of body, then returns without
+//!   finishing or dropping the body (its handles are leaked, as a guest's runtime may do).
+//! - `stream-dropped`: answers `200`, writes 10 KiB of body, then drops the body without
+//!   finishing it.
+//! - `head-trap`: answers `200`, then traps before writing any body.
 //! - `big-response` (n=64): answers `200` with n MiB of body, then finishes it properly.
 //! - `spin`: spins forever before answering.
 //! - `read-body`: reads the whole request body; the answer is its length.
@@ -129,6 +134,9 @@ const ATTACKS: &[&str] = &[
     "echo-cookie",
     "stream-trap",
     "stream-hang",
+    "stream-unfinished",
+    "stream-dropped",
+    "head-trap",
     "big-response",
     "spin",
     "read-body",
@@ -660,6 +668,20 @@ impl wasi::exports::http::incoming_handler::Guest for Hostile {
             "stream-hang" => {
                 let _open = start_10k(out);
                 spin()
+            }
+            "stream-unfinished" => {
+                std::mem::forget(start_10k(out));
+                return;
+            }
+            "stream-dropped" => {
+                let (body, stream) = start_10k(out);
+                drop(stream);
+                drop(body);
+                return;
+            }
+            "head-trap" => {
+                let _open = start(out, 200, Fields::new());
+                panic!("head-trap: trapping after the response head");
             }
             "big-response" => return big_response(out, n),
             "spin" => spin(),
