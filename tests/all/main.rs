@@ -3,6 +3,7 @@
 //! keep links few.
 
 mod deploy;
+mod docs;
 mod filesystem;
 mod harness;
 mod hostile;
