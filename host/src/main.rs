@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tabula::config::{
-    Allocator, CompileLimits, HostConfig, KvLimits, RequestBounds, SecretPolicy,
-    SessionDefaults, TmpQuota,
+    Allocator, CompileLimits, HostConfig, KvLimits, RequestBounds, SecretPolicy, SessionDefaults,
+    TmpQuota,
 };
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::client;

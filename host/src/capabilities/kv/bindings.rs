@@ -16,8 +16,8 @@ wasmtime::component::bindgen!({
     ",
     imports: { default: async | trappable },
     with: {
-        "wasi:keyvalue/store.bucket": super::Bucket,
-        "wasi:keyvalue/atomics.cas": super::Cas,
+        "wasi:keyvalue/store.bucket": super::keyspace::Bucket,
+        "wasi:keyvalue/atomics.cas": super::keyspace::Cas,
     },
 });
 
@@ -27,7 +27,7 @@ pub mod draft {
         path: "wit/keyvalue-0.2.0-draft",
         world: "wasi:keyvalue/imports",
         imports: { default: async | trappable },
-        with: { "wasi:keyvalue/store.bucket": crate::capabilities::kv::Bucket },
+        with: { "wasi:keyvalue/store.bucket": crate::capabilities::kv::keyspace::Bucket },
     });
 }
 

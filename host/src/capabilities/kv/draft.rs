@@ -3,8 +3,10 @@
 
 use wasmtime::component::Resource;
 
+use super::KvView;
 use super::bindings::draft::wasi::keyvalue::{atomics, batch, store};
-use super::{Bucket, KvError, KvResult, KvView, answer, entries};
+use super::host::{answer, entries};
+use super::keyspace::{Bucket, KvError, KvResult};
 
 /// A listing cursor of `wasi:keyvalue@0.2.0-draft`, where a cursor is a `u64`: the store's
 /// own cursor kept in the request's table, and the guest gets its handle's number. So a

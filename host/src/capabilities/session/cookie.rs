@@ -2,7 +2,7 @@
 //! should become ([`CookieJar`]), the `Set-Cookie` the response gets from it, and the
 //! filters that keep every app's session cookie away from guests in both directions.
 
-use super::SessionConfig;
+use super::config::SessionConfig;
 
 /// The prefix of every default session cookie name (`tabula_session_APP`).
 const DEFAULT_COOKIE_PREFIX: &str = "tabula_session_";

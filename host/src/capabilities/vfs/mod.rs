@@ -123,7 +123,117 @@ pub fn add_to_linker<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::assets::MAX_ASSET_DEPTH;
+    use super::*;
+    use types::{HostDescriptor, OpenFlags, PathFlags};
+    use wasmtime::component::Resource;
+
+    /// A bundle of `files`, as a deploy carries them.
+    fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("tabula-vfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (path, bytes) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let bundle = Assets::bundle(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        bundle
+    }
+
+    /// A fresh descriptor for the same open file or directory as `d`.
+    fn again(d: &Resource<Descriptor>) -> Resource<Descriptor> {
+        Resource::new_borrow(d.rep())
+    }
+
+    #[test]
+    fn tmp_is_writable_within_its_quota_and_assets_are_read_only() {
+        let assets = Assets::from_bundle(&bundle(&[("a/b.txt", b"hi")])).unwrap();
+        let quota = TmpQuota {
+            max_bytes: 10,
+            max_files: 2,
+        };
+        let vfs = Vfs::new(&assets, quota, &Budget::new(1 << 20));
+        let mut table = ResourceTable::new();
+        let mut view = VfsView::new(&vfs, &mut table);
+        let dirs = preopens::Host::get_directories(&mut view).unwrap();
+        let names: Vec<&str> = dirs.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["/tmp", "/app"]);
+        let (tmp, app) = (&dirs[0].0, &dirs[1].0);
+        let rw = DescriptorFlags::READ | DescriptorFlags::WRITE;
+        let mut open = |dir: &Resource<Descriptor>, path: &str, create: bool| {
+            let oflags = if create {
+                OpenFlags::CREATE
+            } else {
+                OpenFlags::empty()
+            };
+            let flags = if create { rw } else { DescriptorFlags::READ };
+            view.open_at(again(dir), PathFlags::empty(), path.into(), oflags, flags)
+                .unwrap()
+        };
+        let file = open(tmp, "f", true).unwrap();
+        let read_only = open(app, "new", true).unwrap_err();
+        let asset = open(app, "a/b.txt", false).unwrap();
+        assert_eq!(read_only, ErrorCode::ReadOnly);
+        let escape = open(tmp, "../app/a/b.txt", false).unwrap_err();
+        assert_eq!(escape, ErrorCode::NotPermitted);
+        assert_eq!(
+            view.write(again(&file), b"0123456789".to_vec(), 0).unwrap(),
+            Ok(10)
+        );
+        assert_eq!(
+            view.write(again(&file), b"x".to_vec(), 10).unwrap(),
+            Err(ErrorCode::InsufficientSpace),
+            "the byte quota"
+        );
+        assert_eq!(
+            view.read(again(&file), 100, 0).unwrap().unwrap().0,
+            b"0123456789"
+        );
+        assert_eq!(view.read(again(&asset), 100, 0).unwrap().unwrap().0, b"hi");
+        assert_eq!(
+            view.write(again(&asset), b"x".to_vec(), 0).unwrap(),
+            Err(ErrorCode::ReadOnly)
+        );
+    }
+
+    #[test]
+    fn a_request_starts_with_an_empty_tmp() {
+        let assets = Assets::empty();
+        let budget = Budget::new(1 << 20);
+        for _ in 0..2 {
+            let vfs = Vfs::new(&assets, TmpQuota::default(), &budget);
+            let mut table = ResourceTable::new();
+            let mut view = VfsView::new(&vfs, &mut table);
+            let dirs = preopens::Host::get_directories(&mut view).unwrap();
+            let flags = DescriptorFlags::READ | DescriptorFlags::WRITE;
+            let created = view
+                .open_at(
+                    again(&dirs[0].0),
+                    PathFlags::empty(),
+                    "left-behind".into(),
+                    OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                    flags,
+                )
+                .unwrap();
+            assert!(created.is_ok(), "the file from the last request is gone");
+        }
+    }
+
+    #[test]
+    fn bundles_are_bounded() {
+        let deep = format!("{}/f", vec!["d"; MAX_ASSET_DEPTH].join("/"));
+        let mut raw = b"tabula-assets 1\n".to_vec();
+        raw.extend_from_slice(&(deep.len() as u32).to_le_bytes());
+        raw.extend_from_slice(deep.as_bytes());
+        raw.extend_from_slice(&0u64.to_le_bytes());
+        let e = Assets::from_bundle(&raw).unwrap_err().to_string();
+        assert!(e.contains("deeper than"), "{e}");
+        let fine = format!("{}/f", vec!["d"; MAX_ASSET_DEPTH - 1].join("/"));
+        let files: Vec<(&str, &[u8])> = vec![(fine.as_str(), b"x")];
+        Assets::from_bundle(&bundle(&files)).unwrap();
+    }
 
     #[test]
     fn paths_cannot_escape_their_preopen() {
