@@ -10,7 +10,7 @@
 //! - [`Host`] (`host.rs`) is what is built once: the wasmtime `Engine` and the `Linker`.
 //! - `state` is the data of one request's `Store`: its capabilities and its memory limit.
 //! - `capabilities/` is everything a guest may import, one module each (`wasi`, `vfs`,
-//!   `http`, `kv`, `session`), composed in `capabilities/mod.rs` and nowhere else.
+//!   `http`, `kv`, `session`, `variables`), composed in `capabilities/mod.rs` and nowhere else.
 //! - [`storage`] is where state lives: one `Storage` trait, Redis and in-memory backends, and
 //!   the per-app `Namespace`.
 //!

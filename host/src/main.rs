@@ -1,5 +1,8 @@
 //! The `tabula` command: flags and environment variables into the library's configuration,
-//! and nothing else. What serving means is [`tabula::serve`].
+//! plus the few choices that depend on how it was started: the store for each mode
+//! (`memory` for `up`, required for `serve`), the worker-process count, the rule that an
+//! admin listener needs a token, and the `--access-log off` check. What serving means is
+//! [`tabula::serve`].
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -249,7 +252,7 @@ struct ServeArgs {
     /// a fresh instance's first writes to its memory image fault in copies of its pages,
     /// and in a process with threads on other cores each fault interrupts those cores; a
     /// process of one thread interrupts nobody. That nearly doubles the req/s of an 18 MB
-    /// Python component on 2 cores and is even for small ones (README, "Threads and processes").
+    /// Python component on 2 cores and is even for small ones (docs/operating.md, "Threads and processes").
     #[arg(long, env = "TABULA_PROCESSES", default_value = "auto", value_parser = parse_processes)]
     processes: Processes,
 
@@ -376,7 +379,7 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_SESSION_MAX_BYTES", default_value_t = SessionDefaults::default().max_bytes)]
     session_max_bytes: u32,
 
-    /// MiB of linear memory each pool slot keeps mapped between instances (see README).
+    /// MiB of linear memory each pool slot keeps mapped between instances (see docs/operating.md).
     #[arg(long, env = "TABULA_KEEP_RESIDENT_MIB", default_value_t = HostConfig::default().keep_resident_bytes >> 20)]
     keep_resident_mib: usize,
 
