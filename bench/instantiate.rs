@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tabula::config::{Allocator, AppSpec, HostConfig};
 use tabula::project::{self, BuildOptions};
-use tabula::{App, Host, bench, storage};
+use tabula::{App, Runtime, bench, storage};
 
 /// The allocator the `tabula` binary uses, so the figures are the binary's.
 #[global_allocator]
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             allocator,
             ..HostConfig::default()
         };
-        Host::new(config, storage.clone())
+        Runtime::new(config, storage.clone())
     };
 
     println!("per-request cost, {iters} sequential requests per case");

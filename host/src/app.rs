@@ -15,9 +15,9 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::capabilities::{self, AppCapabilities, AppParts, Assets};
 use crate::config::{AppConfig, AppSpec, CompileLimits, validate_name};
-use crate::host::Host;
 use crate::metrics::AppMetrics;
-use crate::state::RequestState;
+use crate::request::state::RequestState;
+use crate::runtime::Runtime;
 
 /// The interface every app exports, in the version the host's bindings were made from; a
 /// component exporting another 0.2.x version is found too (lookups are semver-aware).
@@ -40,7 +40,7 @@ struct AppInner {
     /// Whether an instance has had `handle`'s type checked against the signature the
     /// request path calls it with (see [`App::handle_checked`]).
     handle_checked: AtomicBool,
-    host: Host,
+    host: Runtime,
     config: AppConfig,
     capabilities: AppCapabilities,
     /// One permit per instance the app may have alive at once.
@@ -50,7 +50,7 @@ struct AppInner {
 
 impl App {
     /// Compiles the component `spec` names and prepares it to be instantiated per request.
-    pub fn load(host: &Host, spec: &AppSpec) -> Result<App> {
+    pub fn load(host: &Runtime, spec: &AppSpec) -> Result<App> {
         let path = &spec.wasm;
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         App::from_bytes(host, spec, &bytes)
@@ -58,13 +58,13 @@ impl App {
     }
 
     /// Like [`App::load`], with the component's bytes already in memory.
-    pub fn from_bytes(host: &Host, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
+    pub fn from_bytes(host: &Runtime, spec: &AppSpec, bytes: &[u8]) -> Result<App> {
         App::from_component(host, spec, App::compile(host, bytes)?)
     }
 
     /// Compiles a component for `host`'s engine, refusing a core module with the fix, and
     /// a component that would cost more to compile than the host's [`CompileLimits`] allow
-    /// before the compiler sees it. Compiles take turns (see [`Host::compile_turn`]).
+    /// before the compiler sees it. Compiles take turns (see [`Runtime::compile_turn`]).
     ///
     /// The limits are checked on the bytes rather than enforced on the compiler (a child
     /// process under `RLIMIT_AS` and `RLIMIT_CPU`), because wasmtime cannot stop a compile
@@ -77,7 +77,7 @@ impl App {
     /// 6.3 MiB of code) 33 and 27 s and 540 and 518 MiB. A child process would add a spawn
     /// and a copy of the compiled code to every compile, for costs the limits already keep
     /// to a few times a real component's.
-    pub(crate) fn compile(host: &Host, bytes: &[u8]) -> Result<Component> {
+    pub(crate) fn compile(host: &Runtime, bytes: &[u8]) -> Result<Component> {
         if is_core_module(bytes) {
             bail!(
                 "this is a core WebAssembly module, not a component: build it for the \
@@ -100,7 +100,7 @@ impl App {
     /// # Safety
     /// `compiled` must be a file [`App::serialize`] wrote and nobody else could change:
     /// wasmtime maps it and runs its machine code as is.
-    pub unsafe fn load_compiled(host: &Host, spec: &AppSpec, compiled: &Path) -> Result<App> {
+    pub unsafe fn load_compiled(host: &Runtime, spec: &AppSpec, compiled: &Path) -> Result<App> {
         // SAFETY: the caller vouches for the file.
         let component = unsafe { Component::deserialize_file(host.engine(), compiled) }
             .map_err(anyhow::Error::from)
@@ -119,7 +119,11 @@ impl App {
 
     /// An app of `component`, checked and pre-instantiated, with the assets in
     /// `spec.assets`.
-    pub(crate) fn from_component(host: &Host, spec: &AppSpec, component: Component) -> Result<App> {
+    pub(crate) fn from_component(
+        host: &Runtime,
+        spec: &AppSpec,
+        component: Component,
+    ) -> Result<App> {
         let assets = match &spec.assets {
             Some(dir) => Assets::load(dir)
                 .with_context(|| format!("loading the assets of app `{}`", spec.name))?,
@@ -130,7 +134,7 @@ impl App {
 
     /// Like [`App::from_component`], with the assets already in memory (a deploy's).
     pub(crate) fn with_assets(
-        host: &Host,
+        host: &Runtime,
         spec: &AppSpec,
         component: Component,
         assets: Assets,
@@ -231,7 +235,7 @@ impl App {
     }
 
     /// The host the app runs on.
-    pub(crate) fn host(&self) -> &Host {
+    pub(crate) fn host(&self) -> &Runtime {
         &self.inner.host
     }
 

@@ -2,13 +2,14 @@
 //!
 //! The modules in the order a request meets them:
 //!
-//! - [`server`] (in `request/`) accepts connections, HTTP/1.1 and HTTP/2, and hands each
-//!   request to the [`Router`], which picks an [`App`] by path prefix.
+//! - [`listener`] serves connections, HTTP/1.1 and HTTP/2, with every timeout and limit, on
+//!   each listener: the apps' ([`front`], in `request/`), the operator's and the admin API's.
+//! - [`front`] hands each request to the [`Router`], which picks an [`App`] by path prefix.
 //! - `request` runs one request: its body within the app's limits, an instance slot, a fresh
-//!   instance, the session cookie on the way out.
+//!   instance whose `Store` holds a `request::state::RequestState`, the session cookie on
+//!   the way out; `request::log` names the request on every log line about it.
 //! - [`App`] (`app.rs`) is a component, checked and pre-instantiated once when it loads.
-//! - [`Host`] (`host.rs`) is what is built once: the wasmtime `Engine` and the `Linker`.
-//! - `state` is the data of one request's `Store`: its capabilities and its memory limit.
+//! - [`Runtime`] (`runtime.rs`) is what is built once: the wasmtime `Engine` and the `Linker`.
 //! - `capabilities/` is everything a guest may import, one module each (`wasi`, `vfs`,
 //!   `http`, `kv`, `session`, `variables`), composed in `capabilities/mod.rs` and nowhere else.
 //! - [`storage`] is where state lives: one `Storage` trait, Redis and in-memory backends, and
@@ -18,14 +19,13 @@
 //! [`project`] (handler projects built into components), [`deploy`] (versions in the store,
 //! the admin API, each replica following the registry), [`serve`] (the process model: store,
 //! workers, operator and admin listeners), `metrics` and `budget` (what a request may make
-//! the host hold), [`log_batch`] and `request_log` (the log: lines written in batches, each
-//! naming its request).
+//! the host hold), [`log_batch`] (log lines written in batches).
 //!
-//! Dependencies run one way, from the request path down to storage:
+//! Dependencies run one way, from the process model down to storage:
 //!
 //! ```text
-//! serve -> deploy -> request -> app -> host -> state -> project, config -> capabilities
-//!       -> storage -> metrics, budget, log_batch, request_log
+//! serve -> deploy -> request -> app -> runtime -> request::state -> project, config
+//!       -> capabilities -> storage -> metrics, budget, listener, log_batch, request::log
 //! ```
 //!
 //! `layers.rs` holds the exact order, and its test fails if a module uses one above it.
@@ -38,22 +38,21 @@ mod capabilities;
 pub mod config;
 pub mod deploy;
 mod file_lock;
-mod host;
 #[cfg(test)]
 mod layers;
+pub mod listener;
 pub mod log_batch;
 mod metrics;
 pub mod project;
 mod request;
-mod request_log;
+mod runtime;
 pub mod serve;
-mod state;
 pub mod storage;
 
 pub use app::App;
-pub use host::Host;
+pub use request::front;
 pub use request::router::{Router, Routes};
-pub use request::server;
+pub use runtime::Runtime;
 
 /// The parts of the request path that `bench/instantiate.rs` times one by one. Not an API:
 /// hidden from the docs, and free to change with the bench.

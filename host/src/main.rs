@@ -18,9 +18,9 @@ use tabula::config::{
 };
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::client;
+use tabula::listener::ServerConfig;
 use tabula::project::{self, BuildOptions, CliVariable, Lang};
 use tabula::serve::ServeOptions;
-use tabula::server::ServerConfig;
 
 /// Every request allocates and frees a little (its store, its WASI contexts, hyper's buffers),
 /// on every worker thread. mimalloc's thread-local heaps make that cheaper than glibc's

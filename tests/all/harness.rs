@@ -413,7 +413,7 @@ fn memory_status(pid: u32, field: &str) -> u64 {
     kb * 1024
 }
 
-/// A server in this test process, as mini-redis's tests run theirs: `tabula::server::run` on
+/// A server in this test process, as mini-redis's tests run theirs: `tabula::front::run` on
 /// a listener bound to port 0, with a shutdown the test triggers. For tests of the library
 /// that need no flag and no process of their own, and that want to look at the store the
 /// server uses.
@@ -430,7 +430,7 @@ impl InProcess {
     pub fn start(
         dirs: &[&str],
         storage: Arc<dyn tabula::storage::Storage>,
-        server: tabula::server::ServerConfig,
+        server: tabula::listener::ServerConfig,
     ) -> InProcess {
         InProcess::start_with(dirs, storage, server, |_| {})
     }
@@ -440,7 +440,7 @@ impl InProcess {
     pub fn start_with(
         dirs: &[&str],
         storage: Arc<dyn tabula::storage::Storage>,
-        server: tabula::server::ServerConfig,
+        server: tabula::listener::ServerConfig,
         adjust: impl Fn(&mut tabula::config::AppSpec),
     ) -> InProcess {
         guests(); // Built once for every test, so the build below only checks them.
@@ -454,20 +454,20 @@ impl InProcess {
         };
         let mut specs = tabula::project::build(&paths, &options).expect("building the projects");
         specs.iter_mut().for_each(adjust);
-        let host = tabula::Host::new(tabula::config::HostConfig::default(), storage)
+        let host = tabula::Runtime::new(tabula::config::HostConfig::default(), storage)
             .expect("starting the host");
         let apps = specs
             .iter()
             .map(|spec| tabula::App::load(&host, spec).expect("loading an app"));
         let routes = tabula::Routes::new(tabula::Router::new(apps).expect("routing the apps"));
-        let listener = tabula::server::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let listener = tabula::listener::bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
         let listener = listener.into_iter().next().unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async {
             let _ = stopped.await;
         };
-        let served = tokio::spawn(tabula::server::run(listener, routes, server, shutdown));
+        let served = tokio::spawn(tabula::front::run(listener, routes, server, shutdown));
         InProcess {
             base,
             stop: Some(stop),

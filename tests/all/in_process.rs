@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use tabula::server::ServerConfig;
+use tabula::listener::ServerConfig;
 use tabula::storage::{self, Storage};
 
 use crate::harness::{InProcess, client, get, request};

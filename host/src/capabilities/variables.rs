@@ -183,7 +183,7 @@ impl Variables {
     /// What a guest's log lines must hide, longest first: each secret's value and each of
     /// its lines (split at `\r` and `\n`), since a guest that prints a secret of several
     /// lines (a PEM key) prints it line by line, and the log cuts it there. Of a secret with
-    /// several lines, those shorter than [`MIN_SECRET_LINE`] bytes are left out.
+    /// several lines, those shorter than `MIN_SECRET_LINE` bytes are left out.
     pub fn secrets(&self) -> Vec<String> {
         let mut hidden = Vec::new();
         for v in self.values.values().filter(|v| v.secret_env.is_some()) {

@@ -45,9 +45,9 @@ use super::registry::{AppRecord, Blob, Registry, RouteTaken, Version};
 use crate::app::App;
 use crate::capabilities::Assets;
 use crate::config::{AppSettings, AppSpec, validate_name, validate_route};
-use crate::host::Host;
-use crate::request::connection::serve_side_listener;
-use crate::request::server::ServerConfig;
+use crate::listener::ServerConfig;
+use crate::listener::serve_side_listener;
+use crate::runtime::Runtime;
 
 /// How the admin API is run.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub struct AdminConfig {
 
 #[derive(Clone)]
 struct Admin {
-    host: Host,
+    host: Runtime,
     registry: Registry,
     cache: Arc<CompileCache>,
     config: Arc<AdminConfig>,
@@ -97,7 +97,7 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Serves the admin API on `listener` (connections bounded as every other listener's).
 pub async fn run(
     listener: TcpListener,
-    host: Host,
+    host: Runtime,
     registry: Registry,
     cache: Arc<CompileCache>,
     config: AdminConfig,
@@ -640,7 +640,7 @@ async fn switch(
         version.id()
     ))
     .await;
-    let has = |r: &super::registry::Replica| {
+    let has = |r: &super::registry::Heartbeat| {
         r.running.get(name) == Some(&version.number)
             || r.ready
                 .get(name)

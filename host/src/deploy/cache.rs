@@ -25,7 +25,7 @@ use wasmtime::component::Component;
 use super::registry::{digest, file_digest};
 use crate::app::App;
 use crate::file_lock::with_lock;
-use crate::host::Host;
+use crate::runtime::Runtime;
 
 /// Where compiled components are kept; `None` compiles every time.
 pub struct CompileCache {
@@ -44,7 +44,7 @@ pub enum Compiled {
 
 impl CompileCache {
     /// A cache in `compiled/` under `dir` (made private if missing) for `host`'s engine.
-    pub fn new(dir: Option<PathBuf>, host: &Host) -> Result<CompileCache> {
+    pub fn new(dir: Option<PathBuf>, host: &Runtime) -> Result<CompileCache> {
         let dir = dir
             .map(|dir| private_dir(&dir.join("compiled")))
             .transpose()?;
@@ -79,7 +79,7 @@ impl CompileCache {
     /// hundreds of MiB an interpreter's component takes to compile.
     pub fn component(
         &self,
-        host: &Host,
+        host: &Runtime,
         digest: &str,
         bytes: &[u8],
     ) -> Result<(Component, Compiled)> {
@@ -162,7 +162,7 @@ impl Entry {
     }
 
     /// The component in the entry, if it is there and its record fits.
-    fn load(&self, host: &Host) -> Option<Component> {
+    fn load(&self, host: &Runtime) -> Option<Component> {
         let record = std::fs::read_to_string(&self.record).ok()?;
         let code = file_digest(&self.code).ok()?;
         if record != self.record_for(&code) {
@@ -192,7 +192,7 @@ impl Entry {
 }
 
 /// The component compiled into `code`, mapped from the file, once its record is known good.
-fn map(host: &Host, code: &Path) -> Option<Component> {
+fn map(host: &Runtime, code: &Path) -> Option<Component> {
     // SAFETY: the file is what this process family wrote into a directory only this user
     // can write, checked against the record written beside it (or just written from the
     // component); entries are replaced by rename and never written in place, so the mapping

@@ -1,14 +1,14 @@
 //! Deploying components to running hosts: versions in the store, one switch for the fleet.
 //!
-//! - [`registry`]: components by digest, versions, each app's active pointer, the replicas'
+//! - `registry`: components by digest, versions, each app's active pointer, the replicas'
 //!   heartbeats, all in the shared store.
-//! - [`replica`]: each serving process follows the registry and swaps its route table.
-//! - [`cache`]: compiled components on local disk, so restarts do not recompile.
+//! - `replica`: each serving process follows the registry and swaps its route table.
+//! - `cache`: compiled components on local disk, so restarts do not recompile.
 //! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
 //! - [`client`]: the CLI's side of the admin API.
 
 pub mod admin;
-pub mod cache;
+pub(crate) mod cache;
 pub mod client;
-pub mod registry;
-pub mod replica;
+pub(crate) mod registry;
+pub(crate) mod replica;

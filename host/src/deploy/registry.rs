@@ -93,7 +93,7 @@ pub struct AppRecord {
 
 /// What a replica says about itself, renewed every second.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Replica {
+pub struct Heartbeat {
     /// A unique id for this process.
     pub id: String,
     /// Where it serves.
@@ -514,7 +514,7 @@ impl Registry {
 
     /// Renews `replica`'s heartbeat, and puts it on the list of replicas if it is not there
     /// (it joined, or was taken off while its heartbeat had lapsed).
-    pub async fn heartbeat(&self, replica: &Replica) -> Result<()> {
+    pub async fn heartbeat(&self, replica: &Heartbeat) -> Result<()> {
         let key = format!("{REPLICA_PREFIX}{}", replica.id);
         self.storage
             .set(
@@ -529,7 +529,7 @@ impl Registry {
     }
 
     /// Takes `replica` off the list (it is stopping).
-    pub async fn leave(&self, replica: &Replica) -> Result<()> {
+    pub async fn leave(&self, replica: &Heartbeat) -> Result<()> {
         let key = format!("{REPLICA_PREFIX}{}", replica.id);
         self.storage.delete(&key, None).await?;
         self.edit_replica_list(|list| list.ids.remove(&replica.id))
@@ -537,13 +537,13 @@ impl Registry {
     }
 
     /// The replicas alive now. Those whose heartbeat has expired are taken off the list.
-    pub async fn replicas(&self) -> Result<Vec<Replica>> {
+    pub async fn replicas(&self) -> Result<Vec<Heartbeat>> {
         let (list, _) = self.replica_list().await?;
         let mut replicas = Vec::new();
         let mut gone = Vec::new();
         for id in list.ids {
             match self.storage.get(&format!("{REPLICA_PREFIX}{id}")).await? {
-                Some(bytes) => replicas.push(serde_json::from_slice::<Replica>(&bytes)?),
+                Some(bytes) => replicas.push(serde_json::from_slice::<Heartbeat>(&bytes)?),
                 None => gone.push(id),
             }
         }

@@ -23,15 +23,15 @@ use super::registry::{self, Registry, Version};
 use crate::app::App;
 use crate::capabilities::Assets;
 use crate::config::AppSpec;
-use crate::host::Host;
 use crate::request::router::{Router, Routes};
+use crate::runtime::Runtime;
 
 /// How often a replica checks the registry's generation, whatever it hears.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Keeps one process's route table in line with the registry.
 pub struct Agent {
-    host: Host,
+    host: Runtime,
     registry: Registry,
     routes: Routes,
     cache: Arc<CompileCache>,
@@ -50,7 +50,7 @@ struct State {
     /// Versions compiled and waiting for the switch.
     prepared: HashMap<(String, u64), App>,
     /// What the heartbeat says.
-    record: registry::Replica,
+    record: registry::Heartbeat,
 }
 
 impl Agent {
@@ -58,7 +58,7 @@ impl Agent {
     /// so: loads what is active now before returning (a replica started after a deploy serves
     /// it from its first request), then follows changes in the background.
     pub async fn start(
-        host: Host,
+        host: Runtime,
         registry: Registry,
         routes: Routes,
         fixed: Vec<App>,
@@ -67,7 +67,7 @@ impl Agent {
     ) -> Result<Arc<Agent>> {
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).context("no randomness for a replica id")?;
-        let record = registry::Replica {
+        let record = registry::Heartbeat {
             id: format!(
                 "{}-{}",
                 hostname(),
@@ -78,7 +78,7 @@ impl Agent {
                 .iter()
                 .map(|app| (app.name().to_string(), app.route().to_string()))
                 .collect(),
-            ..registry::Replica::default()
+            ..registry::Heartbeat::default()
         };
         let agent = Arc::new(Agent {
             host,

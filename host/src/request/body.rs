@@ -17,7 +17,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::failure::Failure;
 use crate::budget::{Budget, Charge};
 use crate::config::AppConfig;
-use crate::request_log::Label;
+use crate::request::log::Label;
 
 /// The guest's task, aborted if dropped while still armed: when the client is gone before the
 /// guest has finished its response.

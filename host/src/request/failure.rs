@@ -6,7 +6,7 @@ use hyper::{Response, StatusCode};
 use tracing::{info, warn};
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 
-use super::connection::{ResponseBody, plain};
+use crate::listener::{ResponseBody, plain};
 
 /// Why a request produced no guest response. The server turns each into a status code.
 #[derive(Debug)]
@@ -26,7 +26,7 @@ pub(crate) enum Failure {
 impl Failure {
     /// Logs the failure with its cause chain. Kept here so every caller logs the same way.
     pub(crate) fn log(&self) {
-        let _request = crate::request_log::enter();
+        let _request = crate::request::log::enter();
         match self {
             Failure::Guest(e) => warn!(error = format!("{e:#}"), "guest failed"),
             Failure::GuestErrorCode(code) => warn!(?code, "guest answered with an error code"),

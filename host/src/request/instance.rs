@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use super::failure::Failure;
 use crate::app::App;
 use crate::capabilities::{Capabilities, Session};
-use crate::state::RequestState;
+use crate::request::state::RequestState;
 
 /// Where the guest's response head goes once the guest has set it.
 pub(crate) type ResponseSender =

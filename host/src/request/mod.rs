@@ -8,11 +8,12 @@
 //!   slot, a [`instance::FreshInstance`] for the guest, the session cookie on the way out.
 
 mod body;
-pub(crate) mod connection;
 mod failure;
+pub mod front;
 pub(crate) mod instance;
+pub(crate) mod log;
 pub(crate) mod router;
-pub mod server;
+pub(crate) mod state;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,14 +22,14 @@ use anyhow::anyhow;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 
+use self::log as request_log;
 use crate::app::App;
 use crate::capabilities::{refuse_guest_cookies, strip_cookies};
-use crate::request_log;
+pub(crate) use crate::listener::ResponseBody;
 use body::{
     AbortOnDrop, BodyVerdict, GuestRequestBody, GuestResponseBody, Unfinished, UnfinishedMarker,
     content_length,
 };
-pub(crate) use connection::ResponseBody;
 pub(crate) use failure::Failure;
 use instance::FreshInstance;
 

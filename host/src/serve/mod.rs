@@ -21,10 +21,11 @@ use crate::deploy::admin::{self, AdminConfig};
 use crate::deploy::cache::{CompileCache, Compiled};
 use crate::deploy::registry::{self, Registry};
 use crate::deploy::replica::Agent;
-use crate::host::Host;
+use crate::listener::{self, ServerConfig};
 use crate::project::{self, BuildOptions};
+use crate::request::front;
 use crate::request::router::{Router, Routes};
-use crate::request::server::{self, ServerConfig};
+use crate::runtime::Runtime;
 use crate::storage;
 use operator::MetricsSource;
 use supervisor::{Supervisor, WorkDir, WorkerSetup};
@@ -109,32 +110,15 @@ pub fn run(options: ServeOptions) -> Result<()> {
             signal.await;
             flag.store(true, Ordering::Relaxed);
         };
-        let storage = storage::open(&store).await?;
-        match storage.ping().await {
-            Ok(()) => info!(store = storage.describe(), "store ready"),
-            Err(e) => error!(
-                store = storage.describe(),
-                error = %e,
-                "the store does not answer yet; kv calls will fail as unavailable until it does"
-            ),
-        }
+        let storage = open_store(&store).await?;
         let registry = Registry::new(storage.clone());
-        let host = Host::new(host_config, storage)?;
+        let host = Runtime::new(host_config, storage)?;
         // One cache for the admin API's checks and this process's replica: a component
         // checked on upload is compiled once here, not twice.
         let cache = Arc::new(CompileCache::new(cache_dir, &host)?);
 
         if let Some(worker) = worker {
-            let fixed = worker.load_apps(&host)?;
-            let routes = Routes::new(Router::new(fixed.clone())?);
-            let listener = worker.listener()?;
-            let address = listener.local_addr()?.to_string();
-            let agent = Agent::start(host, registry, routes.clone(), fixed, address, cache).await?;
-            let metrics = tokio::spawn(async move { worker.serve_metrics().await });
-            server::run(listener, routes, server_config, shutdown).await?;
-            agent.leave().await;
-            metrics.abort();
-            return Ok(());
+            return serve_as_worker(worker, host, registry, cache, server_config, shutdown).await;
         }
 
         let apps = specs
@@ -153,7 +137,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
             .transpose()?;
         let router = Router::new(apps.clone())?;
         // A socket per process; the worker threads of a process share theirs.
-        let mut listeners = server::bind(listen, processes.get())?;
+        let mut listeners = listener::bind(listen, processes.get())?;
         let supervisor = workdir
             .as_ref()
             .zip(compiled)
@@ -163,41 +147,20 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 dir,
                 drain: server_config.drain_timeout,
             });
+        let metrics = match &supervisor {
+            None => MetricsSource::Local,
+            Some(supervisor) => MetricsSource::Workers(supervisor.metrics()),
+        };
         let operator = match operator_listen {
             None => None,
             Some(addr) => {
-                let listener = TcpListener::bind(&addr).await.with_context(|| {
-                    format!("operator listener on {addr} (in use? set --operator-listen, or `off`)")
-                })?;
-                println!("tabula: operator on http://{}", listener.local_addr()?);
-                let metrics = match &supervisor {
-                    None => MetricsSource::Local,
-                    Some(supervisor) => MetricsSource::Workers(supervisor.metrics()),
-                };
-                Some(tokio::spawn(operator::run(
-                    listener,
-                    host.storage().clone(),
-                    metrics,
-                    server_config.clone(),
-                    draining.clone(),
-                )))
+                Some(start_operator(&addr, &host, metrics, &server_config, &draining).await?)
             }
         };
         let admin = match admin {
             None => None,
             Some((addr, config)) => {
-                let listener = TcpListener::bind(&addr).await.with_context(|| {
-                    format!("admin listener on {addr} (in use? set --admin-listen)")
-                })?;
-                println!("tabula: admin API on http://{}", listener.local_addr()?);
-                Some(tokio::spawn(admin::run(
-                    listener,
-                    host.clone(),
-                    registry.clone(),
-                    cache.clone(),
-                    config,
-                    server_config.clone(),
-                )))
+                Some(start_admin(&addr, &host, &registry, &cache, config, &server_config).await?)
             }
         };
         let addr = listeners[0].local_addr()?;
@@ -209,27 +172,14 @@ pub fn run(options: ServeOptions) -> Result<()> {
             // One process, so one socket.
             None => {
                 let listener = listeners.swap_remove(0);
-                let routes = Routes::new(router);
-                let agent = Agent::start(
-                    host.clone(),
+                let here = Here {
+                    host,
                     registry,
-                    routes.clone(),
+                    cache,
+                    router,
                     apps,
-                    addr.to_string(),
-                    cache.clone(),
-                )
-                .await?;
-                for (name, route) in agent.deployed() {
-                    println!("  {name:<16} http://{addr}{route} (deployed)");
-                }
-                let reloads = watched.map(|watched| {
-                    tokio::spawn(watched.reload(build, host.clone(), agent.clone()))
-                });
-                server::run(listener, routes, server_config, shutdown).await?;
-                agent.leave().await;
-                if let Some(reloads) = reloads {
-                    reloads.abort();
-                }
+                };
+                serve_here(here, listener, watched, build, server_config, shutdown).await?;
             }
             Some(supervisor) => {
                 // The workers serve from the compiled files: the supervisor's copies can go.
@@ -245,9 +195,132 @@ pub fn run(options: ServeOptions) -> Result<()> {
     })
 }
 
+/// Opens the store and says whether it answers: a store that does not yet is not fatal (kv
+/// calls fail as unavailable until it does).
+async fn open_store(store: &str) -> Result<Arc<dyn storage::Storage>> {
+    let storage = storage::open(store).await?;
+    match storage.ping().await {
+        Ok(()) => info!(store = storage.describe(), "store ready"),
+        Err(e) => error!(
+            store = storage.describe(),
+            error = %e,
+            "the store does not answer yet; kv calls will fail as unavailable until it does"
+        ),
+    }
+    Ok(storage)
+}
+
+/// A worker process: serves what its supervisor compiled, and follows the registry.
+async fn serve_as_worker(
+    worker: WorkerSetup,
+    host: Runtime,
+    registry: Registry,
+    cache: Arc<CompileCache>,
+    server_config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let fixed = worker.load_apps(&host)?;
+    let routes = Routes::new(Router::new(fixed.clone())?);
+    let listener = worker.listener()?;
+    let address = listener.local_addr()?.to_string();
+    let agent = Agent::start(host, registry, routes.clone(), fixed, address, cache).await?;
+    let metrics = tokio::spawn(async move { worker.serve_metrics().await });
+    front::run(listener, routes, server_config, shutdown).await?;
+    agent.leave().await;
+    metrics.abort();
+    Ok(())
+}
+
+/// Starts the operator listener (health, readiness, metrics) on `addr`.
+async fn start_operator(
+    addr: &str,
+    host: &Runtime,
+    metrics: MetricsSource,
+    server_config: &ServerConfig,
+    draining: &Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("operator listener on {addr} (in use? set --operator-listen, or `off`)")
+    })?;
+    println!("tabula: operator on http://{}", listener.local_addr()?);
+    Ok(tokio::spawn(operator::run(
+        listener,
+        host.storage().clone(),
+        metrics,
+        server_config.clone(),
+        draining.clone(),
+    )))
+}
+
+/// Starts the admin API on `addr`.
+async fn start_admin(
+    addr: &str,
+    host: &Runtime,
+    registry: &Registry,
+    cache: &Arc<CompileCache>,
+    config: AdminConfig,
+    server_config: &ServerConfig,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("admin listener on {addr} (in use? set --admin-listen)"))?;
+    println!("tabula: admin API on http://{}", listener.local_addr()?);
+    Ok(tokio::spawn(admin::run(
+        listener,
+        host.clone(),
+        registry.clone(),
+        cache.clone(),
+        config,
+        server_config.clone(),
+    )))
+}
+
+/// What one process serving by itself (no worker processes) is given.
+struct Here {
+    host: Runtime,
+    registry: Registry,
+    cache: Arc<CompileCache>,
+    router: Router,
+    apps: Vec<App>,
+}
+
+/// Serves in this process: the apps given, what the registry deploys, and (for `tabula up`)
+/// rebuilds of the projects being watched.
+async fn serve_here(
+    here: Here,
+    listener: std::net::TcpListener,
+    watched: Option<Watched>,
+    build: BuildOptions,
+    server_config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    let routes = Routes::new(here.router);
+    let agent = Agent::start(
+        here.host.clone(),
+        here.registry,
+        routes.clone(),
+        here.apps,
+        addr.to_string(),
+        here.cache,
+    )
+    .await?;
+    for (name, route) in agent.deployed() {
+        println!("  {name:<16} http://{addr}{route} (deployed)");
+    }
+    let reloads =
+        watched.map(|watched| tokio::spawn(watched.reload(build, here.host, agent.clone())));
+    front::run(listener, routes, server_config, shutdown).await?;
+    agent.leave().await;
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
+    Ok(())
+}
+
 /// Loads the app of `spec` with its component from `cache` when it holds it, so a restart
 /// does not compile it again (seconds for an interpreter: issue 17's start-up figures).
-fn load_through_cache(host: &Host, cache: &CompileCache, spec: &AppSpec) -> Result<App> {
+fn load_through_cache(host: &Runtime, cache: &CompileCache, spec: &AppSpec) -> Result<App> {
     let path = &spec.wasm;
     let loaded = std::fs::read(path)
         .with_context(|| format!("reading {}", path.display()))
@@ -293,7 +366,7 @@ impl Watched {
     /// `tabula up`'s reload: rebuilds a project whose sources changed and serves the new
     /// build in place, as a deploy would (requests in flight finish on the old one). A build
     /// that fails is reported and the old build keeps serving.
-    async fn reload(mut self, build: BuildOptions, host: Host, agent: Arc<Agent>) {
+    async fn reload(mut self, build: BuildOptions, host: Runtime, agent: Arc<Agent>) {
         loop {
             tokio::time::sleep(WATCH_EVERY).await;
             for (name, dir, seen) in &mut self.projects {

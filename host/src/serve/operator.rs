@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use super::supervisor::WorkerMetrics;
+use crate::listener::ServerConfig;
+use crate::listener::{plain, serve_side_listener, text_response};
 use crate::metrics;
 use crate::request::ResponseBody;
-use crate::request::connection::{plain, serve_side_listener, text_response};
-use crate::request::server::ServerConfig;
 use crate::storage::Storage;
 
 /// The operator listener: `/metrics` (Prometheus), `/healthz` (the process is up) and

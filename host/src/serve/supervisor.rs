@@ -26,8 +26,8 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::config::AppSpec;
-use crate::host::Host;
 use crate::metrics;
+use crate::runtime::Runtime;
 
 /// The environment variable that makes a `tabula serve` process a worker.
 pub const WORKER_ENV: &str = "TABULA_INTERNAL_WORKER";
@@ -68,7 +68,7 @@ impl WorkerSetup {
     }
 
     /// Loads the apps the supervisor compiled.
-    pub fn load_apps(&self, host: &Host) -> Result<Vec<App>> {
+    pub fn load_apps(&self, host: &Runtime) -> Result<Vec<App>> {
         self.apps
             .iter()
             // SAFETY: the supervisor wrote these files into its own directory, which only

@@ -16,7 +16,7 @@ use crate::storage::{StorageError, Ttl};
 
 pub(super) fn log_unavailable(e: &KvError) {
     if let KvError::Storage(StorageError::Unavailable(why)) = e {
-        let _request = crate::request_log::enter();
+        let _request = crate::request::log::enter();
         tracing::warn!(error = %why, "kv call failed: the store is unavailable");
     }
 }

@@ -58,7 +58,7 @@ pub fn refuse_guest_cookies(headers: &mut http::HeaderMap, names: &[String]) {
     if !headers.get_all(&set_cookie).iter().any(sets_session) {
         return;
     }
-    let _request = crate::request_log::enter();
+    let _request = crate::request::log::enter();
     tracing::warn!(
         "the guest tried to set a session cookie, which only the host sets; the header was \
          dropped (use tabula:host/session)"
@@ -104,7 +104,7 @@ impl CookieJar {
 
     pub(super) fn record(&mut self, change: CookieChange) {
         if self.sent {
-            let _request = crate::request_log::enter();
+            let _request = crate::request::log::enter();
             tracing::warn!(
                 "the session changed after the response head was sent; the cookie was not \
                  updated (finish session calls before setting the response)"
@@ -126,7 +126,7 @@ fn add_session_cookie(headers: &mut http::HeaderMap, cookie: &str) {
             );
         }
         Err(e) => {
-            let _request = crate::request_log::enter();
+            let _request = crate::request::log::enter();
             tracing::warn!(error = %e, "could not encode the session cookie")
         }
     }

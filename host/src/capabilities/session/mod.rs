@@ -117,7 +117,7 @@ impl From<SessionError> for wit::Error {
                  before setting others"
             )),
             SessionError::Storage(StorageError::QuotaExceeded) => {
-                let _request = crate::request_log::enter();
+                let _request = crate::request::log::enter();
                 tracing::warn!(
                     "session write refused: the app is at its storage quota, which its \
                      sessions count against"
@@ -131,7 +131,7 @@ impl From<SessionError> for wit::Error {
                 )
             }
             SessionError::Storage(StorageError::Unavailable(why)) => {
-                let _request = crate::request_log::enter();
+                let _request = crate::request::log::enter();
                 tracing::warn!(error = %why, "session call failed: the store is unavailable");
                 wit::Error::Unavailable(why)
             }

@@ -85,7 +85,7 @@ impl GuestOutput {
         left.bytes -= kept;
         if kept < len {
             if left.dropped == 0 {
-                let _request = crate::request_log::enter();
+                let _request = crate::request::log::enter();
                 tracing::warn!(
                     target: "guest",
                     app = &*self.app,
@@ -185,7 +185,7 @@ impl GuestOutput {
         }
         let line = self.hide(line);
         let line = escape(&line);
-        let _request = crate::request_log::enter();
+        let _request = crate::request::log::enter();
         tracing::info!(target: "guest", app = &*self.app, stream = STREAMS[stream], "{line}");
     }
 }
@@ -201,7 +201,7 @@ impl Drop for GuestOutput {
         }
         let left = self.left.get_mut().unwrap_or_else(|e| e.into_inner());
         if left.dropped > 0 {
-            let _request = crate::request_log::enter();
+            let _request = crate::request::log::enter();
             tracing::warn!(
                 target: "guest",
                 app = &*self.app,

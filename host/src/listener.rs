@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -43,7 +44,7 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take to finish once shutdown begins.
     pub drain_timeout: Duration,
-    /// Threads serving requests; one per core is best (see [`super::server::run`]).
+    /// Threads serving requests; one per core is best (see `request::front::run`).
     pub workers: NonZeroUsize,
     /// Whether every request is logged (`served`, at `info`) once its response head is out.
     /// Off by default for `serve`: a line per request cost hello 8-9% of its throughput,
@@ -543,6 +544,36 @@ pub(crate) fn text_response(
         HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// Binds `count` listening sockets on `addr` (port 0 picks one free port for all), one per
+/// worker process, with `SO_REUSEPORT` when there are several so that the kernel spreads new
+/// connections evenly over the processes. (With one socket shared by processes, whichever
+/// wakes first takes a whole burst of connections while the others idle.) Threads share their
+/// process's socket instead: a thread busy with spinning guests does not accept, so an idle
+/// one takes the next connection. The port is first checked to be free without
+/// `SO_REUSEPORT`, so a second server started on the same address fails instead of quietly
+/// sharing it.
+pub fn bind(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let in_use = || format!("listening on {addr} (is the port in use? try --listen)");
+    let probe = std::net::TcpListener::bind(addr).with_context(in_use)?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(count > 1)?;
+        socket.bind(addr).with_context(in_use)?;
+        listeners.push(socket.listen(1024)?.into_std()?);
+    }
+    Ok(listeners)
 }
 
 #[cfg(test)]

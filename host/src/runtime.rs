@@ -1,4 +1,4 @@
-//! The [`Host`]: what is built once and shared by every request: the wasmtime `Engine` and
+//! The [`Runtime`]: what is built once and shared by every request: the wasmtime `Engine` and
 //! the `Linker` that decides what a guest may import, with the host's config and store.
 //!
 //! Per-request work is kept to a new `Store` and an instantiation (see [`crate::request`]);
@@ -14,7 +14,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::budget::Budget;
 use crate::capabilities;
 use crate::config::{Allocator, HostConfig};
-use crate::state::RequestState;
+use crate::request::state::RequestState;
 use crate::storage::Storage;
 
 /// How often the epoch ticks: how long guest code runs before it yields to other requests,
@@ -27,7 +27,7 @@ const PREBUFFER_BUDGET: u64 = 256 << 20;
 
 /// The shared engine and linker, the host's config and its store. Cheap to clone.
 #[derive(Clone)]
-pub struct Host {
+pub struct Runtime {
     inner: Arc<HostInner>,
 }
 
@@ -37,20 +37,20 @@ struct HostInner {
     config: HostConfig,
     storage: Arc<dyn Storage>,
     prebuffer: Arc<Budget>,
-    /// Held while a component compiles: see [`Host::compile_turn`].
+    /// Held while a component compiles: see [`Runtime::compile_turn`].
     compiling: Mutex<()>,
 }
 
-impl Host {
+impl Runtime {
     /// Builds the engine, starts its epoch ticker and fills the linker with every
     /// capability. Apps keep their state in `storage`.
-    pub fn new(config: HostConfig, storage: Arc<dyn Storage>) -> Result<Host> {
+    pub fn new(config: HostConfig, storage: Arc<dyn Storage>) -> Result<Runtime> {
         let engine = Engine::new(&engine_config(&config))
             .map_err(anyhow::Error::from)
             .context("configuring wasmtime")?;
         spawn_epoch_ticker(&engine);
         let linkers = capabilities::Linkers::new(&engine)?;
-        Ok(Host {
+        Ok(Runtime {
             inner: Arc::new(HostInner {
                 engine,
                 linkers,

@@ -17,44 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{error, info, warn};
 
-pub use super::connection::ServerConfig;
-use super::connection::{accept, connection_builder, plain, serve_connection};
 use super::router::Routes;
 use super::{Failure, ResponseBody};
+use crate::listener::{ServerConfig, accept, connection_builder, plain, serve_connection};
 use crate::metrics::{self, StatusLabels};
-use crate::request_log::Label;
+use crate::request::log::Label;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Binds `count` listening sockets on `addr` (port 0 picks one free port for all), one per
-/// worker process, with `SO_REUSEPORT` when there are several so that the kernel spreads new
-/// connections evenly over the processes. (With one socket shared by processes, whichever
-/// wakes first takes a whole burst of connections while the others idle.) Threads share their
-/// process's socket instead: a thread busy with spinning guests does not accept, so an idle
-/// one takes the next connection. The port is first checked to be free without
-/// `SO_REUSEPORT`, so a second server started on the same address fails instead of quietly
-/// sharing it.
-pub fn bind(
-    addr: std::net::SocketAddr,
-    count: usize,
-) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    let in_use = || format!("listening on {addr} (is the port in use? try --listen)");
-    let probe = std::net::TcpListener::bind(addr).with_context(in_use)?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    let mut listeners = Vec::with_capacity(count);
-    for _ in 0..count {
-        let socket = match addr {
-            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(count > 1)?;
-        socket.bind(addr).with_context(in_use)?;
-        listeners.push(socket.listen(1024)?.into_std()?);
-    }
-    Ok(listeners)
-}
 
 /// Serves the apps of `routes` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// in-flight requests finish, for up to the drain timeout.
