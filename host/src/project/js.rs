@@ -50,25 +50,16 @@ pub(super) fn build(dir: &Path, name: &str, out: &Path, sdk: &Path) -> Result<()
 
 /// Writes a new JavaScript project: the counter example as `app.js`.
 pub(super) fn scaffold(dir: &Path, app: &str) -> Result<()> {
-    super::write_project(
+    super::scaffold_script(
         dir,
-        &[
-            (
-                "tabula.toml",
-                format!("name = \"{app}\"\nroute = \"/{app}\"\nlang = \"js\"\n"),
-            ),
-            (
-                "app.js",
-                include_str!("../../../examples/counter-js/app.js").replace("counter-js", app),
-            ),
-            (".gitignore", "/target\nnode_modules/\n".into()),
-        ],
-    )?;
-    println!(
-        "created {}: `tabula up {}` builds it with componentize-js (installed once, with npm) \
-         and serves it at http://127.0.0.1:8080/{app}",
-        dir.display(),
-        dir.display()
-    );
-    Ok(())
+        app,
+        &super::Script {
+            lang: "js",
+            file: "app.js",
+            example: include_str!("../../../examples/counter-js/app.js"),
+            example_name: "counter-js",
+            ignore: "node_modules/",
+            built_with: "componentize-js (installed once, with npm)",
+        },
+    )
 }

@@ -290,6 +290,50 @@ pub fn scaffold(name: &str, lang: Lang) -> Result<()> {
     }
 }
 
+/// A new project in a scripting language: one source file, the counter example, renamed.
+struct Script<'a> {
+    /// `lang` in `tabula.toml`.
+    lang: &'a str,
+    /// The source file's name.
+    file: &'a str,
+    /// The example it starts as, and the name to replace in it.
+    example: &'a str,
+    example_name: &'a str,
+    /// What `.gitignore` adds to `/target`.
+    ignore: &'a str,
+    /// What builds it, and how it is installed.
+    built_with: &'a str,
+}
+
+/// Writes a new project of `script`'s language for app `app` into `dir`.
+fn scaffold_script(dir: &Path, app: &str, script: &Script) -> Result<()> {
+    write_project(
+        dir,
+        &[
+            (
+                "tabula.toml",
+                format!(
+                    "name = \"{app}\"\nroute = \"/{app}\"\nlang = \"{}\"\n",
+                    script.lang
+                ),
+            ),
+            (
+                script.file,
+                script.example.replace(script.example_name, app),
+            ),
+            (".gitignore", format!("/target\n{}\n", script.ignore)),
+        ],
+    )?;
+    println!(
+        "created {}: `tabula up {}` builds it with {} and serves it at \
+         http://127.0.0.1:8080/{app}",
+        dir.display(),
+        dir.display(),
+        script.built_with
+    );
+    Ok(())
+}
+
 /// Writes `files` (path in the project, contents) into the new project `dir`.
 fn write_project(dir: &Path, files: &[(&str, String)]) -> Result<()> {
     for (file, text) in files {

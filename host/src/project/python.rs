@@ -40,25 +40,16 @@ pub(super) fn build(dir: &Path, name: &str, out: &Path, sdk: &Path) -> Result<()
 
 /// Writes a new Python project: the counter example as `app.py`.
 pub(super) fn scaffold(dir: &Path, app: &str) -> Result<()> {
-    super::write_project(
+    super::scaffold_script(
         dir,
-        &[
-            (
-                "tabula.toml",
-                format!("name = \"{app}\"\nroute = \"/{app}\"\nlang = \"python\"\n"),
-            ),
-            (
-                "app.py",
-                include_str!("../../../examples/counter-py/app.py").replace("counter-py", app),
-            ),
-            (".gitignore", "/target\n__pycache__/\n".into()),
-        ],
-    )?;
-    println!(
-        "created {}: `tabula up {}` builds it with componentize-py (`pip install \
-         {COMPONENTIZE_PY}`) and serves it at http://127.0.0.1:8080/{app}",
-        dir.display(),
-        dir.display()
-    );
-    Ok(())
+        app,
+        &super::Script {
+            lang: "python",
+            file: "app.py",
+            example: include_str!("../../../examples/counter-py/app.py"),
+            example_name: "counter-py",
+            ignore: "__pycache__/",
+            built_with: &format!("componentize-py (`pip install {COMPONENTIZE_PY}`)"),
+        },
+    )
 }

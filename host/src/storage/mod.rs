@@ -46,6 +46,29 @@ impl std::fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
+/// The two impls a capability's error needs when one of its variants carries a
+/// [`StorageError`]: `From<StorageError>` (so `?` works on store calls) and [`StoreOutcome`]
+/// (so the metrics can tell the store's failures from the guest's).
+macro_rules! carries_storage_error {
+    ($error:ident :: $variant:ident) => {
+        impl From<$crate::storage::StorageError> for $error {
+            fn from(e: $crate::storage::StorageError) -> Self {
+                $error::$variant(e)
+            }
+        }
+
+        impl $crate::storage::StoreOutcome for $error {
+            fn storage_error(&self) -> Option<&$crate::storage::StorageError> {
+                match self {
+                    $error::$variant(e) => Some(e),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use carries_storage_error;
+
 /// What a storage call returns.
 pub type StorageResult<T> = Result<T, StorageError>;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::budget::Charge;
-use crate::storage::{Namespace, Storage, StorageError, StoreOutcome, Ttl};
+use crate::storage::{Namespace, Storage, StorageError, Ttl};
 
 /// Limits on what a guest may store: each key and value, and its app's whole namespace (a
 /// quota of keys and of bytes, each key's name plus its value; 0 turns a quota off).
@@ -92,20 +92,7 @@ pub(super) enum KvError {
     Storage(StorageError),
 }
 
-impl From<StorageError> for KvError {
-    fn from(e: StorageError) -> Self {
-        KvError::Storage(e)
-    }
-}
-
-impl StoreOutcome for KvError {
-    fn storage_error(&self) -> Option<&StorageError> {
-        match self {
-            KvError::Storage(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+crate::storage::carries_storage_error!(KvError::Storage);
 
 pub(super) type KvResult<T> = Result<T, KvError>;
 

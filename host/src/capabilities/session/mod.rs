@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::{HasData, Linker};
 
-use crate::storage::{HashWrite, Namespace, StorageError, StoreOutcome};
+use crate::storage::{HashWrite, Namespace, StorageError};
 use bindings::tabula::host::session as wit;
 use config::ID_BYTES;
 pub use config::{MAX_VALUES, SessionConfig, SessionDefaults, SessionSettings};
@@ -93,20 +93,7 @@ enum SessionError {
     Storage(StorageError),
 }
 
-impl From<StorageError> for SessionError {
-    fn from(e: StorageError) -> Self {
-        SessionError::Storage(e)
-    }
-}
-
-impl StoreOutcome for SessionError {
-    fn storage_error(&self) -> Option<&StorageError> {
-        match self {
-            SessionError::Storage(e) => Some(e),
-            SessionError::TooLarge(_) | SessionError::TooManyValues => None,
-        }
-    }
-}
+crate::storage::carries_storage_error!(SessionError::Storage);
 
 impl From<SessionError> for wit::Error {
     fn from(e: SessionError) -> Self {

@@ -2,7 +2,10 @@
 //! tabula serves `0.2.0-draft` and `0.2.0-draft2`): the host must refuse it when loading,
 //! naming the import and the versions it serves, instead of failing in the linker.
 
-use wasi::http::types::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
+#[path = "../../common/respond.rs"]
+mod respond;
+
+use wasi::http::types::{IncomingRequest, ResponseOutparam};
 
 mod bindings {
     wit_bindgen::generate!({
@@ -23,9 +26,7 @@ impl wasi::exports::http::incoming_handler::Guest for OldKeyvalue {
         } else {
             404
         };
-        let response = OutgoingResponse::new(Fields::new());
-        let _ = response.set_status_code(status);
-        ResponseOutparam::set(out, Ok(response));
+        respond::respond(out, status, "");
     }
 }
 
