@@ -4,6 +4,7 @@
 //!   heartbeats, all in the shared store.
 //! - `replica`: each serving process follows the registry and swaps its route table.
 //! - `cache`: compiled components on local disk, so restarts do not recompile.
+//! - `rollout`: one version made active on every replica, reported as it goes.
 //! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
 //! - [`client`]: the CLI's side of the admin API.
 
@@ -12,3 +13,4 @@ pub(crate) mod cache;
 pub mod client;
 pub(crate) mod registry;
 pub(crate) mod replica;
+mod rollout;
