@@ -717,3 +717,55 @@ async fn a_deploy_carries_variables_and_only_a_reference_to_its_secret() {
     assert!(c.logged("TABULA_SECRET_TEST_DEPLOY_TOKEN"), "{}", c.log());
     assert_eq!(answer(&b, "/wasiconfig").await.0, 200);
 }
+
+/// What `/readyz` answers on `server`: status and body.
+async fn readiness(server: &Server) -> (u16, String) {
+    let reply = get(&client(), &server.operator_url("/readyz")).await;
+    (reply.status, reply.body)
+}
+
+/// Failed on fa8e11d: a replica that could not load a deployed app answered `/readyz` 200, so
+/// a rolling update or an autoscaler would send it requests for an app it does not serve.
+#[tokio::test]
+async fn a_replica_is_ready_only_once_it_serves_every_active_app() {
+    let redis = RedisServer::start();
+    let env = [("TABULA_SECRET_READY", "r3ady")];
+    let a = replica_with_env(&redis.url(), true, &[], &env);
+    let run = admin_cli(
+        &a,
+        &[
+            "deploy",
+            &wasm("wasiconfig"),
+            "--name",
+            "cfg",
+            "--route",
+            "/wasiconfig",
+            "--secret",
+            "token=TABULA_SECRET_READY",
+        ],
+    );
+    assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(readiness(&a).await.0, 200);
+    // B lacks the secret, so it cannot load cfg v1: it must not say it is ready.
+    // (Until its first heartbeat, it says it has not joined; unready either way.)
+    let b = replica(&redis.url(), false, &[]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = readiness(&b).await;
+        assert_eq!(status, 503, "{body}");
+        if body.contains("has not loaded cfg v1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer(&b, "/wasiconfig").await.0, 404);
+    // A version B can load: B switches to it, and then it is ready.
+    deploy(&a, &wasm("hello"), "cfg", "/wasiconfig");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while readiness(&b).await.0 != 200 {
+        assert!(Instant::now() < deadline, "{:?}", readiness(&b).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer(&b, "/wasiconfig").await, (200, HELLO.into()));
+}

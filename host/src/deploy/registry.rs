@@ -96,6 +96,10 @@ pub struct AppRecord {
 pub struct Heartbeat {
     /// A unique id for this process.
     pub id: String,
+    /// The replica it belongs to: one id shared by a supervisor's worker processes (or a
+    /// single process's own), by which `/readyz` finds its processes.
+    #[serde(default)]
+    pub group: String,
     /// Where it serves.
     pub address: String,
     /// Apps it serves from paths given at start: deployed apps may not take their names
@@ -556,6 +560,39 @@ impl Registry {
             .await?;
         }
         Ok(replicas)
+    }
+
+    /// Why the `processes` processes of replica `group` do not all serve what the registry
+    /// says is active yet (a process still compiling, or one that has not joined), or `None`
+    /// when they do: what `/readyz` asks before it lets a load balancer send traffic.
+    pub async fn lagging(&self, group: &str, processes: usize) -> Result<Option<String>> {
+        let beats: Vec<Heartbeat> = self
+            .replicas()
+            .await?
+            .into_iter()
+            .filter(|h| h.group == group)
+            .collect();
+        if beats.len() < processes {
+            return Ok(Some(format!(
+                "{} of {processes} processes have joined",
+                beats.len()
+            )));
+        }
+        for app in self.apps().await? {
+            let Some(active) = &app.active else { continue };
+            if let Some(beat) = beats
+                .iter()
+                .find(|b| b.running.get(&app.name) != Some(&active.number))
+            {
+                return Ok(Some(format!(
+                    "process {} has not loaded {} {} yet",
+                    beat.id,
+                    app.name,
+                    active.id()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     async fn replica_list(&self) -> Result<(ReplicaList, Option<Vec<u8>>)> {

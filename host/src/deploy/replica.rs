@@ -63,16 +63,12 @@ impl Agent {
         routes: Routes,
         fixed: Vec<App>,
         address: String,
+        group: String,
         cache: Arc<CompileCache>,
     ) -> Result<Arc<Agent>> {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).context("no randomness for a replica id")?;
         let record = registry::Heartbeat {
-            id: format!(
-                "{}-{}",
-                hostname(),
-                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
+            id: new_id()?,
+            group,
             address,
             fixed: fixed
                 .iter()
@@ -360,6 +356,17 @@ impl Agent {
             Router::new(state.fixed.clone()).expect("the fixed apps were routed at start")
         })
     }
+}
+
+/// A new id for a process or a replica: the host's name and 64 random bits.
+pub(crate) fn new_id() -> Result<String> {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).context("no randomness for a replica id")?;
+    Ok(format!(
+        "{}-{}",
+        hostname(),
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
 }
 
 fn hostname() -> String {

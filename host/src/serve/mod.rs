@@ -20,14 +20,14 @@ use crate::config::{AppSpec, HostConfig};
 use crate::deploy::admin::{self, AdminConfig};
 use crate::deploy::cache::{CompileCache, Compiled};
 use crate::deploy::registry::{self, Registry};
-use crate::deploy::replica::Agent;
+use crate::deploy::replica::{self, Agent};
 use crate::listener::{self, ServerConfig};
 use crate::project::{self, BuildOptions};
 use crate::request::front;
 use crate::request::router::{Router, Routes};
 use crate::runtime::Runtime;
 use crate::storage;
-use operator::MetricsSource;
+use operator::{MetricsSource, Readiness};
 use supervisor::{Supervisor, WorkDir, WorkerSetup};
 
 /// What `tabula up` and `tabula serve` were asked to do.
@@ -121,6 +121,8 @@ pub fn run(options: ServeOptions) -> Result<()> {
             return serve_as_worker(worker, host, registry, cache, server_config, shutdown).await;
         }
 
+        // The replica's id: its processes' heartbeats carry it, and `/readyz` counts them.
+        let group = replica::new_id()?;
         let apps = specs
             .iter()
             .map(|spec| load_through_cache(&host, &cache, spec))
@@ -146,6 +148,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
                 apps,
                 dir,
                 drain: server_config.drain_timeout,
+                group: group.clone(),
             });
         let metrics = match &supervisor {
             None => MetricsSource::Local,
@@ -154,7 +157,13 @@ pub fn run(options: ServeOptions) -> Result<()> {
         let operator = match operator_listen {
             None => None,
             Some(addr) => {
-                Some(start_operator(&addr, &host, metrics, &server_config, &draining).await?)
+                let readiness = Readiness {
+                    registry: registry.clone(),
+                    group: group.clone(),
+                    processes: processes.get(),
+                    draining: draining.clone(),
+                };
+                Some(start_operator(&addr, &host, metrics, &server_config, readiness).await?)
             }
         };
         let admin = match admin {
@@ -173,6 +182,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
             None => {
                 let listener = listeners.swap_remove(0);
                 let here = Here {
+                    group,
                     host,
                     registry,
                     cache,
@@ -223,7 +233,8 @@ async fn serve_as_worker(
     let routes = Routes::new(Router::new(fixed.clone())?);
     let listener = worker.listener()?;
     let address = listener.local_addr()?.to_string();
-    let agent = Agent::start(host, registry, routes.clone(), fixed, address, cache).await?;
+    let group = worker.group();
+    let agent = Agent::start(host, registry, routes.clone(), fixed, address, group, cache).await?;
     let metrics = tokio::spawn(async move { worker.serve_metrics().await });
     front::run(listener, routes, server_config, shutdown).await?;
     agent.leave().await;
@@ -237,7 +248,7 @@ async fn start_operator(
     host: &Runtime,
     metrics: MetricsSource,
     server_config: &ServerConfig,
-    draining: &Arc<AtomicBool>,
+    readiness: Readiness,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("operator listener on {addr} (in use? set --operator-listen, or `off`)")
@@ -248,7 +259,7 @@ async fn start_operator(
         host.storage().clone(),
         metrics,
         server_config.clone(),
-        draining.clone(),
+        readiness,
     )))
 }
 
@@ -277,6 +288,7 @@ async fn start_admin(
 
 /// What one process serving by itself (no worker processes) is given.
 struct Here {
+    group: String,
     host: Runtime,
     registry: Registry,
     cache: Arc<CompileCache>,
@@ -302,6 +314,7 @@ async fn serve_here(
         routes.clone(),
         here.apps,
         addr.to_string(),
+        here.group,
         here.cache,
     )
     .await?;

@@ -41,6 +41,8 @@ pub struct WorkerSetup {
     apps: Vec<(AppSpec, PathBuf)>,
     /// Where the worker answers the supervisor's requests for its metrics.
     metrics_socket: PathBuf,
+    /// The replica the worker belongs to (see `Heartbeat::group`).
+    group: String,
 }
 
 impl WorkerSetup {
@@ -65,6 +67,11 @@ impl WorkerSetup {
             .context("the inherited listening socket is not a TCP socket")?;
         listener.set_nonblocking(true)?;
         Ok(listener)
+    }
+
+    /// The replica this worker belongs to.
+    pub fn group(&self) -> String {
+        self.group.clone()
     }
 
     /// Loads the apps the supervisor compiled.
@@ -178,6 +185,8 @@ pub struct Supervisor<'a> {
     pub apps: Vec<(AppSpec, PathBuf)>,
     pub dir: &'a WorkDir,
     pub drain: Duration,
+    /// The replica's id, which every worker's heartbeat carries.
+    pub group: String,
 }
 
 impl Supervisor<'_> {
@@ -234,6 +243,7 @@ impl Supervisor<'_> {
             listener_fd,
             apps: self.apps.clone(),
             metrics_socket: self.dir.metrics_socket(index),
+            group: self.group.clone(),
         };
         let exe = std::env::current_exe().context("finding this executable to start workers")?;
         let mut command = tokio::process::Command::new(exe);
