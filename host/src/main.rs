@@ -403,6 +403,12 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_ALLOW_NESTED_ROUTES")]
     allow_nested_routes: bool,
 
+    /// Versions of each app the registry keeps besides the active one, the one being rolled
+    /// out and the one a rollback returns to. Older versions, and the stored components and
+    /// assets no kept version names, are deleted after each deploy and `tabula rm`.
+    #[arg(long, env = "TABULA_KEEP_VERSIONS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    keep_versions: u64,
+
     /// Where compiled components (deployed ones and those given as PATH) are kept across
     /// restarts, or `off`
     /// [default: $XDG_CACHE_HOME/tabula or ~/.cache/tabula].
@@ -643,6 +649,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
                 max_component_bytes: args.max_component_mib.saturating_mul(1 << 20),
                 deploy_timeout: positive_duration(args.deploy_timeout, "--deploy-timeout")?,
                 allow_nested_routes: args.allow_nested_routes,
+                keep_versions: args.keep_versions as usize,
             };
             Some((addr, config))
         }

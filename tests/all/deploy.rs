@@ -769,3 +769,63 @@ async fn a_replica_is_ready_only_once_it_serves_every_active_app() {
     }
     assert_eq!(answer(&b, "/wasiconfig").await, (200, HELLO.into()));
 }
+
+/// The whole blobs in the store.
+fn stored_blobs(redis: &RedisServer) -> usize {
+    redis
+        .command(&["--scan", "--pattern", "tabula:blob:*:meta"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
+/// Waits until `redis` holds `want` whole blobs (collections run after a deploy answers).
+async fn blobs_become(redis: &RedisServer, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_blobs(redis) != want {
+        assert!(
+            Instant::now() < deadline,
+            "{} blobs stored, {want} expected",
+            stored_blobs(redis)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Failed on 49b043d: every version and every blob was kept forever (30 deploys of an 18 MB
+/// app grew Redis by 659 MiB), and `tabula rm` left the blobs too.
+#[tokio::test]
+async fn the_registry_keeps_the_newest_versions_and_deletes_what_none_names() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url(), true, &["--keep-versions", "2"]);
+    let dir = std::env::temp_dir().join(format!("tabula-keep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hello, assets) = (wasm("hello"), dir.display().to_string());
+    for n in 1..=6 {
+        // A distinct assets bundle each time: a new blob per version.
+        std::fs::write(dir.join("build.txt"), format!("build {n}")).unwrap();
+        let args = ["deploy", &hello, "--name", "kept", "--route", "/kept"];
+        let run = admin_cli(&a, &[&args[..], &["--assets", &assets]].concat());
+        assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    }
+    // v6 (active) and v5 (the newest two, and where a rollback goes): one component and
+    // their two bundles.
+    blobs_become(&redis, 3).await;
+    let listed = admin_cli(&a, &["versions", "kept"]).stdout;
+    for gone in ["v1", "v2", "v3", "v4"] {
+        assert!(!listed.contains(&format!(" {gone} ")), "{listed}");
+    }
+    assert!(listed.contains("v5") && listed.contains("v6"), "{listed}");
+    let back = admin_cli(&a, &["rollback", "kept"]);
+    assert!(
+        back.ok && back.stdout.contains("kept v5 is active"),
+        "{}",
+        back.stdout
+    );
+    assert_eq!(answer(&a, "/kept").await, (200, HELLO.into()));
+    blobs_become(&redis, 3).await;
+    // Removing the app leaves nothing of it behind.
+    assert!(admin_cli(&a, &["rm", "kept"]).ok);
+    blobs_become(&redis, 0).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use super::cache::CompileCache;
-use super::registry::{AppRecord, Blob, Registry, RouteTaken, Version};
+use super::registry::{AppRecord, Blob, Pin, Registry, RouteTaken, Version};
 use super::rollout;
 use crate::app::App;
 use crate::capabilities::Assets;
@@ -62,6 +62,10 @@ pub struct AdminConfig {
     /// and `/shop`): only where one team owns both, since the inner app receives the outer
     /// one's cookies.
     pub allow_nested_routes: bool,
+    /// Versions of each app kept besides the active one, the one being rolled out and the
+    /// one a rollback returns to; older ones, and the blobs no kept version names, are
+    /// deleted after each deploy and removal.
+    pub keep_versions: usize,
 }
 
 #[derive(Clone)]
@@ -263,6 +267,7 @@ async fn remove_app(
     if !admin.registry.release_route(&name).await? {
         deployed?;
     }
+    rollout::collect_later(admin.registry.clone(), admin.config.keep_versions);
     Ok(Json(json!({ "removed": name })))
 }
 
@@ -274,8 +279,10 @@ async fn upload_assets(
     let blob = Blob::new(read_limited(&admin, body, "assets bundle").await?);
     Assets::from_bundle(blob.bytes())
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
-    admin.registry.put_blob(&blob).await?;
-    Ok(Json(json!({ "digest": blob.digest() })))
+    // Pinned until the component that names it is uploaded (it passes the pin back), or for
+    // the pin's lifetime.
+    let pin = admin.registry.put_blob(&blob).await?;
+    Ok(Json(json!({ "digest": blob.digest(), "pin": pin.id() })))
 }
 
 /// An upload's body, refused past the host's size limit: at once, before a byte of it is
@@ -346,6 +353,8 @@ async fn read_limited(admin: &Admin, body: Body, what: &str) -> ApiResult<Bytes>
 #[derive(Deserialize)]
 struct UploadQuery {
     assets: Option<String>,
+    /// The pin `PUT /v1/assets` answered with, released once this version names them.
+    assets_pin: Option<String>,
     route: Option<String>,
     #[serde(default)]
     message: String,
@@ -384,14 +393,20 @@ async fn upload(
         })?,
         None => AppSettings::default(),
     };
-    if let Some(digest) = &query.assets {
-        admin.registry.get_blob(digest).await.map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("the assets {digest}: {e:#}; upload them first"),
-            )
-        })?;
-    }
+    // Pinned before it is checked, so that a collection cannot delete it under this upload.
+    let assets_pin = match &query.assets {
+        Some(digest) => {
+            let pin = admin.registry.pin(digest).await?;
+            admin.registry.get_blob(digest).await.map_err(|e| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("the assets {digest}: {e:#}; upload them first"),
+                )
+            })?;
+            Some(pin)
+        }
+        None => None,
+    };
     // The checks an app gets when it loads, on the blocking pool: compiling takes a while.
     let spec = AppSpec {
         name: name.clone(),
@@ -413,7 +428,7 @@ async fn upload(
     .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")))?;
     // The route is taken last, once the upload is known good: a refused upload holds none.
     claim_route(&admin, &name, &route).await?;
-    admin.registry.put_blob(&blob).await?;
+    let pin = admin.registry.put_blob(&blob).await?;
     let digest = blob.digest();
     let draft = Version {
         number: 0,
@@ -424,9 +439,14 @@ async fn upload(
         source: query.source,
         route,
         settings,
-        assets: query.assets,
+        assets: query.assets.clone(),
     };
     let version = admin.registry.add_version(&name, draft).await?;
+    // The version names its blobs now: the uploads' pins can go.
+    let upload_pin = (query.assets.zip(query.assets_pin)).map(|(digest, id)| Pin::new(digest, id));
+    for pin in [Some(pin), assets_pin, upload_pin].into_iter().flatten() {
+        admin.registry.unpin(&pin).await?;
+    }
     tracing::info!(
         app = name,
         version = version.id(),
@@ -439,6 +459,7 @@ async fn upload(
     Ok(rollout::roll_out(
         admin.registry.clone(),
         admin.config.deploy_timeout,
+        admin.config.keep_versions,
         name,
         version,
     ))
@@ -559,6 +580,7 @@ async fn activate(
     Ok(rollout::roll_out(
         admin.registry.clone(),
         admin.config.deploy_timeout,
+        admin.config.keep_versions,
         name,
         version,
     ))

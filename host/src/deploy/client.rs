@@ -180,6 +180,9 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
             .as_str()
             .context("the host stored no assets")?;
         query.append_pair("assets", digest);
+        if let Some(pin) = stored["pin"].as_str() {
+            query.append_pair("assets_pin", pin);
+        }
     }
     let query = query.finish();
     let settings = serde_json::to_string(&spec.settings as &AppSettings)?;

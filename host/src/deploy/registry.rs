@@ -11,6 +11,8 @@
 //! tabula:{registry}:version:NAME:N        version N of the app: digest, size, time, message, ...
 //! tabula:{registry}:seq:NAME              the app's last version number
 //! tabula:{registry}:gen                   bumped by every change: what replicas poll
+//! tabula:{registry}:blobs                 the blobs the registry may delete, each with its
+//!                                         pins (uploads in progress) or its doom (being deleted)
 //! tabula:{registry}:replicas              the ids of the replicas that have joined
 //! tabula:{registry}:replica:ID            a replica's heartbeat (expires unless renewed)
 //! channel tabula:deploy                   "something changed": replicas also poll `gen`
@@ -138,6 +140,55 @@ impl std::fmt::Display for RouteTaken {
 
 impl std::error::Error for RouteTaken {}
 
+/// How long a blob an upload stored stays pinned when the upload does not say it is done
+/// with it (an assets bundle waits for the component that names it).
+const PIN_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// A blob's place in [`Registry::collect`]'s book: pinned by the uploads that are about to
+/// reference it, or doomed once a collection decided to delete it. A pin and a doom are both
+/// made by compare-and-swap on the one book, so a blob is never deleted under an upload that
+/// pinned it: either the pin comes first and the collection skips the blob, or the doom comes
+/// first and the upload waits until the blob is gone, then stores it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct BlobEntry {
+    /// Pin id -> when it lapses, in seconds since the epoch.
+    pins: BTreeMap<String, u64>,
+    doomed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct BlobBook {
+    blobs: BTreeMap<String, BlobEntry>,
+}
+
+/// An upload's hold on a blob, released with [`Registry::unpin`] once a version names it.
+#[derive(Debug, Clone)]
+pub struct Pin {
+    digest: String,
+    id: String,
+}
+
+impl Pin {
+    /// The pin `id` on blob `digest`, as an upload passed it back.
+    pub fn new(digest: String, id: String) -> Pin {
+        Pin { digest, id }
+    }
+
+    /// Its id, for the uploader to pass back.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// What a collection kept and deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Version records deleted, as `app vN`.
+    pub versions: Vec<String>,
+    /// Blobs deleted, by digest.
+    pub blobs: Vec<String>,
+}
+
 /// The replicas that have joined, by id: what [`Registry::replicas`] reads heartbeats for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ReplicaList {
@@ -166,6 +217,7 @@ const GENERATION: &str = "tabula:{registry}:gen";
 const DIRECTORY: &str = "tabula:{registry}:apps";
 const APP_PREFIX: &str = "tabula:{registry}:app:";
 const REPLICAS: &str = "tabula:{registry}:replicas";
+const BLOBS: &str = "tabula:{registry}:blobs";
 const REPLICA_PREFIX: &str = "tabula:{registry}:replica:";
 
 /// The hex sha-256 of `bytes`.
@@ -233,14 +285,16 @@ impl Registry {
         self.storage.describe()
     }
 
-    /// Stores `blob` under its digest, unless a whole blob is already there. Chunks first and
-    /// the meta record last, each only if absent: a blob is never changed, and one cut short
-    /// by a failure is finished by the next upload.
-    pub async fn put_blob(&self, blob: &Blob) -> Result<()> {
+    /// Stores `blob` under its digest, unless a whole blob is already there, pinned so that
+    /// no collection deletes it before a version names it. Chunks first and the meta record
+    /// last, each only if absent: a blob is never changed, and one cut short by a failure is
+    /// finished by the next upload.
+    pub async fn put_blob(&self, blob: &Blob) -> Result<Pin> {
         let (bytes, digest) = (blob.bytes(), blob.digest());
+        let pin = self.pin(digest).await?;
         let meta_key = format!("tabula:blob:{{{digest}}}:meta");
         if self.storage.exists(&meta_key).await? {
-            return Ok(());
+            return Ok(pin);
         }
         let chunks = bytes.chunks(CHUNK).collect::<Vec<_>>();
         for (n, chunk) in chunks.iter().enumerate() {
@@ -256,6 +310,143 @@ impl Registry {
         self.storage
             .compare_and_swap(&meta_key, None, &meta, None, None)
             .await?;
+        Ok(pin)
+    }
+
+    /// Pins the blob `digest` (stored or about to be) for [`PIN_TTL`], waiting while a
+    /// collection deletes it. Whether it is stored is for the caller to check after.
+    pub async fn pin(&self, digest: &str) -> Result<Pin> {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).context("no randomness for a pin")?;
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = self
+                .edit_book(|book| {
+                    let entry = book.blobs.entry(digest.to_string()).or_default();
+                    if entry.doomed {
+                        return None;
+                    }
+                    entry.pins.insert(id.clone(), now() + PIN_TTL.as_secs());
+                    Some(())
+                })
+                .await?;
+            if done.is_some() {
+                return Ok(Pin {
+                    digest: digest.to_string(),
+                    id,
+                });
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("blob {digest} is being deleted and was not gone within 30 s; try again");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Releases `pin`: a version names its blob now, or the upload gave up.
+    pub async fn unpin(&self, pin: &Pin) -> Result<()> {
+        self.edit_book(|book| {
+            let entry = book.blobs.get_mut(&pin.digest)?;
+            entry.pins.remove(&pin.id).map(|_| ())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Changes the blob book by compare-and-swap; `change` answers `None` to write nothing.
+    async fn edit_book<T>(
+        &self,
+        mut change: impl FnMut(&mut BlobBook) -> Option<T>,
+    ) -> Result<Option<T>> {
+        for _ in 0..50 {
+            let stored = self.storage.get(BLOBS).await?;
+            let mut book: BlobBook = match &stored {
+                Some(bytes) => serde_json::from_slice(bytes).context("the registry's blob book")?,
+                None => BlobBook::default(),
+            };
+            let Some(answer) = change(&mut book) else {
+                return Ok(None);
+            };
+            let new = serde_json::to_vec(&book)?;
+            if self
+                .storage
+                .compare_and_swap(BLOBS, stored.as_deref(), &new, None, None)
+                .await?
+            {
+                return Ok(Some(answer));
+            }
+        }
+        bail!("the registry's blob book is being changed by others at the same time; try again")
+    }
+
+    /// Keeps the newest `keep` versions of every app, and always the active one, the one
+    /// being rolled out and the one a rollback returns to; deletes the other version records,
+    /// then every blob of the book that no kept version names and no upload has pinned.
+    /// Blobs stored before the book existed are not in it and stay.
+    pub async fn collect(&self, keep: usize) -> Result<Collected> {
+        let mut collected = Collected::default();
+        let mut named = std::collections::BTreeSet::new();
+        for app in self.apps().await? {
+            let versions = self.versions(&app.name).await?;
+            let active = app.active.as_ref().map(|v| v.number);
+            let pending = app.pending.as_ref().map(|v| v.number);
+            let rollback = active.and_then(|a| versions.iter().rev().find(|v| v.number < a));
+            let rollback = rollback.map(|v| v.number);
+            let newest: Vec<u64> = versions.iter().rev().take(keep).map(|v| v.number).collect();
+            for version in versions {
+                let n = Some(version.number);
+                if newest.contains(&version.number) || n == active || n == pending || n == rollback
+                {
+                    named.insert(version.digest.clone());
+                    named.extend(version.assets.clone());
+                    continue;
+                }
+                let key = format!("{}{}", version_prefix(&app.name), version.number);
+                self.storage.delete(&key, None).await?;
+                collected
+                    .versions
+                    .push(format!("{} {}", app.name, version.id()));
+            }
+        }
+        let now = now();
+        let doomed = self
+            .edit_book(|book| {
+                let mut doomed = Vec::new();
+                for (digest, entry) in &mut book.blobs {
+                    entry.pins.retain(|_, lapses| *lapses > now);
+                    if !entry.doomed && entry.pins.is_empty() && !named.contains(digest) {
+                        entry.doomed = true;
+                        doomed.push(digest.clone());
+                    }
+                }
+                (!doomed.is_empty()).then_some(doomed)
+            })
+            .await?
+            .unwrap_or_default();
+        for digest in doomed {
+            self.delete_blob(&digest).await?;
+            self.edit_book(|book| book.blobs.remove(&digest).map(|_| ()))
+                .await?;
+            collected.blobs.push(digest);
+        }
+        Ok(collected)
+    }
+
+    /// Deletes the blob `digest`: its meta record first, so that it is no longer whole, then
+    /// its chunks.
+    async fn delete_blob(&self, digest: &str) -> Result<()> {
+        let meta_key = format!("tabula:blob:{{{digest}}}:meta");
+        let chunks = match self.storage.get(&meta_key).await? {
+            Some(meta) => serde_json::from_slice::<BlobMeta>(&meta)?.chunks,
+            None => 0,
+        };
+        self.storage.delete(&meta_key, None).await?;
+        for n in 0..chunks {
+            self.storage
+                .delete(&format!("tabula:blob:{{{digest}}}:{n}"), None)
+                .await?;
+        }
         Ok(())
     }
 

@@ -45,6 +45,7 @@ async fn superseded(registry: &Registry, name: &str, version: &Version) -> Resul
 pub(super) fn roll_out(
     registry: Registry,
     timeout: Duration,
+    keep: usize,
     name: String,
     version: Version,
 ) -> Response {
@@ -59,6 +60,7 @@ pub(super) fn roll_out(
             }
         };
         let _ = tx.send(last).await;
+        collect_later(registry, keep);
     });
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
@@ -185,4 +187,21 @@ async fn switch(
         "not_ready": not_ready,
         "seconds": started.elapsed().as_secs_f64(),
     }))
+}
+
+/// Deletes, in the background, the versions past the newest `keep` of each app and the
+/// blobs no kept version names (see [`Registry::collect`]). A failure is logged: the next
+/// deploy or removal collects again.
+pub(super) fn collect_later(registry: Registry, keep: usize) {
+    tokio::spawn(async move {
+        match registry.collect(keep).await {
+            Ok(c) if c.versions.is_empty() && c.blobs.is_empty() => {}
+            Ok(c) => tracing::info!(
+                versions = c.versions.join(", "),
+                blobs = c.blobs.len(),
+                "old versions and unused blobs deleted"
+            ),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "could not delete old versions"),
+        }
+    });
 }
