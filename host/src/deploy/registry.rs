@@ -678,8 +678,9 @@ impl Registry {
         bail!("app `{name}` is being changed by someone else at the same time; try again")
     }
 
-    /// Removes every version record of app `name` (the blobs stay: others may share them).
-    /// Its route stays in the directory but is no longer held: the app has no version.
+    /// Removes every version record of app `name`; the next [`Registry::collect`] deletes the
+    /// blobs no other app's kept versions name.
+    /// The app's route is freed apart from this ([`Registry::release_route`]).
     pub async fn remove_versions(&self, name: &str) -> Result<()> {
         for number in 1..=self.last_version(name).await? {
             self.storage
