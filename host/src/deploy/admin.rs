@@ -79,6 +79,21 @@ struct Admin {
 /// Longest message or source a version keeps: they are listed with every version.
 const MAX_NOTE_BYTES: usize = 4096;
 
+impl Admin {
+    /// Deploys `version` of app `name` to every replica within this host's deploy timeout,
+    /// then collects what its retention no longer keeps (see [`rollout::roll_out`]).
+    fn roll_out(&self, name: String, version: Version) -> Response {
+        let config = &self.config;
+        rollout::roll_out(
+            self.registry.clone(),
+            config.deploy_timeout,
+            config.keep_versions,
+            name,
+            version,
+        )
+    }
+}
+
 /// A refusal: its status and what to do about it.
 struct ApiError(StatusCode, String);
 
@@ -456,13 +471,7 @@ async fn upload(
     if query.activate == Some(false) {
         return Ok(Json(json!({ "uploaded": version.id(), "digest": digest })).into_response());
     }
-    Ok(rollout::roll_out(
-        admin.registry.clone(),
-        admin.config.deploy_timeout,
-        admin.config.keep_versions,
-        name,
-        version,
-    ))
+    Ok(admin.roll_out(name, version))
 }
 
 /// Gives `route` to app `name` (see [`Registry::claim_route`]), or refuses with 409: the
@@ -577,11 +586,5 @@ async fn activate(
         }
     };
     claim_route(&admin, &name, &version.route).await?;
-    Ok(rollout::roll_out(
-        admin.registry.clone(),
-        admin.config.deploy_timeout,
-        admin.config.keep_versions,
-        name,
-        version,
-    ))
+    Ok(admin.roll_out(name, version))
 }
