@@ -130,7 +130,10 @@ mod tests {
 
     /// A bundle of `files`, as a deploy carries them.
     fn bundle(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let dir = std::env::temp_dir().join(format!("tabula-vfs-{}", std::process::id()));
+        // A directory of its own per call: the tests of this module run at once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tabula-vfs-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for (path, bytes) in files {
             let path = dir.join(path);
