@@ -829,3 +829,52 @@ async fn the_registry_keeps_the_newest_versions_and_deletes_what_none_names() {
     blobs_become(&redis, 0).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two apps deploy the same two bundles in turn with `--keep-versions 1`, so each deploy
+/// frees a bundle the other app may be uploading at that moment: a collection must never
+/// delete a blob that a deploy in flight, the active version or a rollback target names.
+#[tokio::test]
+async fn deploys_that_upload_a_bundle_while_it_is_collected_keep_it() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url(), true, &["--keep-versions", "1"]);
+    let dir = std::env::temp_dir().join(format!("tabula-race-{}", std::process::id()));
+    let bundles: Vec<String> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let bundle = dir.join(name);
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(bundle.join("index.html"), format!("bundle {name}")).unwrap();
+            bundle.display().to_string()
+        })
+        .collect();
+    let site = wasm("site");
+    const ROUNDS: usize = 8;
+    std::thread::scope(|s| {
+        for (offset, app) in ["left", "right"].into_iter().enumerate() {
+            let (a, site, bundles) = (&a, &site, &bundles);
+            s.spawn(move || {
+                for round in 0..ROUNDS {
+                    let route = format!("/{app}");
+                    let assets = &bundles[(round + offset) % 2];
+                    let args = ["deploy", site, "--name", app, "--route", &route];
+                    let run = admin_cli(a, &[&args[..], &["--assets", assets]].concat());
+                    assert!(run.ok, "{app} round {round}:\n{}\n{}", run.stdout, run.stderr);
+                }
+            });
+        }
+    });
+    // Each app's last round and the round before it (its rollback target) name the two
+    // bundles, and both still answer.
+    for (offset, app) in ["left", "right"].into_iter().enumerate() {
+        let last = format!("bundle {}", ["one", "two"][(ROUNDS - 1 + offset) % 2]);
+        let before = format!("bundle {}", ["one", "two"][(ROUNDS + offset) % 2]);
+        let page = format!("/{app}/index.html");
+        assert_eq!(answer(&a, &page).await, (200, last));
+        let back = admin_cli(&a, &["rollback", app]);
+        assert!(back.ok, "{}\n{}", back.stdout, back.stderr);
+        assert_eq!(answer(&a, &page).await, (200, before));
+    }
+    // The component and the two bundles, nothing more.
+    blobs_become(&redis, 3).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
