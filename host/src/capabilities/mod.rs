@@ -34,7 +34,7 @@ use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 use wasmtime_wasi_io::IoView;
 
 use crate::budget::Budget;
-use crate::storage::{Namespace, Storage};
+use crate::storage::{Layout, Namespace, Storage};
 
 pub use kv::KvLimits;
 pub use session::{
@@ -216,6 +216,8 @@ pub struct AppParts {
     pub bounds: RequestBounds,
     /// Its kv limits and quota.
     pub kv: KvLimits,
+    /// How its keys are laid out over a Redis Cluster.
+    pub kv_layout: Layout,
     /// Its session cookie and expiry.
     pub session: SessionConfig,
     /// What it reads through `wasi:config`.
@@ -232,6 +234,7 @@ impl AppCapabilities {
         let AppParts {
             bounds,
             kv,
+            kv_layout,
             session,
             variables,
             tmp,
@@ -240,6 +243,7 @@ impl AppCapabilities {
         let namespace = Arc::new(Namespace::new(
             storage.clone(),
             name,
+            kv_layout,
             kv.max_keys,
             kv.max_bytes,
         ));
