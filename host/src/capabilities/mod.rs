@@ -210,6 +210,25 @@ pub struct AppCapabilities {
     tmp: TmpQuota,
 }
 
+/// Logs a warning, in the background, if `name` has keys of the one-slot layout of old,
+/// which its requests no longer see: `tabula store migrate` moves them.
+fn warn_of_legacy_keys(name: &str, namespace: &Arc<Namespace>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (name, namespace) = (name.to_string(), namespace.clone());
+    runtime.spawn(async move {
+        if let Ok(true) = namespace.has_legacy_keys().await {
+            tracing::warn!(
+                app = %name,
+                "the store holds keys this app wrote before keys were spread over the \
+                 cluster; its requests do not see them until `tabula store migrate {name} \
+                 --store ...` moves them"
+            );
+        }
+    });
+}
+
 /// An app's configuration as far as the capabilities take it, resolved.
 pub struct AppParts {
     /// What each request may make the host hold or do.
@@ -247,6 +266,7 @@ impl AppCapabilities {
             kv.max_keys,
             kv.max_bytes,
         ));
+        warn_of_legacy_keys(name, &namespace);
         AppCapabilities {
             name: name.clone(),
             bounds,

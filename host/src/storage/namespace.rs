@@ -47,7 +47,17 @@ use super::{
 use crate::metrics::StoreOperations;
 
 /// How an app's keys are laid out over a Redis Cluster: `[kv] layout` in `tabula.toml`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layout {
     /// Spread over 16 shards, so one app's keys (and load) land on every master.
@@ -66,6 +76,13 @@ impl Layout {
             Layout::Spread => 16,
             Layout::SingleSlot => 1,
         }
+    }
+
+    /// The store key of `suffix` (`kv:KEY`, `s:ID`) of app `app` in this layout: where
+    /// operators (and tests) find a key when they look into the store.
+    pub fn key(self, app: &str, suffix: &str) -> String {
+        let shards = shard_prefixes(app, self.shards());
+        format!("{}{suffix}", shards[shard_of(suffix, shards.len())])
     }
 
     /// Whether this is the default layout (manifests need not say it).
