@@ -263,3 +263,101 @@ async fn data_written_before_the_shards_is_read_after_migrating() {
     let (status, stderr) = run_tabula(&migrate);
     assert!(status.success(), "running it again is harmless: {stderr}");
 }
+
+/// Calls per command summed over the masters since the last reset: `(script calls, all
+/// commands)`, counting the commands scripts run.
+fn calls(cluster: &RedisCluster) -> (u64, u64) {
+    let (mut scripts, mut all) = (0, 0);
+    for node in cluster.nodes() {
+        for line in node.command(&["INFO", "commandstats"]).lines() {
+            let Some((name, stats)) = line
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let n: u64 = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if name == "info" || name == "config|resetstat" {
+                continue;
+            }
+            if name == "evalsha" || name == "eval" {
+                scripts += n;
+            }
+            all += n;
+        }
+    }
+    (scripts, all)
+}
+
+fn reset(cluster: &RedisCluster) {
+    for node in cluster.nodes() {
+        node.command(&["CONFIG", "RESETSTAT"]);
+    }
+}
+
+/// What one kv write and one listing page cost Redis in each layout: a write is one script
+/// (one round trip) in both; a page is one script per shard, sent at once.
+#[tokio::test]
+async fn what_a_write_and_a_listing_cost_in_each_layout() {
+    let cluster = RedisCluster::start();
+    let storage = storage::open(&cluster.url()).await.unwrap();
+    for layout in [Layout::Spread, Layout::SingleSlot] {
+        let app = format!("cost{}", layout.shards());
+        let ns = Namespace::new(storage.clone(), &app, layout, 1_000_000, 256 << 20);
+        // Loads the scripts on every master.
+        for i in 0..64 {
+            ns.set(&format!("kv:warm{i}"), b"v", None).await.unwrap();
+            ns.list("kv:warm", None, 10).await.unwrap();
+        }
+        let per =
+            |(scripts, all): (u64, u64), n: u64| (scripts as f64 / n as f64, all as f64 / n as f64);
+        reset(&cluster);
+        for i in 0..1000 {
+            ns.set(&format!("kv:k{i:04}"), b"value", None)
+                .await
+                .unwrap();
+        }
+        let new_key = per(calls(&cluster), 1000);
+        reset(&cluster);
+        for i in 0..1000 {
+            ns.set(&format!("kv:k{i:04}"), b"other", None)
+                .await
+                .unwrap();
+        }
+        let overwrite = per(calls(&cluster), 1000);
+        reset(&cluster);
+        for i in 0..1000 {
+            ns.increment(&format!("kv:n{}", i % 10), 1).await.unwrap();
+        }
+        let increment = per(calls(&cluster), 1000);
+        reset(&cluster);
+        let (mut pages, mut cursor, mut listed) = (0u64, None, 0);
+        loop {
+            let (keys, next) = ns.list("kv:k", cursor.as_deref(), 100).await.unwrap();
+            pages += 1;
+            listed += keys.len();
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(listed, 1000);
+        let page = per(calls(&cluster), pages);
+        println!(
+            "{layout:?}: new key {new_key:?}, overwrite {overwrite:?}, increment {increment:?} \
+             (scripts, commands) per call; listing 1000 keys at 100 a page: {pages} pages, \
+             {page:?} per page"
+        );
+        assert_eq!(new_key.0, 1.0, "a write is one script");
+        assert_eq!(overwrite.0, 1.0);
+        assert_eq!(
+            page.0,
+            layout.shards() as f64,
+            "a page is a script per shard"
+        );
+    }
+}
