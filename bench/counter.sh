@@ -52,4 +52,4 @@ printf '%-28s %12s %10s %10s\n' server req/s p50 p99
 printf '%-28s %12s %10s %10s\n' "native hyper + redis" "$n_rps" "$n_p50" "$n_p99"
 printf '%-28s %12s %10s %10s\n' "tabula (counter example)" "$t_rps" "$t_p50" "$t_p99"
 python3 -c "print(f'ratio tabula/native: {float(\"$t_rps\")/float(\"$n_rps\"):.2f}x req/s')"
-echo "final count: $(redis-cli -p "$REDIS_PORT" get visits) native, $(redis-cli -p "$REDIS_PORT" get 'tabula:{counter}:kv:visits') tabula"
+echo "final count: $(redis-cli -p "$REDIS_PORT" get visits) native, $(redis-cli -p "$REDIS_PORT" get "$(redis-cli -p "$REDIS_PORT" --scan --pattern 'tabula:{counter:*}:kv:visits')") tabula"

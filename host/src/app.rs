@@ -169,6 +169,7 @@ impl App {
             AppParts {
                 bounds: config.request,
                 kv: config.kv,
+                kv_layout: config.kv_layout,
                 session: config.session.clone(),
                 variables: config.variables.clone(),
                 tmp: config.tmp,

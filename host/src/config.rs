@@ -19,6 +19,8 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde::Deserialize;
 
+pub use crate::storage::Layout;
+
 pub use crate::capabilities::{
     DEFAULT_SECRET_PREFIX, KvLimits, RequestBounds, SecretPolicy, SessionConfig, SessionDefaults,
     SessionSettings, TmpQuota, VariableSetting, VariableSettings, Variables,
@@ -136,9 +138,28 @@ pub struct AppSettings {
     pub limits: LimitSettings,
     /// `[session]`.
     pub session: SessionSettings,
+    /// `[kv]`.
+    #[serde(default, skip_serializing_if = "KvSettings::is_default")]
+    pub kv: KvSettings,
     /// `[variables]`, and `--var`/`--secret`: what the guest reads through `wasi:config`.
     #[serde(default, skip_serializing_if = "VariableSettings::is_empty")]
     pub variables: VariableSettings,
+}
+
+/// What an app's manifest may say about its key-value state (`[kv]` in `tabula.toml`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvSettings {
+    /// How its keys are laid out over a Redis Cluster: `spread` (the default) or
+    /// `single-slot`. See `docs/architecture.md`, "Data on a Redis Cluster".
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+impl KvSettings {
+    fn is_default(&self) -> bool {
+        self.layout.is_default()
+    }
 }
 
 /// What an app's manifest may say about its limits (`[limits]` in `tabula.toml`). Each is a
@@ -170,6 +191,7 @@ pub struct AppConfig {
     pub max_concurrency: u32,
     pub queue_timeout: Duration,
     pub kv: KvLimits,
+    pub kv_layout: Layout,
     pub tmp: TmpQuota,
     pub request: RequestBounds,
     pub session: SessionConfig,
@@ -245,6 +267,7 @@ impl AppConfig {
                     host_cap => cap("kv_max_bytes", app.kv_max_bytes, host_cap),
                 },
             },
+            kv_layout: settings.kv.layout,
             tmp: TmpQuota {
                 max_bytes: cap("tmp_max_bytes", app.tmp_max_bytes, host.tmp.max_bytes),
                 max_files: cap("tmp_max_files", app.tmp_max_files, host.tmp.max_files),

@@ -21,6 +21,7 @@ use tabula::deploy::client;
 use tabula::listener::ServerConfig;
 use tabula::project::{self, BuildOptions, CliVariable, Lang};
 use tabula::serve::ServeOptions;
+use tabula::storage::Layout;
 
 /// Every request allocates and frees a little (its store, its WASI contexts, hyper's buffers),
 /// on every worker thread. mimalloc's thread-local heaps make that cheaper than glibc's
@@ -99,6 +100,27 @@ enum Commands {
         /// componentize-py) or `js` (built with componentize-js).
         #[arg(long, default_value = "rust")]
         lang: Lang,
+    },
+    /// Work on the backing store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Move an app's keys written before keys were spread over the cluster (all under
+    /// `tabula:{APP}:`, kv keys and sessions) into its layout, counted in its quota. A key
+    /// already written in the new layout is kept. Safe to run while the app serves, and to
+    /// run again.
+    Migrate {
+        /// The app.
+        app: String,
+        /// The store, as `serve --store` takes it.
+        #[arg(long, env = "TABULA_STORE")]
+        store: String,
+        /// The app's layout: its manifest's `[kv] layout`.
+        #[arg(long, env = "TABULA_KV_LAYOUT", default_value = "spread")]
+        layout: Layout,
     },
 }
 
@@ -474,6 +496,9 @@ fn main() -> ExitCode {
             client::remove(&client, &name).await
         }),
         Commands::New { name, lang } => project::scaffold(&name, lang),
+        Commands::Store(StoreCommand::Migrate { app, store, layout }) => {
+            migrate(&app, &store, layout)
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -512,6 +537,23 @@ where
         .enable_all()
         .build()?
         .block_on(command(client))
+}
+
+/// `tabula store migrate`: moves `app`'s keys of the one-slot layout of old into `layout`.
+fn migrate(app: &str, store: &str, layout: Layout) -> Result<()> {
+    tabula::config::validate_name(app)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let storage = tabula::storage::open(store).await?;
+            // Counted without limits: the serving hosts apply the app's quota to what
+            // comes next; the counts themselves are exact either way.
+            let namespace = tabula::storage::Namespace::new(storage, app, layout, 0, 0);
+            let moved = namespace.migrate_legacy().await?;
+            println!("moved {moved} keys of {app} into the {layout:?} layout");
+            Ok(())
+        })
 }
 
 /// PATHs, or the current directory.

@@ -120,7 +120,17 @@ impl Server {
 
     /// Like [`Server::start`], with `env` added to tabula's environment.
     pub fn start_with_env(args: impl IntoIterator<Item = String>, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(&*TABULA)
+        Server::start_program(&TABULA, args, env)
+    }
+
+    /// Like [`Server::start_with_env`], running `program` rather than the binary under test:
+    /// an older build, to write data as it did.
+    pub fn start_program(
+        program: &str,
+        args: impl IntoIterator<Item = String>,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut child = Command::new(program)
             .current_dir(root())
             .args(args)
             // One process, whatever the cores: tests that are about worker processes say

@@ -231,12 +231,16 @@ async fn guest_output_is_bounded_and_escaped() {
 #[tokio::test]
 async fn key_listings_are_bounded_pages() {
     let redis = RedisServer::start();
-    redis.command(&[
-        "EVAL",
-        "for i = 1, 20000 do redis.call('SET', KEYS[1] .. i, 'x') end",
-        "1",
-        "tabula:{hostile}:kv:k",
-    ]);
+    // Written as the host writes them, so that they are in the app's listing index.
+    let store = tabula::storage::open(&redis.url()).await.unwrap();
+    let ns = tabula::storage::Namespace::new(store, "hostile", Default::default(), 0, 0);
+    for chunk in (1..=20000).collect::<Vec<u32>>().chunks(500) {
+        let writes = chunk.iter().map(|i| {
+            let (ns, key) = (&ns, format!("kv:k{i}"));
+            async move { ns.set(&key, b"x", None).await }
+        });
+        futures_util::future::try_join_all(writes).await.unwrap();
+    }
     let server = hostile_server(&redis.url(), &[]);
     let reply = attack(&server, "list-keys").await;
     let count: usize = reply

@@ -46,7 +46,7 @@ fn session_cookie(reply: &Reply) -> Option<String> {
 /// The store key of the session a `NAME=ID` cookie of app `app` names.
 fn session_key(app: &str, cookie: &str) -> String {
     let id = cookie.split_once('=').unwrap().1;
-    format!("tabula:{{{app}}}:s:{id}")
+    tabula::storage::Layout::Spread.key(app, &format!("s:{id}"))
 }
 
 /// The keys of `redis` matching `pattern`.
@@ -280,7 +280,7 @@ async fn cookieless_floods_fill_only_their_own_apps_quota_and_are_given_back() {
         "the 20-key quota holds 20 sessions: {statuses:?}"
     );
     assert!(statuses[19..].iter().all(|s| *s == 500), "{statuses:?}");
-    assert_eq!(keys(&redis, "tabula:{kvtool}:s:*").len(), 20);
+    assert_eq!(keys(&redis, "tabula:{kvtool:*}:s:*").len(), 20);
     assert!(
         server.logged("sessions count against"),
         "no log line says why: {}",
@@ -322,7 +322,7 @@ async fn reading_a_session_without_a_cookie_creates_nothing() {
     }
     for app in ["kvtool", "hostile"] {
         assert_eq!(
-            keys(&redis, &format!("tabula:{{{app}}}:*")),
+            keys(&redis, &format!("tabula:{{{app}:*")),
             Vec::<String>::new()
         );
     }

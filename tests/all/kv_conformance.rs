@@ -1,297 +1,464 @@
 //! One conformance suite for every storage backend: the embedded store, a real
-//! `redis-server`, and a real three-master Redis Cluster run exactly the same checks.
+//! `redis-server`, and a real three-master Redis Cluster run exactly the same checks, each
+//! through three doors: the store's own calls on full keys, uncounted (what the registry
+//! uses), and an app's [`Namespace`] in each [`Layout`] (what guests reach, counted).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tabula::storage::{self, HashLimits, HashWrite, Quota, Storage, StorageError, Ttl};
+use tabula::storage::{
+    self, HashLimits, HashWrite, Layout, Namespace, Storage, StorageError, StorageResult, Ttl,
+};
 
 use crate::redis_server::{RedisCluster, RedisServer};
 
-/// Keys carry a hash tag, as app namespaces do, so one listing is one slot in a cluster.
-fn k(name: &str) -> String {
-    format!("tabula:{{conformance}}:{name}")
+/// Where the checks read and write: names are given bare and placed by the target.
+#[derive(Clone)]
+enum Target {
+    /// The store itself: names under one hash tag, uncounted.
+    Raw(Arc<dyn Storage>),
+    /// An app's namespace in a layout, counted against its quota.
+    App(Arc<Namespace>),
 }
 
-/// Every check, with the writes uncounted and then counted against a quota too large to
-/// matter (the counted writes run through other code: a Lua script on Redis), and the
-/// quota's own checks.
+impl Target {
+    /// The namespace of a fresh app named `app` in this target's layout, with a quota of
+    /// `max_keys` and `max_bytes`: for the quota's checks.
+    fn with_quota(&self, app: &str, max_keys: u64, max_bytes: u64) -> Option<Target> {
+        let Target::App(ns) = self else { return None };
+        let layout = if ns.shard_prefixes().count() > 1 {
+            Layout::Spread
+        } else {
+            Layout::SingleSlot
+        };
+        let app = format!("{app}{}", layout.shards());
+        Some(Target::App(Arc::new(Namespace::new(
+            ns.storage().clone(),
+            &app,
+            layout,
+            max_keys,
+            max_bytes,
+        ))))
+    }
+
+    fn key(&self, name: &str) -> String {
+        match self {
+            Target::Raw(_) => format!("tabula:{{conformance}}:{name}"),
+            Target::App(ns) => ns.key(name),
+        }
+    }
+
+    /// What a key of `name` holding `value_len` bytes counts in a quota.
+    fn size(&self, name: &str, value_len: usize) -> usize {
+        self.key(name).len() + value_len
+    }
+
+    /// A name beside `from` that a rename may move it to (one slot).
+    fn rename_target(&self, from: &str, to: &str) -> String {
+        match self {
+            Target::Raw(_) => to.to_string(),
+            Target::App(ns) => (0..)
+                .map(|n| format!("{to}{n}"))
+                .find(|to| ns.same_shard(from, to))
+                .unwrap(),
+        }
+    }
+
+    async fn get(&self, name: &str) -> StorageResult<Option<Vec<u8>>> {
+        match self {
+            Target::Raw(s) => s.get(&self.key(name)).await,
+            Target::App(ns) => ns.get(name).await,
+        }
+    }
+
+    async fn exists(&self, name: &str) -> StorageResult<bool> {
+        match self {
+            Target::Raw(s) => s.exists(&self.key(name)).await,
+            Target::App(ns) => ns.exists(name).await,
+        }
+    }
+
+    async fn ttl(&self, name: &str) -> StorageResult<Ttl> {
+        match self {
+            Target::Raw(s) => s.ttl(&self.key(name)).await,
+            Target::App(ns) => ns.ttl(name).await,
+        }
+    }
+
+    async fn set(&self, name: &str, value: &[u8], ttl: Option<Duration>) -> StorageResult<()> {
+        match self {
+            Target::Raw(s) => s.set(&self.key(name), value, ttl, None).await,
+            Target::App(ns) => ns.set(name, value, ttl).await,
+        }
+    }
+
+    async fn delete(&self, name: &str) -> StorageResult<bool> {
+        match self {
+            Target::Raw(s) => s.delete(&self.key(name), None).await,
+            Target::App(ns) => ns.delete(name).await,
+        }
+    }
+
+    async fn increment(&self, name: &str, delta: i64) -> StorageResult<i64> {
+        match self {
+            Target::Raw(s) => s.increment(&self.key(name), delta, None).await,
+            Target::App(ns) => ns.increment(name, delta).await,
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        name: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> StorageResult<bool> {
+        match self {
+            Target::Raw(s) => {
+                s.compare_and_swap(&self.key(name), expected, new, ttl, None)
+                    .await
+            }
+            Target::App(ns) => ns.compare_and_swap(name, expected, new, ttl).await,
+        }
+    }
+
+    async fn expire(&self, name: &str, ttl: Option<Duration>) -> StorageResult<bool> {
+        match self {
+            Target::Raw(s) => s.expire(&self.key(name), ttl, None).await,
+            Target::App(ns) => ns.expire(name, ttl).await,
+        }
+    }
+
+    /// One page of names starting with `prefix`, given back bare.
+    async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<(Vec<String>, Option<String>)> {
+        match self {
+            Target::Raw(s) => {
+                let strip = self.key("").len();
+                let page = s.list(&self.key(prefix), cursor, limit).await?;
+                let keys = page.keys.iter().map(|k| k[strip..].to_string()).collect();
+                Ok((keys, page.cursor))
+            }
+            Target::App(ns) => ns.list(prefix, cursor, limit).await,
+        }
+    }
+
+    async fn hash_get(&self, name: &str, field: &str) -> StorageResult<Option<Vec<u8>>> {
+        match self {
+            Target::Raw(s) => s.hash_get(&self.key(name), field).await,
+            Target::App(ns) => ns.hash_get(name, field).await,
+        }
+    }
+
+    async fn hash_set(
+        &self,
+        name: &str,
+        field: &str,
+        value: &[u8],
+        limits: HashLimits,
+        ttl: Duration,
+    ) -> StorageResult<HashWrite> {
+        match self {
+            Target::Raw(s) => {
+                s.hash_set(&self.key(name), field, value, limits, ttl, None)
+                    .await
+            }
+            Target::App(ns) => ns.hash_set(name, field, value, limits, ttl).await,
+        }
+    }
+
+    async fn hash_delete(&self, name: &str, field: &str) -> StorageResult<bool> {
+        match self {
+            Target::Raw(s) => s.hash_delete(&self.key(name), field, None).await,
+            Target::App(ns) => ns.hash_delete(name, field).await,
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StorageResult<bool> {
+        match self {
+            Target::Raw(s) => s.rename(&self.key(from), &self.key(to), None).await,
+            Target::App(ns) => ns.rename(from, to).await,
+        }
+    }
+}
+
+/// Every check, through the store's own uncounted calls and through an app's namespace in
+/// each layout (counted against a quota too large to matter: on Redis the counted writes run
+/// through other code, Lua scripts); then the quota's own checks, in each layout.
 async fn suite(s: Arc<dyn Storage>) {
     s.ping().await.expect("ping");
-    let roomy = Quota {
-        usage: k("usage"),
-        max_keys: 1 << 40,
-        max_bytes: 1 << 40,
+    let app = |layout| {
+        Target::App(Arc::new(Namespace::new(
+            s.clone(),
+            "conformance",
+            layout,
+            1 << 40,
+            1 << 40,
+        )))
     };
-    for quota in [None, Some(roomy)] {
-        let q = quota.as_ref();
-        basic_operations(&*s, q).await;
-        binary_values(&*s, q).await;
-        increments(&*s, q).await;
-        expiry(&*s, q).await;
-        compare_and_swap(&*s, q).await;
-        compare_and_swap_under_contention(s.clone(), quota.clone()).await;
-        paging_through_thousands_of_keys(&*s, q).await;
-        hashes(&*s, q).await;
-        rename(&*s, q).await;
-        huge_expiries(&*s, q).await;
+    for t in [
+        Target::Raw(s.clone()),
+        app(Layout::Spread),
+        app(Layout::SingleSlot),
+    ] {
+        basic_operations(&t).await;
+        binary_values(&t).await;
+        increments(&t).await;
+        expiry(&t).await;
+        compare_and_swap(&t).await;
+        compare_and_swap_under_contention(t.clone()).await;
+        paging_through_thousands_of_keys(&t).await;
+        hashes(&t).await;
+        rename(&t).await;
+        huge_expiries(&t).await;
+        quotas(&t).await;
+        hashes_count_against_the_quota(&t).await;
     }
-    quotas(&*s).await;
-    hashes_count_against_the_quota(&*s).await;
 }
 
 /// A namespace's quota of keys and bytes: writes over it change nothing and fail; deleting
-/// or expiring keys makes room again.
-async fn quotas(s: &dyn Storage) {
-    let quota = Quota {
-        usage: k("q:usage"),
-        max_keys: 3,
-        max_bytes: 100,
+/// or expiring keys makes room again. Spread over shards, the quota is the app's as a whole:
+/// three keys pass wherever they land, and the fourth is refused.
+async fn quotas(t: &Target) {
+    let Some(t) = t.with_quota("quotas", 3, 120) else {
+        return;
     };
-    let q = Some(&quota);
-    let key = |name: &str| k(&format!("q:{name}"));
-    // Each key counts its name (`tabula:{conformance}:q:X`, 25 bytes) plus its value.
+    let key = |name: &str| format!("q:{name}");
     for name in ["a", "b", "c"] {
-        s.set(&key(name), b"1", None, q).await.unwrap();
+        t.set(&key(name), b"1", None).await.unwrap();
     }
     assert_eq!(
-        s.set(&key("d"), b"1", None, q).await,
+        t.set(&key("d"), b"1", None).await,
         Err(StorageError::QuotaExceeded),
         "a fourth key"
     );
-    assert_eq!(s.get(&key("d")).await.unwrap(), None, "nothing was written");
+    assert_eq!(t.get(&key("d")).await.unwrap(), None, "nothing was written");
     assert_eq!(
-        s.increment(&key("d"), 1, q).await,
+        t.increment(&key("d"), 1).await,
         Err(StorageError::QuotaExceeded)
     );
     assert_eq!(
-        s.compare_and_swap(&key("d"), None, b"1", None, q).await,
+        t.compare_and_swap(&key("d"), None, b"1", None).await,
         Err(StorageError::QuotaExceeded)
     );
-    assert!(!s.exists(&key("d")).await.unwrap());
-    s.set(&key("a"), b"12345", None, q).await.unwrap();
+    assert!(!t.exists(&key("d")).await.unwrap());
+    t.set(&key("a"), b"12345", None).await.unwrap();
+    // Each key counts its name plus its value: `a` may grow to what b and c leave.
+    let room = 120 - t.size(&key("b"), 1) - t.size(&key("c"), 1) - t.size(&key("a"), 0);
     assert_eq!(
-        s.set(&key("a"), &[b'x'; 40], None, q).await,
+        t.set(&key("a"), &vec![b'x'; room + 1], None).await,
         Err(StorageError::QuotaExceeded),
         "over the bytes"
     );
     assert_eq!(
-        s.get(&key("a")).await.unwrap().as_deref(),
+        t.get(&key("a")).await.unwrap().as_deref(),
         Some(&b"12345"[..]),
         "the refused write left the old value"
     );
-    s.set(&key("a"), b"1", None, q).await.unwrap();
-    assert!(s.delete(&key("c"), q).await.unwrap());
-    s.set(&key("d"), b"1", Some(Duration::from_millis(200)), q)
+    t.set(&key("a"), &vec![b'x'; room], None)
+        .await
+        .expect("up to the bytes");
+    t.set(&key("a"), b"1", None).await.unwrap();
+    assert!(t.delete(&key("c")).await.unwrap());
+    t.set(&key("d"), b"1", Some(Duration::from_millis(200)))
         .await
         .unwrap();
     assert_eq!(
-        s.set(&key("e"), b"1", None, q).await,
+        t.set(&key("e"), b"1", None).await,
         Err(StorageError::QuotaExceeded)
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    s.set(&key("e"), b"1", None, q)
+    t.set(&key("e"), b"1", None)
         .await
         .expect("an expired key is given back");
     for name in ["a", "b", "e"] {
-        s.delete(&key(name), q).await.unwrap();
+        t.delete(&key(name)).await.unwrap();
     }
-    s.set(&key("f"), b"1", None, q).await.unwrap();
-    s.delete(&key("f"), q).await.unwrap();
+    t.set(&key("f"), b"1", None).await.unwrap();
+    t.delete(&key("f")).await.unwrap();
 }
 
-async fn basic_operations(s: &dyn Storage, q: Option<&Quota>) {
-    let key = k("basic");
+async fn basic_operations(t: &Target) {
+    let key = "basic";
+    assert_eq!(t.get(key).await.unwrap(), None, "missing key reads as None");
+    assert!(!t.exists(key).await.unwrap());
+    t.set(key, b"one", None).await.unwrap();
+    assert_eq!(t.get(key).await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(t.exists(key).await.unwrap());
+    t.set(key, b"two", None).await.unwrap();
     assert_eq!(
-        s.get(&key).await.unwrap(),
-        None,
-        "missing key reads as None"
-    );
-    assert!(!s.exists(&key).await.unwrap());
-    s.set(&key, b"one", None, q).await.unwrap();
-    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
-    assert!(s.exists(&key).await.unwrap());
-    s.set(&key, b"two", None, q).await.unwrap();
-    assert_eq!(
-        s.get(&key).await.unwrap().as_deref(),
+        t.get(key).await.unwrap().as_deref(),
         Some(&b"two"[..]),
         "set overwrites"
     );
     assert!(
-        s.delete(&key, q).await.unwrap(),
+        t.delete(key).await.unwrap(),
         "delete reports an existing key"
     );
     assert!(
-        !s.delete(&key, q).await.unwrap(),
+        !t.delete(key).await.unwrap(),
         "delete reports a missing key"
     );
-    assert_eq!(s.get(&key).await.unwrap(), None);
+    assert_eq!(t.get(key).await.unwrap(), None);
 }
 
-async fn binary_values(s: &dyn Storage, q: Option<&Quota>) {
-    let key = k("binary");
+async fn binary_values(t: &Target) {
+    let key = "binary";
     let value: Vec<u8> = (0..=255u8).chain([0, 0, 0xff, 0xfe]).collect();
-    s.set(&key, &value, None, q).await.unwrap();
+    t.set(key, &value, None).await.unwrap();
     assert_eq!(
-        s.get(&key).await.unwrap(),
+        t.get(key).await.unwrap(),
         Some(value),
         "bytes round-trip exactly"
     );
-    s.set(&key, b"", None, q).await.unwrap();
+    t.set(key, b"", None).await.unwrap();
     assert_eq!(
-        s.get(&key).await.unwrap(),
+        t.get(key).await.unwrap(),
         Some(vec![]),
         "an empty value is a value"
     );
-    s.delete(&key, q).await.unwrap();
+    t.delete(key).await.unwrap();
 }
 
-async fn increments(s: &dyn Storage, q: Option<&Quota>) {
-    let key = k("counter");
+async fn increments(t: &Target) {
+    let key = "counter";
+    assert_eq!(t.increment(key, 5).await.unwrap(), 5, "missing counts as 0");
+    assert_eq!(t.increment(key, -7).await.unwrap(), -2);
     assert_eq!(
-        s.increment(&key, 5, q).await.unwrap(),
-        5,
-        "missing counts as 0"
-    );
-    assert_eq!(s.increment(&key, -7, q).await.unwrap(), -2);
-    assert_eq!(
-        s.get(&key).await.unwrap().as_deref(),
+        t.get(key).await.unwrap().as_deref(),
         Some(&b"-2"[..]),
         "decimal text"
     );
-    s.set(&key, b"41", None, q).await.unwrap();
+    t.set(key, b"41", None).await.unwrap();
     assert_eq!(
-        s.increment(&key, 1, q).await.unwrap(),
+        t.increment(key, 1).await.unwrap(),
         42,
         "counts on a set value"
     );
-    s.set(&key, b"forty", None, q).await.unwrap();
-    assert_eq!(
-        s.increment(&key, 1, q).await,
-        Err(StorageError::NotAnInteger)
-    );
-    s.set(&key, b"1", Some(Duration::from_secs(60)), q)
+    t.set(key, b"forty", None).await.unwrap();
+    assert_eq!(t.increment(key, 1).await, Err(StorageError::NotAnInteger));
+    t.set(key, b"1", Some(Duration::from_secs(60)))
         .await
         .unwrap();
-    s.increment(&key, 1, q).await.unwrap();
+    t.increment(key, 1).await.unwrap();
     assert!(
-        matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
+        matches!(t.ttl(key).await.unwrap(), Ttl::ExpiresIn(_)),
         "increment keeps the expiry"
     );
-    s.delete(&key, q).await.unwrap();
+    t.delete(key).await.unwrap();
 }
 
-async fn expiry(s: &dyn Storage, q: Option<&Quota>) {
-    let key = k("ttl");
-    s.set(&key, b"soon gone", Some(Duration::from_millis(300)), q)
+async fn expiry(t: &Target) {
+    let key = "ttl";
+    t.set(key, b"soon gone", Some(Duration::from_millis(300)))
         .await
         .unwrap();
-    match s.ttl(&key).await.unwrap() {
+    match t.ttl(key).await.unwrap() {
         Ttl::ExpiresIn(left) => assert!(left <= Duration::from_millis(300), "{left:?}"),
         other => panic!("expected an expiry, got {other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(s.get(&key).await.unwrap(), None, "the value expired");
-    assert!(!s.exists(&key).await.unwrap());
-    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Missing);
+    assert_eq!(t.get(key).await.unwrap(), None, "the value expired");
+    assert!(!t.exists(key).await.unwrap());
+    assert_eq!(t.ttl(key).await.unwrap(), Ttl::Missing);
 
     assert!(
-        !s.expire(&key, Some(Duration::from_secs(1)), q)
-            .await
-            .unwrap(),
+        !t.expire(key, Some(Duration::from_secs(1))).await.unwrap(),
         "missing key"
     );
-    s.set(&key, b"v", None, q).await.unwrap();
-    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
+    t.set(key, b"v", None).await.unwrap();
+    assert_eq!(t.ttl(key).await.unwrap(), Ttl::Persistent);
     assert!(
-        s.expire(&key, Some(Duration::from_millis(200)), q)
+        t.expire(key, Some(Duration::from_millis(200)))
             .await
             .unwrap()
     );
-    assert!(matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)));
+    assert!(matches!(t.ttl(key).await.unwrap(), Ttl::ExpiresIn(_)));
     assert!(
-        s.expire(&key, None, q).await.unwrap(),
+        t.expire(key, None).await.unwrap(),
         "persist an existing key"
     );
-    assert_eq!(s.ttl(&key).await.unwrap(), Ttl::Persistent);
+    assert_eq!(t.ttl(key).await.unwrap(), Ttl::Persistent);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        s.exists(&key).await.unwrap(),
+        t.exists(key).await.unwrap(),
         "a persisted key does not expire"
     );
 
-    s.set(&key, b"v", Some(Duration::from_millis(100)), q)
+    t.set(key, b"v", Some(Duration::from_millis(100)))
         .await
         .unwrap();
-    s.set(&key, b"w", None, q).await.unwrap();
+    t.set(key, b"w", None).await.unwrap();
     assert_eq!(
-        s.ttl(&key).await.unwrap(),
+        t.ttl(key).await.unwrap(),
         Ttl::Persistent,
         "set replaces the expiry"
     );
-    s.delete(&key, q).await.unwrap();
+    t.delete(key).await.unwrap();
 }
 
-async fn compare_and_swap(s: &dyn Storage, q: Option<&Quota>) {
-    let key = k("cas");
+async fn compare_and_swap(t: &Target) {
+    let key = "cas";
     assert!(
-        s.compare_and_swap(&key, None, b"a", None, q).await.unwrap(),
+        t.compare_and_swap(key, None, b"a", None).await.unwrap(),
         "create if absent"
     );
     assert!(
-        !s.compare_and_swap(&key, None, b"b", None, q).await.unwrap(),
+        !t.compare_and_swap(key, None, b"b", None).await.unwrap(),
         "exists now"
     );
     assert!(
-        !s.compare_and_swap(&key, Some(b"x"), b"b", None, q)
+        !t.compare_and_swap(key, Some(b"x"), b"b", None)
             .await
             .unwrap(),
         "wrong value"
     );
     assert_eq!(
-        s.get(&key).await.unwrap().as_deref(),
+        t.get(key).await.unwrap().as_deref(),
         Some(&b"a"[..]),
         "unchanged"
     );
     assert!(
-        s.compare_and_swap(&key, Some(b"a"), b"b", None, q)
+        t.compare_and_swap(key, Some(b"a"), b"b", None)
             .await
             .unwrap()
     );
-    assert_eq!(s.get(&key).await.unwrap().as_deref(), Some(&b"b"[..]));
+    assert_eq!(t.get(key).await.unwrap().as_deref(), Some(&b"b"[..]));
     let ttl = Some(Duration::from_millis(200));
     assert!(
-        s.compare_and_swap(&key, Some(b"b"), b"c", ttl, q)
+        t.compare_and_swap(key, Some(b"b"), b"c", ttl)
             .await
             .unwrap()
     );
     assert!(
-        matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
+        matches!(t.ttl(key).await.unwrap(), Ttl::ExpiresIn(_)),
         "CAS sets the expiry"
     );
-    s.delete(&key, q).await.unwrap();
+    t.delete(key).await.unwrap();
 }
 
 /// Many tasks add one at a time with read-then-CAS: no update may be lost.
-async fn compare_and_swap_under_contention(s: Arc<dyn Storage>, quota: Option<Quota>) {
-    let q = quota.as_ref();
+async fn compare_and_swap_under_contention(t: Target) {
     const TASKS: u64 = 16;
     const EACH: u64 = 25;
-    let key = k("contended");
-    s.set(&key, b"0", None, q).await.unwrap();
+    let key = "contended";
+    t.set(key, b"0", None).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..TASKS {
-        let (s, key, quota) = (s.clone(), key.clone(), quota.clone());
+        let t = t.clone();
         tasks.spawn(async move {
-            let q = quota.as_ref();
             let mut conflicts = 0u64;
             for _ in 0..EACH {
                 loop {
-                    let current = s.get(&key).await.unwrap().unwrap();
+                    let current = t.get(key).await.unwrap().unwrap();
                     let n: u64 = std::str::from_utf8(&current).unwrap().parse().unwrap();
                     let next = (n + 1).to_string();
-                    if s.compare_and_swap(&key, Some(&current), next.as_bytes(), None, q)
+                    if t.compare_and_swap(key, Some(&current), next.as_bytes(), None)
                         .await
                         .unwrap()
                     {
@@ -307,40 +474,44 @@ async fn compare_and_swap_under_contention(s: Arc<dyn Storage>, quota: Option<Qu
     while let Some(result) = tasks.join_next().await {
         conflicts += result.unwrap();
     }
-    let total = String::from_utf8(s.get(&key).await.unwrap().unwrap()).unwrap();
+    let total = String::from_utf8(t.get(key).await.unwrap().unwrap()).unwrap();
     assert_eq!(
         total,
         (TASKS * EACH).to_string(),
         "no increment lost ({conflicts} retries)"
     );
-    s.delete(&key, q).await.unwrap();
+    t.delete(key).await.unwrap();
 }
 
-async fn paging_through_thousands_of_keys(s: &dyn Storage, q: Option<&Quota>) {
+async fn paging_through_thousands_of_keys(t: &Target) {
     const N: usize = 3000;
-    let prefix = k("page:");
+    let prefix = "page:";
     let mut expected = BTreeSet::new();
     for i in 0..N {
         let key = format!("{prefix}{i:05}");
-        s.set(&key, b"x", None, q).await.unwrap();
+        t.set(&key, b"x", None).await.unwrap();
         expected.insert(key);
     }
     // Neighbours that must not be listed: a sibling prefix and a glob-looking one.
-    s.set(&k("pagez"), b"x", None, q).await.unwrap();
-    s.set(&k("pa*e:1"), b"x", None, q).await.unwrap();
+    t.set("pagez", b"x", None).await.unwrap();
+    t.set("pa*e:1", b"x", None).await.unwrap();
 
     let mut seen = BTreeSet::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let page = s.list(&prefix, cursor.as_deref(), 100).await.unwrap();
+        let (keys, next) = t.list(prefix, cursor.as_deref(), 100).await.unwrap();
         pages += 1;
         assert!(pages < 10 * N, "the listing does not end");
-        for key in page.keys {
-            assert!(key.starts_with(&prefix), "{key} is outside the prefix");
+        // An app's listing keeps to its limit (the store's own, a `SCAN`, takes it as a hint).
+        if let Target::App(_) = t {
+            assert!(keys.len() <= 100, "a page of {}", keys.len());
+        }
+        for key in keys {
+            assert!(key.starts_with(prefix), "{key} is outside the prefix");
             seen.insert(key);
         }
-        match page.cursor {
+        match next {
             Some(next) => cursor = Some(next),
             None => break,
         }
@@ -350,19 +521,19 @@ async fn paging_through_thousands_of_keys(s: &dyn Storage, q: Option<&Quota>) {
     assert!(pages > 5, "{N} keys at 100 a page took only {pages} pages");
 
     // A page may come back short (even empty) with a cursor: follow it to the end.
-    let star = k("pa*e:");
+    let star = "pa*e:";
     let (mut keys, mut cursor) = (Vec::new(), None);
     loop {
-        let page = s.list(&star, cursor.as_deref(), 100).await.unwrap();
-        keys.extend(page.keys);
-        match page.cursor {
+        let (some, next) = t.list(star, cursor.as_deref(), 100).await.unwrap();
+        keys.extend(some);
+        match next {
             Some(next) => cursor = Some(next),
             None => break,
         }
     }
     assert_eq!(
         keys,
-        vec![k("pa*e:1")],
+        vec!["pa*e:1"],
         "prefixes match literally, not as globs"
     );
 }
@@ -375,25 +546,23 @@ fn bytes_only(max_bytes: u64) -> HashLimits {
     }
 }
 
-async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
+async fn hashes(t: &Target) {
     use HashWrite::{Stored, TooLarge, TooManyFields};
-    let key = k("hash");
+    let key = "hash";
     let day = Duration::from_secs(86400);
     let limits = bytes_only(100);
     let set = async |field: &str, value: &[u8], limits| {
-        s.hash_set(&key, field, value, limits, day, q)
-            .await
-            .unwrap()
+        t.hash_set(key, field, value, limits, day).await.unwrap()
     };
-    assert_eq!(s.hash_get(&key, "f").await.unwrap(), None);
+    assert_eq!(t.hash_get(key, "f").await.unwrap(), None);
     assert_eq!(set("f", b"one", limits).await, Stored);
     assert_eq!(set("g", b"two", limits).await, Stored);
     assert_eq!(
-        s.hash_get(&key, "f").await.unwrap().as_deref(),
+        t.hash_get(key, "f").await.unwrap().as_deref(),
         Some(&b"one"[..])
     );
     assert!(
-        matches!(s.ttl(&key).await.unwrap(), Ttl::ExpiresIn(_)),
+        matches!(t.ttl(key).await.unwrap(), Ttl::ExpiresIn(_)),
         "hash_set sets the expiry"
     );
     // Names and values count: g(1)+two(3)=4, so f may take 100-4-1 = 95 bytes of value
@@ -402,7 +571,7 @@ async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
     assert_eq!(set("f", &[b'x'; 96], limits).await, TooLarge, "over it");
     assert_eq!(set("h", b"", limits).await, TooLarge, "a new field over it");
     assert_eq!(
-        s.hash_get(&key, "f").await.unwrap().map(|v| v.len()),
+        t.hash_get(key, "f").await.unwrap().map(|v| v.len()),
         Some(95),
         "unchanged"
     );
@@ -414,15 +583,15 @@ async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
         "f 2 + g 4 + h 94"
     );
     assert_eq!(set("i", b"", limits).await, TooLarge);
-    assert!(s.hash_delete(&key, "f", q).await.unwrap());
-    assert!(!s.hash_delete(&key, "f", q).await.unwrap());
+    assert!(t.hash_delete(key, "f").await.unwrap());
+    assert!(!t.hash_delete(key, "f").await.unwrap());
     assert_eq!(
         set("i", b"x", limits).await,
         Stored,
         "f's 2 bytes are free again"
     );
     assert_eq!(
-        s.hash_get(&key, "g").await.unwrap().as_deref(),
+        t.hash_get(key, "g").await.unwrap().as_deref(),
         Some(&b"two"[..])
     );
     // Fields are bounded on their own: g, h and i are three.
@@ -431,33 +600,33 @@ async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
         max_fields: 3,
     };
     assert_eq!(set("j", b"", three).await, TooManyFields);
-    assert_eq!(s.hash_get(&key, "j").await.unwrap(), None, "not written");
+    assert_eq!(t.hash_get(key, "j").await.unwrap(), None, "not written");
     assert_eq!(
         set("g", b"2", three).await,
         Stored,
         "an existing field is no new one"
     );
-    assert!(s.hash_delete(&key, "i", q).await.unwrap());
+    assert!(t.hash_delete(key, "i").await.unwrap());
     assert_eq!(set("j", b"", three).await, Stored);
-    assert!(s.get(&key).await.is_err(), "a hash is not bytes");
+    assert!(t.get(key).await.is_err(), "a hash is not bytes");
     for field in ["g", "h", "j"] {
-        assert!(s.hash_delete(&key, field, q).await.unwrap());
+        assert!(t.hash_delete(key, field).await.unwrap());
     }
     assert!(
-        !s.exists(&key).await.unwrap(),
+        !t.exists(key).await.unwrap(),
         "the hash went with its last field"
     );
 
-    let brief = k("brief-hash");
+    let brief = "brief-hash";
     assert_eq!(
-        s.hash_set(&brief, "f", b"v", limits, Duration::from_millis(200), q)
+        t.hash_set(brief, "f", b"v", limits, Duration::from_millis(200))
             .await
             .unwrap(),
         Stored
     );
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
-        s.hash_get(&brief, "f").await.unwrap(),
+        t.hash_get(brief, "f").await.unwrap(),
         None,
         "the hash expired"
     );
@@ -465,18 +634,14 @@ async fn hashes(s: &dyn Storage, q: Option<&Quota>) {
 
 /// Hashes in a quota: each is one key of its name plus its fields' names and values; a write
 /// over the quota changes nothing; deleting, expiring and renaming keep the count exact.
-async fn hashes_count_against_the_quota(s: &dyn Storage) {
-    let quota = Quota {
-        usage: k("hq:usage"),
-        max_keys: 2,
-        max_bytes: 100,
+async fn hashes_count_against_the_quota(t: &Target) {
+    let Some(t) = t.with_quota("hq", 2, 100) else {
+        return;
     };
-    let q = Some(&quota);
-    // Each key's name, `tabula:{conformance}:hq:X`, is 25 bytes.
-    let key = |name: &str| k(&format!("hq:{name}"));
+    let key = |name: &str| format!("hq:{name}");
     let day = Duration::from_secs(86400);
     let set = async |name: &str, field: &str, value: &[u8], ttl| {
-        s.hash_set(&key(name), field, value, bytes_only(1000), ttl, q)
+        t.hash_set(&key(name), field, value, bytes_only(1000), ttl)
             .await
     };
     assert_eq!(set("a", "f", b"1", day).await, Ok(HashWrite::Stored));
@@ -486,28 +651,34 @@ async fn hashes_count_against_the_quota(s: &dyn Storage) {
         Err(StorageError::QuotaExceeded),
         "a third key"
     );
-    assert!(!s.exists(&key("c")).await.unwrap(), "nothing was written");
-    // a is 25+2 = 27 bytes, b 27: a may grow by 100-54 = 46 bytes, a field g of 45.
+    assert!(!t.exists(&key("c")).await.unwrap(), "nothing was written");
+    // Each counts its name plus its fields' (f1, 2 bytes): a may grow by what b leaves, a
+    // field g (1 byte) of one byte less.
+    let room = 100 - t.size(&key("a"), 2) - t.size(&key("b"), 2);
     assert_eq!(
-        set("a", "g", &[b'x'; 46], day).await,
+        set("a", "g", &vec![b'x'; room], day).await,
         Err(StorageError::QuotaExceeded),
         "over the bytes"
     );
-    assert_eq!(s.hash_get(&key("a"), "g").await.unwrap(), None);
-    assert_eq!(set("a", "g", &[b'x'; 45], day).await, Ok(HashWrite::Stored));
-    assert!(s.hash_delete(&key("a"), "g", q).await.unwrap());
+    assert_eq!(t.hash_get(&key("a"), "g").await.unwrap(), None);
     assert_eq!(
-        set("a", "g", &[b'x'; 45], day).await,
+        set("a", "g", &vec![b'x'; room - 1], day).await,
+        Ok(HashWrite::Stored)
+    );
+    assert!(t.hash_delete(&key("a"), "g").await.unwrap());
+    assert_eq!(
+        set("a", "g", &vec![b'x'; room - 1], day).await,
         Ok(HashWrite::Stored),
         "given back"
     );
     // A rename moves the count: still two keys.
-    assert!(s.rename(&key("a"), &key("d"), q).await.unwrap());
+    let d = t.rename_target(&key("a"), &key("d"));
+    assert!(t.rename(&key("a"), &d).await.unwrap());
     assert_eq!(
         set("c", "f", b"1", day).await,
         Err(StorageError::QuotaExceeded)
     );
-    assert!(s.delete(&key("d"), q).await.unwrap());
+    assert!(t.delete(&d).await.unwrap());
     assert_eq!(
         set("c", "f", b"1", Duration::from_millis(200)).await,
         Ok(HashWrite::Stored)
@@ -523,54 +694,54 @@ async fn hashes_count_against_the_quota(s: &dyn Storage) {
         "an expired hash is given back"
     );
     // Its last field removed, a hash is gone and so is its count.
-    assert!(s.hash_delete(&key("e"), "f", q).await.unwrap());
+    assert!(t.hash_delete(&key("e"), "f").await.unwrap());
     assert_eq!(set("f", "f", b"1", day).await, Ok(HashWrite::Stored));
     for name in ["b", "f"] {
-        s.delete(&key(name), q).await.unwrap();
+        t.delete(&key(name)).await.unwrap();
     }
 }
 
 /// An expiry longer than a store can hold (a deploy asked for `u64::MAX` seconds) is kept as
 /// the longest it can, never a panic or a refusal.
-async fn huge_expiries(s: &dyn Storage, q: Option<&Quota>) {
-    let key = k("forever");
+async fn huge_expiries(t: &Target) {
+    let key = "forever";
     let century = Duration::from_secs(100 * 365 * 86400);
     let long = |ttl| matches!(ttl, Ttl::ExpiresIn(left) if left > century);
-    s.set(&key, b"v", Some(Duration::MAX), q).await.unwrap();
-    assert!(long(s.ttl(&key).await.unwrap()));
-    assert!(s.expire(&key, Some(Duration::MAX), q).await.unwrap());
-    assert!(long(s.ttl(&key).await.unwrap()));
+    t.set(key, b"v", Some(Duration::MAX)).await.unwrap();
+    assert!(long(t.ttl(key).await.unwrap()));
+    assert!(t.expire(key, Some(Duration::MAX)).await.unwrap());
+    assert!(long(t.ttl(key).await.unwrap()));
     assert!(
-        s.compare_and_swap(&key, Some(b"v"), b"w", Some(Duration::MAX), q)
+        t.compare_and_swap(key, Some(b"v"), b"w", Some(Duration::MAX))
             .await
             .unwrap()
     );
-    s.delete(&key, q).await.unwrap();
-    let hash = k("forever-hash");
+    t.delete(key).await.unwrap();
+    let hash = "forever-hash";
     assert_eq!(
-        s.hash_set(&hash, "f", b"v", bytes_only(100), Duration::MAX, q)
+        t.hash_set(hash, "f", b"v", bytes_only(100), Duration::MAX)
             .await
             .unwrap(),
         HashWrite::Stored
     );
-    assert!(long(s.ttl(&hash).await.unwrap()));
-    s.delete(&hash, q).await.unwrap();
+    assert!(long(t.ttl(hash).await.unwrap()));
+    t.delete(hash).await.unwrap();
 }
 
-async fn rename(s: &dyn Storage, q: Option<&Quota>) {
-    let (from, to) = (k("from"), k("to"));
-    assert!(!s.rename(&from, &to, q).await.unwrap(), "nothing to move");
-    s.set(&from, b"v", Some(Duration::from_secs(60)), q)
+async fn rename(t: &Target) {
+    let (from, to) = ("from", t.rename_target("from", "to"));
+    assert!(!t.rename(from, &to).await.unwrap(), "nothing to move");
+    t.set(from, b"v", Some(Duration::from_secs(60)))
         .await
         .unwrap();
-    assert!(s.rename(&from, &to, q).await.unwrap());
-    assert_eq!(s.get(&from).await.unwrap(), None);
-    assert_eq!(s.get(&to).await.unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(t.rename(from, &to).await.unwrap());
+    assert_eq!(t.get(from).await.unwrap(), None);
+    assert_eq!(t.get(&to).await.unwrap().as_deref(), Some(&b"v"[..]));
     assert!(
-        matches!(s.ttl(&to).await.unwrap(), Ttl::ExpiresIn(_)),
+        matches!(t.ttl(&to).await.unwrap(), Ttl::ExpiresIn(_)),
         "the expiry moves too"
     );
-    s.delete(&to, q).await.unwrap();
+    t.delete(&to).await.unwrap();
 }
 
 #[tokio::test]

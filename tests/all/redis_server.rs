@@ -190,6 +190,11 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// Its masters, to ask each one what it holds.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
     /// The `--store` value for tabula: `redis+cluster://HOST:PORT,…`.
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self

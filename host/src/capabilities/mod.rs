@@ -34,7 +34,7 @@ use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 use wasmtime_wasi_io::IoView;
 
 use crate::budget::Budget;
-use crate::storage::{Namespace, Storage};
+use crate::storage::{Layout, Namespace, Storage};
 
 pub use kv::KvLimits;
 pub use session::{
@@ -210,12 +210,33 @@ pub struct AppCapabilities {
     tmp: TmpQuota,
 }
 
+/// Logs a warning, in the background, if `name` has keys of the one-slot layout of old,
+/// which its requests no longer see: `tabula store migrate` moves them.
+fn warn_of_legacy_keys(name: &str, namespace: &Arc<Namespace>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (name, namespace) = (name.to_string(), namespace.clone());
+    runtime.spawn(async move {
+        if let Ok(true) = namespace.has_legacy_keys().await {
+            tracing::warn!(
+                app = %name,
+                "the store holds keys this app wrote before keys were spread over the \
+                 cluster; its requests do not see them until `tabula store migrate {name} \
+                 --store ...` moves them"
+            );
+        }
+    });
+}
+
 /// An app's configuration as far as the capabilities take it, resolved.
 pub struct AppParts {
     /// What each request may make the host hold or do.
     pub bounds: RequestBounds,
     /// Its kv limits and quota.
     pub kv: KvLimits,
+    /// How its keys are laid out over a Redis Cluster.
+    pub kv_layout: Layout,
     /// Its session cookie and expiry.
     pub session: SessionConfig,
     /// What it reads through `wasi:config`.
@@ -232,6 +253,7 @@ impl AppCapabilities {
         let AppParts {
             bounds,
             kv,
+            kv_layout,
             session,
             variables,
             tmp,
@@ -240,9 +262,11 @@ impl AppCapabilities {
         let namespace = Arc::new(Namespace::new(
             storage.clone(),
             name,
+            kv_layout,
             kv.max_keys,
             kv.max_bytes,
         ));
+        warn_of_legacy_keys(name, &namespace);
         AppCapabilities {
             name: name.clone(),
             bounds,

@@ -22,6 +22,11 @@
 //! api_key = { env = "ACME_API_KEY" }  # a secret: read from tabula's environment where
 //!                                     # the app loads; never stored, sent or logged
 //!
+//! [kv]                # optional
+//! layout = "single-slot"  # every key of the app in one Redis Cluster slot (the default,
+//!                         # "spread", spreads them over every master): see
+//!                         # docs/architecture.md
+//!
 //! [limits]            # optional: each may lower the host's limit, none may exceed it
 //! memory_mib = 64
 //! request_timeout_secs = 10
@@ -38,7 +43,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{AppSettings, LimitSettings, SessionSettings, VariableSettings, validate_name};
+use crate::config::{
+    AppSettings, KvSettings, LimitSettings, SessionSettings, VariableSettings, validate_name,
+};
 
 /// The manifest's file name.
 pub const FILE_NAME: &str = "tabula.toml";
@@ -84,6 +91,8 @@ struct Raw {
     limits: LimitSettings,
     #[serde(default)]
     variables: VariableSettings,
+    #[serde(default)]
+    kv: KvSettings,
 }
 
 /// A project's manifest with its defaults filled in.
@@ -130,6 +139,7 @@ impl Manifest {
                 strip_route: raw.strip_route,
                 limits: raw.limits,
                 session: raw.session,
+                kv: raw.kv,
                 variables: raw.variables,
             },
         })

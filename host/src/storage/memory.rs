@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{
-    HashLimits, HashWrite, LONGEST_TTL, Page, Quota, Storage, StorageError, StorageResult, Ttl,
+    HashLimits, HashWrite, LONGEST_TTL, Page, Quota, QuotaStanding, Storage, StorageError,
+    StorageResult, Ttl,
 };
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -77,7 +78,14 @@ struct Map {
     entries: BTreeMap<String, Entry>,
     /// By quota usage key: the keys it counts and each one's size (name plus value).
     usage: HashMap<String, BTreeMap<String, u64>>,
+    /// By quota usage key: the room (keys, bytes) moved to it, or away when negative.
+    moved: HashMap<String, (i64, i64)>,
     last_sweep: Instant,
+}
+
+/// `max` plus `moved`, never below 0.
+fn room(max: u64, moved: i64) -> u64 {
+    max.saturating_add_signed(moved)
 }
 
 /// An in-process [`Storage`]. A std `Mutex`, because no `.await` happens while it is held.
@@ -100,6 +108,7 @@ impl MemoryStorage {
             map: Mutex::new(Map {
                 entries: BTreeMap::new(),
                 usage: HashMap::new(),
+                moved: HashMap::new(),
                 last_sweep: Instant::now(),
             }),
             messages: tokio::sync::broadcast::channel(256).0,
@@ -126,7 +135,13 @@ impl MemoryStorage {
         };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let now = map.sweep();
-        let Map { entries, usage, .. } = &mut *map;
+        let Map {
+            entries,
+            usage,
+            moved,
+            ..
+        } = &mut *map;
+        let (moved_keys, moved_bytes) = moved.get(&quota.usage).copied().unwrap_or_default();
         let counted = usage.entry(quota.usage.clone()).or_default();
         counted.retain(|k, _| entries.get(k).is_some_and(|e| e.live(now)));
         let saved = entries.get(key).filter(|e| e.live(now)).cloned();
@@ -142,8 +157,8 @@ impl MemoryStorage {
         };
         let keys = counted.len() as u64 + u64::from(old.is_none());
         let bytes = counted.values().sum::<u64>() - old.unwrap_or(0) + size;
-        if (old.is_none() && keys > quota.max_keys)
-            || (size > old.unwrap_or(0) && bytes > quota.max_bytes)
+        if (old.is_none() && keys > room(quota.max_keys, moved_keys))
+            || (size > old.unwrap_or(0) && bytes > room(quota.max_bytes, moved_bytes))
         {
             match saved {
                 Some(entry) => entries.insert(key.to_string(), entry),
@@ -299,6 +314,54 @@ impl Storage for MemoryStorage {
         }))
     }
 
+    async fn list_counted(
+        &self,
+        _quota: &Quota,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Page> {
+        // The map is sorted: listing it by prefix is already the work of the page alone.
+        self.list(prefix, after, limit).await
+    }
+
+    async fn quota_move(
+        &self,
+        quota: &Quota,
+        keys: i64,
+        bytes: i64,
+    ) -> StorageResult<QuotaStanding> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let now = map.sweep();
+        let Map {
+            entries,
+            usage,
+            moved,
+            ..
+        } = &mut *map;
+        let counted = usage.entry(quota.usage.clone()).or_default();
+        counted.retain(|k, _| entries.get(k).is_some_and(|e| e.live(now)));
+        let (used_keys, used_bytes) = (counted.len() as u64, counted.values().sum::<u64>());
+        let (mk, mb) = moved.entry(quota.usage.clone()).or_default();
+        // Room moved away is cut to what is spare.
+        let cut = |asked: i64, max: u64, moved: i64, used: u64| -> i64 {
+            let spare = room(max, moved).saturating_sub(used);
+            asked.max(-(spare.min(i64::MAX as u64) as i64))
+        };
+        let keys = cut(keys, quota.max_keys, *mk, used_keys);
+        let bytes = cut(bytes, quota.max_bytes, *mb, used_bytes);
+        *mk += keys;
+        *mb += bytes;
+        Ok(QuotaStanding {
+            keys: used_keys,
+            bytes: used_bytes,
+            max_keys: room(quota.max_keys, *mk),
+            max_bytes: room(quota.max_bytes, *mb),
+            moved_keys: keys,
+            moved_bytes: bytes,
+        })
+    }
+
     async fn expire(
         &self,
         key: &str,
@@ -331,6 +394,14 @@ impl Storage for MemoryStorage {
             Some(Value::Hash(h)) => Ok(h.fields.get(field).cloned()),
             Some(Value::Bytes(_)) => Err(wrong_type()),
             None => Ok(None),
+        })
+    }
+
+    async fn hash_get_all(&self, key: &str) -> StorageResult<Vec<(String, Vec<u8>)>> {
+        self.with(|m, now| match live(m, key, now).map(|e| &e.value) {
+            Some(Value::Hash(h)) => Ok(h.fields.clone().into_iter().collect()),
+            Some(Value::Bytes(_)) => Err(wrong_type()),
+            None => Ok(Vec::new()),
         })
     }
 

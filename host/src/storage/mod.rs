@@ -6,14 +6,15 @@
 //!   replicas sharing one state.
 //!
 //! The trait speaks in full keys; [`Namespace`] gives each app its own slice of them, for
-//! every capability that keeps state. The same conformance tests run against both backends
+//! every capability that keeps state, and lays that slice out over a Redis Cluster
+//! ([`Layout`]). The same conformance tests run against both backends
 //! (`tests/all/kv_conformance.rs`), through [`open`].
 
 mod memory;
 mod namespace;
 mod redis;
 
-pub use namespace::{Namespace, StoreOutcome};
+pub use namespace::{Layout, Namespace, StoreOutcome};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,19 +84,40 @@ pub enum Ttl {
     ExpiresIn(Duration),
 }
 
-/// How much one namespace may keep: keys, and bytes (each key's name plus its value). Writes
-/// given a quota keep its usage record up to date in the store itself, so every replica
-/// sees the same usage; a write that would go over it changes nothing and fails with
-/// [`StorageError::QuotaExceeded`]. Keys the store expires are given back.
+/// How much one usage record may count: keys, and bytes (each key's name plus its value).
+/// Writes given a quota keep its usage record up to date in the store itself, so every
+/// replica sees the same usage; a write that would go over it changes nothing and fails with
+/// [`StorageError::QuotaExceeded`]. Keys the store expires are given back. The record also
+/// indexes the plain (non-hash) keys it counts, by name, for [`Storage::list_counted`].
+///
+/// The record's room is its `max_*` plus what [`Storage::quota_move`] moved to it (less what
+/// it moved away): a [`Namespace`] splits one app's quota between its shards this way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
-    /// The store key of the usage record. In Redis Cluster it must share the namespace's
-    /// hash tag, so the record and the keys it counts live on one node.
+    /// The store key of the usage record. In Redis Cluster it must share the hash tag of the
+    /// keys it counts, so the record and those keys live in one slot.
     pub usage: String,
-    /// Keys the namespace may hold.
+    /// Keys the record may count, before any room moved.
     pub max_keys: u64,
-    /// Bytes the namespace may hold, each key's name plus its value.
+    /// Bytes the record may count, each key's name plus its value, before any room moved.
     pub max_bytes: u64,
+}
+
+/// What a usage record counts and may count, and what a [`Storage::quota_move`] moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaStanding {
+    /// Keys counted.
+    pub keys: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+    /// Keys it may count now: its quota's `max_keys` plus the room moved to it.
+    pub max_keys: u64,
+    /// Bytes it may count now.
+    pub max_bytes: u64,
+    /// Key room this call moved to it (negative: away from it).
+    pub moved_keys: i64,
+    /// Byte room this call moved to it (negative: away from it).
+    pub moved_bytes: i64,
 }
 
 /// The longest expiry the stores keep; a longer one is cut to it (about 146 million years).
@@ -166,8 +188,30 @@ pub trait Storage: Send + Sync + 'static {
         ttl: Option<Duration>,
         quota: Option<&Quota>,
     ) -> StorageResult<bool>;
-    /// Keys starting with `prefix`; `limit` is a hint for the page size.
+    /// Keys starting with `prefix`, however they were written; `limit` is a hint for the page
+    /// size. On Redis this walks the node's whole keyspace (SCAN): it is for one-off work (a
+    /// registry index, a migration), never for a guest's listing.
     async fn list(&self, prefix: &str, cursor: Option<&str>, limit: u32) -> StorageResult<Page>;
+    /// The plain keys `quota` counts that start with `prefix` and sort after `after`, in key
+    /// order, at most `limit`, from the record's index: the work is the page's, however many
+    /// other keys the store holds. Keys that have expired are left out (and given back). The
+    /// page's cursor, when more may follow, is the last key it covers.
+    async fn list_counted(
+        &self,
+        quota: &Quota,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Page>;
+    /// Moves room (`keys`, `bytes`) to `quota`'s record, or away from it when negative; room
+    /// moved away is cut to what the record has spare, so it never counts more than its room.
+    /// `(0, 0)` reads the record.
+    async fn quota_move(
+        &self,
+        quota: &Quota,
+        keys: i64,
+        bytes: i64,
+    ) -> StorageResult<QuotaStanding>;
     /// Sets or clears a key's expiry; whether the key exists.
     async fn expire(
         &self,
@@ -187,6 +231,8 @@ pub trait Storage: Send + Sync + 'static {
 
     /// One field of the hash at `key`.
     async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>>;
+    /// Every field of the hash at `key` (the store's own, `#bytes`, left out).
+    async fn hash_get_all(&self, key: &str) -> StorageResult<Vec<(String, Vec<u8>)>>;
     /// Sets one field and the hash's expiry to `ttl`, unless the hash would then be over
     /// `limits`: then nothing changes and it says which limit.
     async fn hash_set(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::budget::Charge;
-use crate::storage::{Namespace, Storage, StorageError, Ttl};
+use crate::storage::{Namespace, StorageError, Ttl};
 
 /// Limits on what a guest may store: each key and value, and its app's whole namespace (a
 /// quota of keys and of bytes, each key's name plus its value; 0 turns a quota off).
@@ -56,10 +56,6 @@ impl Keyspace {
     pub fn new(namespace: Arc<Namespace>, limits: KvLimits) -> Keyspace {
         Keyspace { namespace, limits }
     }
-
-    pub(super) fn storage(&self) -> &dyn Storage {
-        &**self.namespace.storage()
-    }
 }
 
 /// A key space inside a namespace: `kv:` for `tabula:host/kv` (and the `default`
@@ -97,12 +93,12 @@ crate::storage::carries_storage_error!(KvError::Storage);
 pub(super) type KvResult<T> = Result<T, KvError>;
 
 impl Keyspace {
-    /// The store key of `key` in `bucket`, for reading it.
+    /// The namespace's name of `key` in `bucket`, for reading it.
     pub(super) fn full_key(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
         if key.len() > self.limits.max_key_bytes as usize {
             return Err(KvError::KeyTooLarge(self.limits.max_key_bytes));
         }
-        Ok(self.namespace.key(&format!("{}{key}", bucket.space)))
+        Ok(format!("{}{key}", bucket.space))
     }
 
     pub(super) fn check_value(&self, value: &[u8]) -> KvResult<()> {
@@ -113,10 +109,10 @@ impl Keyspace {
     }
 
     pub(super) async fn get(&self, b: &Bucket, key: &str) -> KvResult<Option<Vec<u8>>> {
-        Ok(self.storage().get(&self.full_key(b, key)?).await?)
+        Ok(self.namespace.get(&self.full_key(b, key)?).await?)
     }
 
-    /// The store key of `key` in `bucket`, for writing it. A bucket's name counts toward the
+    /// The namespace's name of `key` in `bucket`, for writing it. A bucket's name counts toward the
     /// key limit here, so long bucket names cannot store what a long key may not (keys
     /// written before this rule stay readable and deletable through [`Keyspace::full_key`]).
     pub(super) fn full_key_to_write(&self, bucket: &Bucket, key: &str) -> KvResult<String> {
@@ -136,31 +132,21 @@ impl Keyspace {
         let key = self.full_key_to_write(b, key)?;
         self.check_value(value)?;
         check_ttl(ttl)?;
-        Ok(self
-            .storage()
-            .set(&key, value, ttl, self.namespace.quota())
-            .await?)
+        Ok(self.namespace.set(&key, value, ttl).await?)
     }
 
     pub(super) async fn delete(&self, b: &Bucket, key: &str) -> KvResult<bool> {
-        Ok(self
-            .storage()
-            .delete(&self.full_key(b, key)?, self.namespace.quota())
-            .await?)
+        Ok(self.namespace.delete(&self.full_key(b, key)?).await?)
     }
 
     pub(super) async fn exists(&self, b: &Bucket, key: &str) -> KvResult<bool> {
-        Ok(self.storage().exists(&self.full_key(b, key)?).await?)
+        Ok(self.namespace.exists(&self.full_key(b, key)?).await?)
     }
 
     pub(super) async fn increment(&self, b: &Bucket, key: &str, delta: i64) -> KvResult<i64> {
         Ok(self
-            .storage()
-            .increment(
-                &self.full_key_to_write(b, key)?,
-                delta,
-                self.namespace.quota(),
-            )
+            .namespace
+            .increment(&self.full_key_to_write(b, key)?, delta)
             .await?)
     }
 
@@ -176,12 +162,13 @@ impl Keyspace {
         self.check_value(new)?;
         check_ttl(ttl)?;
         Ok(self
-            .storage()
-            .compare_and_swap(&key, expected, new, ttl, self.namespace.quota())
+            .namespace
+            .compare_and_swap(&key, expected, new, ttl)
             .await?)
     }
 
-    /// Lists keys of bucket `b` starting with `prefix`, with the namespace removed.
+    /// Lists keys of bucket `b` starting with `prefix`, in key order, with the namespace
+    /// removed. The cursor is the last key a page covers, bucket and all.
     pub(super) async fn list(
         &self,
         b: &Bucket,
@@ -190,15 +177,11 @@ impl Keyspace {
         limit: u32,
     ) -> KvResult<(Vec<String>, Option<String>)> {
         let full_prefix = self.full_key(b, prefix)?;
-        let strip = full_prefix.len() - prefix.len();
+        let strip = b.space.len();
         let limit = limit.clamp(1, MAX_PAGE);
-        let page = self.storage().list(&full_prefix, cursor, limit).await?;
-        let keys = page
-            .keys
-            .into_iter()
-            .map(|k| k[strip..].to_string())
-            .collect();
-        Ok((keys, page.cursor))
+        let (keys, cursor) = self.namespace.list(&full_prefix, cursor, limit).await?;
+        let keys = keys.into_iter().map(|k| k[strip..].to_string()).collect();
+        Ok((keys, cursor))
     }
 
     pub(super) async fn expire(
@@ -209,14 +192,11 @@ impl Keyspace {
     ) -> KvResult<bool> {
         let key = self.full_key(b, key)?;
         check_ttl(ttl)?;
-        Ok(self
-            .storage()
-            .expire(&key, ttl, self.namespace.quota())
-            .await?)
+        Ok(self.namespace.expire(&key, ttl).await?)
     }
 
     pub(super) async fn ttl(&self, b: &Bucket, key: &str) -> KvResult<Ttl> {
-        Ok(self.storage().ttl(&self.full_key(b, key)?).await?)
+        Ok(self.namespace.ttl(&self.full_key(b, key)?).await?)
     }
 }
 
@@ -253,9 +233,16 @@ pub(super) fn ttl_from_ms(ms: Option<u64>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{Layout, Storage};
 
     async fn keyspace(app: &str, storage: &Arc<dyn Storage>, limits: KvLimits) -> Keyspace {
-        let namespace = Namespace::new(storage.clone(), app, limits.max_keys, limits.max_bytes);
+        let namespace = Namespace::new(
+            storage.clone(),
+            app,
+            Layout::Spread,
+            limits.max_keys,
+            limits.max_bytes,
+        );
         Keyspace::new(Arc::new(namespace), limits)
     }
 

@@ -1,8 +1,9 @@
 //! HTTP sessions: `tabula:host/session`, with the host owning the cookie.
 //!
-//! A session is a hash in the store at `tabula:{APP}:s:ID`: one field per value the handler
-//! sets (so concurrent requests changing different values never overwrite each other) and one
-//! holding its creation time. The id is 256 bits from the OS's CSPRNG, hex-encoded; a cookie
+//! A session is a hash in the store at `s:ID` in its app's [`Namespace`]: one field per value
+//! the handler sets (so concurrent requests changing different values never overwrite each
+//! other) and one holding its creation time. The namespace places it in a shard by its id, so
+//! an app's sessions are spread over the cluster's masters while each one stays in one slot. The id is 256 bits from the OS's CSPRNG, hex-encoded; a cookie
 //! that is not exactly such an id is ignored without touching the store.
 //!
 //! Expiry follows the OWASP session guidance: an idle timeout that slides whenever the session
@@ -151,7 +152,7 @@ impl Session {
     }
 
     fn key(&self, id: &str) -> String {
-        self.namespace.key(&format!("s:{id}"))
+        format!("s:{id}")
     }
 
     fn record(&self, change: CookieChange) {
@@ -182,9 +183,8 @@ impl Session {
         let Some(id) = self.presented.clone() else {
             return Ok(());
         };
-        let storage = self.namespace.storage().clone();
         let key = self.key(&id);
-        let created = storage.hash_get(&key, CREATED).await?;
+        let created = self.namespace.hash_get(&key, CREATED).await?;
         let created_ms = created
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse::<u64>().ok());
@@ -195,12 +195,15 @@ impl Session {
             // Uncounted: the quota's record of when the session expires may then be early,
             // which costs one look at the key when it comes due (see `storage::redis`).
             Some(left) => {
-                storage.expire(&key, Some(left), None).await?;
+                let storage = self.namespace.storage();
+                storage
+                    .expire(&self.namespace.key(&key), Some(left), None)
+                    .await?;
                 self.state = State::Active { id, created_ms };
             }
             // Past its absolute lifetime: gone, however recently it was used.
             None => {
-                storage.delete(&key, self.namespace.quota()).await?;
+                self.namespace.delete(&key).await?;
             }
         }
         Ok(())
@@ -231,26 +234,14 @@ impl Session {
             return Ok(None);
         };
         let field = format!("{VALUE_PREFIX}{name}");
-        Ok(self
-            .namespace
-            .storage()
-            .hash_get(&self.key(id), &field)
-            .await?)
+        Ok(self.namespace.hash_get(&self.key(id), &field).await?)
     }
 
     /// Sets one field of session `id`, counted in the app's quota, with the expiry `ttl`.
     async fn write(&self, id: &str, field: &str, value: &[u8], ttl: Duration) -> SessionResult<()> {
         let written = self
             .namespace
-            .storage()
-            .hash_set(
-                &self.key(id),
-                field,
-                value,
-                self.config.limits(),
-                ttl,
-                self.namespace.quota(),
-            )
+            .hash_set(&self.key(id), field, value, self.config.limits(), ttl)
             .await?;
         match written {
             HashWrite::Stored => Ok(()),
@@ -272,10 +263,7 @@ impl Session {
         self.resolve().await?;
         if let State::Active { id, .. } = &self.state {
             let field = format!("{VALUE_PREFIX}{name}");
-            self.namespace
-                .storage()
-                .hash_delete(&self.key(id), &field, self.namespace.quota())
-                .await?;
+            self.namespace.hash_delete(&self.key(id), &field).await?;
         }
         Ok(())
     }
@@ -286,11 +274,7 @@ impl Session {
             let ttl = self
                 .remaining(*created_ms)
                 .unwrap_or(Duration::from_millis(1));
-            let quota = self.namespace.quota();
-            self.namespace
-                .storage()
-                .delete(&self.key(id), quota)
-                .await?;
+            self.namespace.delete(&self.key(id)).await?;
             self.write(id, CREATED, created_ms.to_string().as_bytes(), ttl)
                 .await?;
         }
@@ -300,11 +284,7 @@ impl Session {
     async fn destroy(&mut self) -> SessionResult<()> {
         self.resolve().await?;
         if let State::Active { id, .. } = &self.state {
-            let quota = self.namespace.quota();
-            self.namespace
-                .storage()
-                .delete(&self.key(id), quota)
-                .await?;
+            self.namespace.delete(&self.key(id)).await?;
         }
         let had_cookie = self.presented.is_some() || matches!(self.state, State::Active { .. });
         self.state = State::Absent;
@@ -320,11 +300,17 @@ impl Session {
             return Ok(());
         };
         let created_ms = *created_ms;
-        let fresh = new_id()?;
+        // The new id is drawn in the old one's shard, so the move is one atomic rename in one
+        // slot (16 draws on average; the id keeps 252 bits no one can guess).
+        let fresh = loop {
+            let fresh = new_id()?;
+            if self.namespace.same_shard(&self.key(id), &self.key(&fresh)) {
+                break fresh;
+            }
+        };
         let moved = self
             .namespace
-            .storage()
-            .rename(&self.key(id), &self.key(&fresh), self.namespace.quota())
+            .rename(&self.key(id), &self.key(&fresh))
             .await?;
         if moved {
             self.state = State::Active {

@@ -6,9 +6,10 @@
 //! costs each request a quick 503 and never a hang; when it returns, the next calls succeed
 //! without a restart.
 //!
-//! Cluster note: keys are expected to carry a hash tag per namespace (`…{app}…`, see
-//! [`super::Namespace`]), so one app's keys share a slot. That is what makes a prefix
-//! listing a single-node `SCAN` and keeps every operation on one node.
+//! Cluster note: every call names keys of one slot (a key, its quota record, the record's
+//! index: they share a hash tag, see [`super::Namespace`]), so each is one script on one
+//! node. Guest listings read a quota record's name index, never `SCAN`; the `SCAN` listing is
+//! left for one-off work and walks one node.
 
 mod scripts;
 
@@ -22,7 +23,8 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Cmd, FromRedisValue, RedisError, RedisFuture, Script, Value};
 
 use super::{
-    HashLimits, HashWrite, LONGEST_TTL, Page, Quota, Storage, StorageError, StorageResult, Ttl,
+    HashLimits, HashWrite, LONGEST_TTL, Page, Quota, QuotaStanding, Storage, StorageError,
+    StorageResult, Ttl,
 };
 use scripts::*;
 
@@ -134,16 +136,22 @@ struct Scripts {
     hash_set: Script,
     hash_delete: Script,
     rename: Script,
+    list: Script,
+    quota_move: Script,
 }
 
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
             cas: Script::new(CAS_SCRIPT),
-            counted: Script::new(&format!("{HASH_FUNCTIONS}{COUNTED_SCRIPT}")),
+            counted: Script::new(&format!(
+                "{COUNT_FUNCTIONS}{HASH_FUNCTIONS}{COUNTED_SCRIPT}"
+            )),
             hash_set: Script::new(&format!("{HASH_FUNCTIONS}{HASH_SET}")),
             hash_delete: Script::new(&format!("{HASH_FUNCTIONS}{HASH_DELETE}")),
             rename: Script::new(RENAME_SCRIPT),
+            list: Script::new(&format!("{COUNT_FUNCTIONS}{LIST_SCRIPT}")),
+            quota_move: Script::new(&format!("{COUNT_FUNCTIONS}{QUOTA_MOVE}")),
         }
     }
 }
@@ -219,7 +227,8 @@ impl RedisStorage {
         let mut invocation = self.scripts.counted.key(key);
         invocation
             .key(&quota.usage)
-            .key(format!("{}:expiry", quota.usage));
+            .key(expiry_key(quota))
+            .key(names_key(quota));
         if let Some(to) = to {
             invocation.key(to);
         }
@@ -285,6 +294,16 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The sorted set of when `quota`'s counted keys expire.
+fn expiry_key(quota: &Quota) -> String {
+    format!("{}:expiry", quota.usage)
+}
+
+/// The index of the names of `quota`'s counted plain keys.
+fn names_key(quota: &Quota) -> String {
+    format!("{}:names", quota.usage)
 }
 
 /// The most keys one `SCAN` looks at (its `COUNT`), and the most `SCAN`s one listing call
@@ -460,6 +479,65 @@ impl Storage for RedisStorage {
         })
     }
 
+    async fn list_counted(
+        &self,
+        quota: &Quota,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> StorageResult<Page> {
+        // Names sort by bytes: everything starting with `prefix` lies between `prefix` and
+        // `prefix` + 0xff, a byte no UTF-8 name holds. A cursor from elsewhere (a guest can
+        // pass anything) is clamped to that range.
+        let min = match after {
+            Some(after) if after >= prefix => [&b"("[..], after.as_bytes()].concat(),
+            _ => [&b"["[..], prefix.as_bytes()].concat(),
+        };
+        let max = [&b"["[..], prefix.as_bytes(), &b"\xff"[..]].concat();
+        let mut invocation = self.scripts.list.key(names_key(quota));
+        invocation
+            .key(&quota.usage)
+            .key(expiry_key(quota))
+            .arg(min)
+            .arg(max)
+            .arg(limit.max(1));
+        let (keys, last): (Vec<String>, String) = self.invoke(&invocation).await?;
+        Ok(Page {
+            keys,
+            cursor: (!last.is_empty()).then_some(last),
+        })
+    }
+
+    async fn quota_move(
+        &self,
+        quota: &Quota,
+        keys: i64,
+        bytes: i64,
+    ) -> StorageResult<QuotaStanding> {
+        let mut invocation = self.scripts.quota_move.key(&quota.usage);
+        invocation
+            .key(expiry_key(quota))
+            .key(names_key(quota))
+            .arg(quota.max_keys)
+            .arg(quota.max_bytes)
+            .arg(keys)
+            .arg(bytes);
+        let answer: Vec<i64> = self.invoke(&invocation).await?;
+        let [keys, bytes, max_keys, max_bytes, moved_keys, moved_bytes] = answer[..] else {
+            return Err(StorageError::Other(format!(
+                "a quota record answered {answer:?}"
+            )));
+        };
+        Ok(QuotaStanding {
+            keys: keys.max(0) as u64,
+            bytes: bytes.max(0) as u64,
+            max_keys: max_keys.max(0) as u64,
+            max_bytes: max_bytes.max(0) as u64,
+            moved_keys,
+            moved_bytes,
+        })
+    }
+
     async fn expire(
         &self,
         key: &str,
@@ -497,6 +575,11 @@ impl Storage for RedisStorage {
 
     async fn hash_get(&self, key: &str, field: &str) -> StorageResult<Option<Vec<u8>>> {
         self.query(redis::cmd("HGET").arg(key).arg(field)).await
+    }
+
+    async fn hash_get_all(&self, key: &str) -> StorageResult<Vec<(String, Vec<u8>)>> {
+        let all: Vec<(String, Vec<u8>)> = self.query(redis::cmd("HGETALL").arg(key)).await?;
+        Ok(all.into_iter().filter(|(f, _)| f != "#bytes").collect())
     }
 
     async fn hash_set(

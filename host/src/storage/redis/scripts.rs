@@ -19,26 +19,32 @@ end
 return 1
 "#;
 
-/// A write counted in its namespace's usage: `KEYS[2]` is a hash holding `#keys`, `#bytes`
-/// and `k:KEY` = the size (name plus value) of each key it counts; `KEYS[3]` a sorted set of
-/// when counted keys expire, through which keys Redis has expired are given back (a few per
-/// call). `ARGV[1]` is the operation (`set`, `cas`, `incr`, `del`, `expire`, and for hashes
-/// `hset`, `hdel`, `rename`, whose target is `KEYS[4]`), `ARGV[2]` and `ARGV[3]` the quota's
-/// keys and bytes, the rest the operation's own arguments, as for the uncounted commands.
-/// An index entry may be older than its key's expiry (a session's expiry slides without
-/// counted writes): when it comes due, the key's expiry is looked up and the entry moved. A write that would go over the quota is refused with a `TABULA_QUOTA`
-/// error before it is made (an increment, whose size is known only after, is undone in the
-/// same script, so no one ever sees it).
+/// A write counted in its namespace's usage: `KEYS[2]` is a hash holding `#keys`, `#bytes`,
+/// `#dk` and `#db` (key and byte room moved to this record from others, see
+/// [`QUOTA_MOVE`]) and `k:KEY` = the size (name plus value) of each key it counts; `KEYS[3]` a
+/// sorted set of when counted keys expire, through which keys Redis has expired are given back
+/// (a few per call); `KEYS[4]` the index of the plain keys it counts (a sorted set of their
+/// names, all scored 0, so in byte order), which [`LIST_SCRIPT`] pages through. `ARGV[1]` is
+/// the operation (`set`, `cas`, `incr`, `del`, `expire`, and for hashes `hset`, `hdel`,
+/// `rename`, whose target is `KEYS[5]`), `ARGV[2]` and `ARGV[3]` the quota's keys and bytes
+/// (to which the moved room is added), the rest the operation's own arguments, as for the
+/// uncounted commands. An expiry entry may be older than its key's expiry (a session's expiry
+/// slides without counted writes): when it comes due, the key's expiry is looked up and the
+/// entry moved. A write that would go over the quota is refused with a `TABULA_QUOTA` error
+/// before it is made (an increment, whose size is known only after, is undone in the same
+/// script, so no one ever sees it).
 ///
 /// A counted key that has expired but is not given back yet is simply written again: it is
 /// still counted once. The common case, an increment of a counted key, is two commands (three
-/// when its number of digits changes).
+/// when its number of digits changes); a new plain key adds one `ZADD` to the index.
 pub(super) const COUNTED_SCRIPT: &str = r#"
-local key, usage, index = KEYS[1], KEYS[2], KEYS[3]
+local key, usage, index, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, counted = ARGV[1], 'k:' .. KEYS[1]
 local refused = 'TABULA_QUOTA the namespace is at its storage quota'
-local got = redis.call('HMGET', usage, '#keys', '#bytes', counted)
+local got = redis.call('HMGET', usage, '#keys', '#bytes', counted, '#dk', '#db')
 local tracked = got[3] ~= false
+local max_keys = tonumber(ARGV[2]) + tonumber(got[4] or '0')
+local max_bytes = tonumber(ARGV[3]) + tonumber(got[5] or '0')
 -- The common case first: incrementing a counted key. Only a change in its number of digits
 -- changes the usage, and nothing else needs looking at.
 if op == 'incr' and tracked then
@@ -47,7 +53,7 @@ if op == 'incr' and tracked then
   local size, old = #key + digits, tonumber(got[3])
   if size ~= old then
     local bytes = tonumber(got[2] or '0') - old + size
-    if size > old and bytes > tonumber(ARGV[3]) then
+    if size > old and bytes > max_bytes then
       redis.call('DECRBY', key, ARGV[4])
       return redis.error_reply(refused)
     end
@@ -57,27 +63,14 @@ if op == 'incr' and tracked then
 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local function forget(k)
-  local size = redis.call('HGET', usage, 'k:' .. k)
-  if size then
-    redis.call('HDEL', usage, 'k:' .. k)
-    redis.call('HINCRBY', usage, '#keys', -1)
-    redis.call('HINCRBY', usage, '#bytes', -tonumber(size))
-  end
-  redis.call('ZREM', index, k)
-end
-for _, k in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now, 'LIMIT', 0, 32)) do
-  local left = redis.call('PTTL', k)
-  if left == -2 then forget(k)
-  elseif left == -1 then redis.call('ZREM', index, k)
-  else redis.call('ZADD', index, now + left, k) end
-end
+local function forget(k) uncount(usage, index, names, k) end
+reclaim(usage, index, names, now)
 if op == 'del' then
   local n = redis.call('DEL', key)
   forget(key)
   return n
 elseif op == 'rename' then
-  local to = KEYS[4]
+  local to = KEYS[5]
   if redis.call('EXISTS', key) == 0 then return 0 end
   redis.call('RENAME', key, to)
   -- The key it replaced is gone; its own count moves to its new name.
@@ -112,12 +105,15 @@ end
 -- The reclaim above may have given this key back: read the usage again.
 got = redis.call('HMGET', usage, '#keys', '#bytes', counted)
 tracked = got[3] ~= false
+-- A plain key new to the record enters its index.
+local function index_new()
+  if not tracked then redis.call('ZADD', names, 0, key) end
+end
 local keys = tonumber(got[1] or '0') + (tracked and 0 or 1)
 local old = tracked and tonumber(got[3]) or 0
 local bytes = tonumber(got[2] or '0') - old
 local function over(size)
-  return (not tracked and keys > tonumber(ARGV[2])) or
-    (size > old and bytes + size > tonumber(ARGV[3]))
+  return (not tracked and keys > max_keys) or (size > old and bytes + size > max_bytes)
 end
 local function record(size)
   redis.call('HSET', usage, counted, size, '#keys', keys, '#bytes', bytes + size)
@@ -147,6 +143,7 @@ if op == 'incr' then
   end
   local left = redis.call('PTTL', key)
   if left > 0 then redis.call('ZADD', index, now + left, key) end
+  index_new()
   record(size)
   return n
 end
@@ -169,8 +166,81 @@ else
   redis.call('SET', key, value)
   if tracked then redis.call('ZREM', index, key) end
 end
+index_new()
 record(size)
 return 1
+"#;
+
+/// What the counting scripts share, as Lua functions they begin with: `uncount` gives a
+/// key's count back to its usage record and takes it out of the record's expiry set and
+/// name index; `reclaim` does that for keys Redis has expired, a few per call.
+pub(super) const COUNT_FUNCTIONS: &str = r#"
+local function uncount(usage, expiry, names, k)
+  local size = redis.call('HGET', usage, 'k:' .. k)
+  if size then
+    redis.call('HDEL', usage, 'k:' .. k)
+    redis.call('HINCRBY', usage, '#keys', -1)
+    redis.call('HINCRBY', usage, '#bytes', -tonumber(size))
+  end
+  redis.call('ZREM', expiry, k)
+  redis.call('ZREM', names, k)
+end
+-- Gives back up to 32 keys whose expiry entry has come due and that Redis has expired.
+local function reclaim(usage, expiry, names, now)
+  for _, k in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 32)) do
+    local left = redis.call('PTTL', k)
+    if left == -2 then uncount(usage, expiry, names, k)
+    elseif left == -1 then redis.call('ZREM', expiry, k)
+    else redis.call('ZADD', expiry, now + left, k) end
+  end
+end
+"#;
+
+/// One page of a usage record's name index: `KEYS` = the index, the usage record, its expiry
+/// set; `ARGV` = the lowest name (`[NAME` inclusive or `(NAME` exclusive), the highest
+/// (`[PREFIX\xff`), the most names to answer. Answers the live names and, when more may
+/// follow, the last name looked at (else ""). A name whose key has expired is left out and
+/// given back; at most four rounds of names are looked at, so a run of expired names costs
+/// bounded work per call and the cursor still moves past it.
+pub(super) const LIST_SCRIPT: &str = r#"
+local names, usage, expiry = KEYS[1], KEYS[2], KEYS[3]
+local min, want = ARGV[1], tonumber(ARGV[3])
+local out, last = {}, ''
+for _ = 1, 4 do
+  local asked = want - #out
+  local batch = redis.call('ZRANGEBYLEX', names, min, ARGV[2], 'LIMIT', 0, asked)
+  for _, k in ipairs(batch) do
+    if redis.call('EXISTS', k) == 1 then out[#out + 1] = k else uncount(usage, expiry, names, k) end
+    last = k
+  end
+  if #batch < asked then return {out, ''} end
+  if #out >= want then break end
+  min = '(' .. last
+end
+return {out, last}
+"#;
+
+/// Moves room to a usage record (`KEYS[1]`, with its expiry set and name index): `ARGV` =
+/// its quota's keys and bytes, the key and byte room to move (negative: away, cut to what is
+/// spare). Keys Redis has expired are given back first, so a shard that is written to no
+/// more still frees their room. Answers its keys, bytes, room of keys and bytes after, and
+/// what moved.
+pub(super) const QUOTA_MOVE: &str = r#"
+local usage = KEYS[1]
+local t = redis.call('TIME')
+reclaim(usage, KEYS[2], KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000))
+local got = redis.call('HMGET', usage, '#keys', '#bytes', '#dk', '#db')
+local function move(i, field, moved)
+  local asked, max = tonumber(ARGV[2 + i]), tonumber(ARGV[i])
+  local used = tonumber(got[i] or '0')
+  moved = tonumber(moved or '0')
+  if asked < 0 then asked = -math.min(-asked, math.max(0, max + moved - used)) end
+  if asked ~= 0 then moved = redis.call('HINCRBY', usage, field, asked) end
+  return asked, math.max(0, max + moved), used
+end
+local mk, keys_room, keys = move(1, '#dk', got[3])
+local mb, bytes_room, bytes = move(2, '#db', got[4])
+return {keys, bytes, keys_room, bytes_room, mk, mb}
 "#;
 
 /// The hash operations, as Lua functions the scripts below begin with. A hash keeps the
