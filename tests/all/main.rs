@@ -21,4 +21,5 @@ mod processes;
 mod redis_server;
 mod serving;
 mod sessions;
+mod shared_artifacts;
 mod variables;
