@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::deploy::{answer, deploy, replica, wasm};
-use crate::harness::{Server, admin_cli};
+use crate::harness::{Server, admin_cli, client, get};
 use crate::redis_server::RedisServer;
 
 const HELLO: &str = "Hello, world!\n";
@@ -142,6 +142,41 @@ async fn a_joining_replica_loads_what_another_compiled_and_compiles_nothing() {
     assert!(ready_lines(&c)[0].contains("cached=true"), "{}", c.log());
     // Nobody stored it again: the one upload A made is the one there.
     assert_eq!(upload(&redis, &digest).1, stored);
+}
+
+#[tokio::test]
+async fn every_worker_process_of_a_joining_replica_takes_the_artifact_and_none_compiles() {
+    let redis = RedisServer::start();
+    let key = KeyFile::new("artifacts-workers");
+    let a = keyed_replica(&redis, &key, true, &[]);
+    deploy(&a, &wasm("hello"), "hello", "/hello");
+    assert!(a.logged("compiled artifact stored"), "{}", a.log());
+    let cache = key.cache("cache-b");
+    let b = keyed_replica(
+        &redis,
+        &key,
+        false,
+        &["--processes", "2", "--cache-dir", &cache],
+    );
+    // Ready once both workers serve hello.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&client(), &b.operator_url("/readyz")).await.status != 200 {
+        assert!(Instant::now() < deadline, "{}", b.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One worker fetched it from the store while the other waited, then loaded the entry
+    // the first one wrote to their shared compile cache.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ready_lines(&b).len() < 2 {
+        assert!(Instant::now() < deadline, "{}", b.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = ready_lines(&b);
+    let count = |what: &str| ready.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(ready.len(), 2, "{}", b.log());
+    assert_eq!(count("shared=true"), 1, "{}", b.log());
+    assert_eq!(count("cached=true"), 1, "{}", b.log());
+    assert_eq!(answer(&b, "/hello").await, (200, HELLO.into()));
 }
 
 /// Deploys hello with a key on A, spoils its artifact with `spoil`, then checks that a
