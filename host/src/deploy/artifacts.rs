@@ -368,3 +368,37 @@ async fn delete_chunks(storage: &dyn Storage, digest: &str, upload: &Upload) -> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn shared(key: &[u8], fingerprint: &str) -> SharedArtifacts {
+        let storage = crate::storage::open("memory").await.unwrap();
+        let sharing = Sharing {
+            key: ArtifactKey(hmac::Key::new(hmac::HMAC_SHA256, key)),
+            max_bytes: 1 << 20,
+        };
+        SharedArtifacts::new(storage, sharing, fingerprint.into())
+    }
+
+    /// An artifact moved to another component, read by another engine, or signed with
+    /// another key does not fit: the MAC binds all three (the bytes are the integration
+    /// tests' `an_altered_artifact_…`).
+    #[tokio::test]
+    async fn the_mac_binds_the_component_the_engine_and_the_key() {
+        let key = [7u8; 32];
+        let here = shared(&key, "engine-a").await;
+        let tag = |s: &SharedArtifacts, digest: &str| s.mac(digest, b"code").as_ref().to_vec();
+        let mac = tag(&here, "digest-1");
+        assert_eq!(mac, tag(&here, "digest-1"));
+        assert_ne!(mac, tag(&here, "digest-2"));
+        assert_ne!(mac, tag(&shared(&key, "engine-b").await, "digest-1"));
+        assert_ne!(mac, tag(&shared(&[8u8; 32], "engine-a").await, "digest-1"));
+        // Fields are length-prefixed: moving a byte from one to the next changes the MAC.
+        assert_ne!(
+            tag(&shared(&key, "ab").await, "c"),
+            tag(&shared(&key, "b").await, "ca")
+        );
+    }
+}
