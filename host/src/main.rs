@@ -17,6 +17,7 @@ use tabula::config::{
     TmpQuota,
 };
 use tabula::deploy::admin::AdminConfig;
+use tabula::deploy::artifacts::{ArtifactKey, Sharing};
 use tabula::deploy::client;
 use tabula::listener::ServerConfig;
 use tabula::project::{self, BuildOptions, CliVariable, Lang};
@@ -437,6 +438,21 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_CACHE_DIR")]
     cache_dir: Option<String>,
 
+    /// A file holding the key (32 bytes or more, the same on every replica of the fleet)
+    /// with which replicas share compiled components through the store: a replica that joins
+    /// then loads what another compiled instead of compiling every deployed app itself.
+    /// Artifacts are signed with it (HMAC-SHA256) and refused unless they fit, so writing to
+    /// the store alone cannot make a replica run native code. Without it, nothing is shared.
+    /// A file (e.g. a mounted Kubernetes Secret) rather than a value, so that the key stays
+    /// out of the environment, which /proc shows and child processes inherit.
+    #[arg(long, env = "TABULA_ARTIFACT_KEY_FILE", value_name = "FILE")]
+    artifact_key_file: Option<PathBuf>,
+
+    /// Largest compiled component shared through the store, in MiB (an 18 MB Python
+    /// component compiles to 34 MiB); each replica compiles a larger one itself.
+    #[arg(long, env = "TABULA_MAX_ARTIFACT_MIB", default_value_t = 128)]
+    max_artifact_mib: u64,
+
     /// Most functions a component may have to compile (every core module's, plus its
     /// adapters); a larger one is refused before compiling: compile time and memory grow
     /// with it, on every replica.
@@ -701,6 +717,16 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         Some(dir) => Some(PathBuf::from(dir)),
         None => project::user_cache_dir(),
     };
+    let sharing = args
+        .artifact_key_file
+        .as_deref()
+        .map(|path| -> Result<Sharing> {
+            Ok(Sharing {
+                key: ArtifactKey::from_file(path)?,
+                max_bytes: args.max_artifact_mib.saturating_mul(1 << 20),
+            })
+        })
+        .transpose()?;
     tabula::serve::run(ServeOptions {
         paths: match mode {
             Mode::Up => paths_or_here(&args.build.paths),
@@ -723,6 +749,7 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         server: server_config,
         admin,
         cache_dir,
+        sharing,
         watch: mode == Mode::Up,
     })
 }

@@ -22,4 +22,5 @@ mod processes;
 mod redis_server;
 mod serving;
 mod sessions;
+mod shared_artifacts;
 mod variables;

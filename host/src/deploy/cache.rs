@@ -13,7 +13,13 @@
 //! existing directory is never changed: `--cache-dir /tmp` must not make `/tmp` private
 //! (as root, that breaks the machine), and a `compiled/` that is not private and the user's
 //! is refused, not repaired.
+//!
+//! With `--artifact-key-file`, deployed components are also shared with the other replicas
+//! through the store (`artifacts.rs`): one that is not here is taken from the store, MAC
+//! checked, before it is compiled, and one compiled or found here is stored for the others
+//! if the store lacks it.
 
+use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -22,6 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use wasmtime::component::Component;
 
+use super::artifacts::{Fetched, SharedArtifacts, Sharing};
 use super::registry::{digest, file_digest};
 use crate::app::App;
 use crate::file_lock::with_lock;
@@ -31,6 +38,8 @@ use crate::runtime::Runtime;
 pub struct CompileCache {
     dir: Option<PathBuf>,
     fingerprint: String,
+    /// Where deployed components are shared with the other replicas, if anywhere.
+    shared: Option<SharedArtifacts>,
 }
 
 /// How a component was had.
@@ -38,13 +47,21 @@ pub struct CompileCache {
 pub enum Compiled {
     /// Loaded from the cache.
     Cached,
+    /// Taken from the store, where another replica shared it.
+    Shared,
     /// Compiled now (and cached, if there is a cache).
     Fresh,
 }
 
 impl CompileCache {
-    /// A cache in `compiled/` under `dir` (made private if missing) for `host`'s engine.
-    pub fn new(dir: Option<PathBuf>, host: &Runtime) -> Result<CompileCache> {
+    /// A cache in `compiled/` under `dir` (made private if missing) for `host`'s engine,
+    /// sharing deployed components through `host`'s store when `sharing` says how. Call it
+    /// on the runtime the store runs on.
+    pub fn new(
+        dir: Option<PathBuf>,
+        host: &Runtime,
+        sharing: Option<Sharing>,
+    ) -> Result<CompileCache> {
         let dir = dir
             .map(|dir| private_dir(&dir.join("compiled")))
             .transpose()?;
@@ -52,9 +69,14 @@ impl CompileCache {
         host.engine()
             .precompile_compatibility_hash()
             .hash(&mut hasher);
+        let fingerprint = format!("{:016x}", hasher.finish());
+        let shared = sharing.map(|sharing| {
+            SharedArtifacts::new(host.storage().clone(), sharing, fingerprint.clone())
+        });
         Ok(CompileCache {
             dir,
-            fingerprint: format!("{:016x}", hasher.finish()),
+            fingerprint,
+            shared,
         })
     }
 
@@ -83,18 +105,71 @@ impl CompileCache {
         digest: &str,
         bytes: &[u8],
     ) -> Result<(Component, Compiled)> {
+        self.get(host, digest, bytes, None)
+    }
+
+    /// A deployed component, like [`CompileCache::component`], shared with the other
+    /// replicas when sharing is on: taken from the store before it would be compiled, and
+    /// stored there if the store lacks it. Blocks on the store: call it from a blocking
+    /// thread.
+    pub fn deployed(
+        &self,
+        host: &Runtime,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(Component, Compiled)> {
+        self.get(host, digest, bytes, self.shared.as_ref())
+    }
+
+    fn get(
+        &self,
+        host: &Runtime,
+        digest: &str,
+        bytes: &[u8],
+        shared: Option<&SharedArtifacts>,
+    ) -> Result<(Component, Compiled)> {
         let Some(entry) = self.entry(digest) else {
-            return Ok((App::compile(host, bytes)?, Compiled::Fresh));
+            return without_cache(host, digest, bytes, shared);
         };
         if let Some(component) = entry.load(host) {
+            if let Some(shared) = shared {
+                shared.offer(digest, false, || {
+                    Ok(Cow::Owned(std::fs::read(&entry.code)?))
+                });
+            }
             return Ok((component, Compiled::Cached));
         }
+        // The store is read and written under the lock too: the other processes of this
+        // replica wait, then find the entry, instead of each fetching or storing it again.
         with_lock(&entry.code.with_extension("lock"), || {
             if let Some(component) = entry.load(host) {
                 return Ok((component, Compiled::Cached));
             }
+            let fetched = shared.map(|shared| shared.fetch(digest));
+            if let Some(Fetched::Found(code)) = &fetched {
+                // Mapped from the entry written from bytes whose MAC was checked (so that
+                // the processes of this replica share its pages), or read from those bytes.
+                let component = match entry.store(code) {
+                    Ok(()) => map(host, &entry.code),
+                    Err(e) => {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "could not cache a compiled component"
+                        );
+                        deserialize(host, digest, code)
+                    }
+                };
+                if let Some(component) = component {
+                    return Ok((component, Compiled::Shared));
+                }
+            }
             let compiled = App::compile(host, bytes)?;
-            if let Err(e) = entry.store(&compiled) {
+            let code = compiled.serialize()?;
+            if let Some(shared) = shared {
+                let replace = matches!(fetched, Some(Fetched::Refused));
+                shared.offer(digest, replace, || Ok(Cow::Borrowed(&code)));
+            }
+            if let Err(e) = entry.store(&code) {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "could not cache a compiled component"
@@ -108,6 +183,46 @@ impl CompileCache {
             let component = map(host, &entry.code).unwrap_or(compiled);
             Ok((component, Compiled::Fresh))
         })
+    }
+}
+
+/// The component `digest` with no compile cache: from the store if it has it, else compiled
+/// (and stored for the others).
+fn without_cache(
+    host: &Runtime,
+    digest: &str,
+    bytes: &[u8],
+    shared: Option<&SharedArtifacts>,
+) -> Result<(Component, Compiled)> {
+    let fetched = shared.map(|shared| shared.fetch(digest));
+    if let Some(Fetched::Found(code)) = &fetched
+        && let Some(component) = deserialize(host, digest, code)
+    {
+        return Ok((component, Compiled::Shared));
+    }
+    let compiled = App::compile(host, bytes)?;
+    if let Some(shared) = shared {
+        let replace = matches!(fetched, Some(Fetched::Refused));
+        shared.offer(digest, replace, || Ok(Cow::Owned(compiled.serialize()?)));
+    }
+    Ok((compiled, Compiled::Fresh))
+}
+
+/// The component in `code`, a shared artifact of component `digest` whose MAC was checked.
+fn deserialize(host: &Runtime, digest: &str, code: &[u8]) -> Option<Component> {
+    // SAFETY: the bytes fit the MAC that only a replica holding the fleet's key can make,
+    // over this component's digest and this engine's fingerprint: they are what a replica
+    // compiled. wasmtime checks that they were compiled by this version and configuration.
+    match unsafe { Component::deserialize(host.engine(), code) } {
+        Ok(component) => Some(component),
+        Err(e) => {
+            tracing::warn!(
+                component = digest,
+                error = %e,
+                "a shared artifact does not fit this engine; compiling"
+            );
+            None
+        }
     }
 }
 
@@ -175,16 +290,15 @@ impl Entry {
         map(host, &self.code)
     }
 
-    /// Writes `component`'s compiled code and its record, each through a rename so a reader
-    /// never sees half a file.
-    fn store(&self, component: &Component) -> Result<()> {
-        let bytes = component.serialize()?;
+    /// Writes compiled code `bytes` (as wasmtime serialized it) and its record, each through
+    /// a rename so a reader never sees half a file.
+    fn store(&self, bytes: &[u8]) -> Result<()> {
         let unique = format!("tmp-{}", std::process::id());
         let tmp_code = self.code.with_extension(&unique);
-        std::fs::write(&tmp_code, &bytes)?;
+        std::fs::write(&tmp_code, bytes)?;
         std::fs::rename(&tmp_code, &self.code)?;
         let tmp_record = self.record.with_extension(&unique);
-        let code = digest(&bytes);
+        let code = digest(bytes);
         std::fs::write(&tmp_record, self.record_for(&code))?;
         std::fs::rename(&tmp_record, &self.record)?;
         Ok(())
@@ -195,7 +309,7 @@ impl Entry {
 fn map(host: &Runtime, code: &Path) -> Option<Component> {
     // SAFETY: the file is what this process family wrote into a directory only this user
     // can write, checked against the record written beside it (or just written from the
-    // component); entries are replaced by rename and never written in place, so the mapping
+    // component, or from a shared artifact whose MAC was checked); entries are replaced by rename and never written in place, so the mapping
     // keeps what was checked; wasmtime checks that they were compiled by this version and
     // configuration.
     match unsafe { Component::deserialize_file(host.engine(), code) } {

@@ -4,11 +4,14 @@
 //!   heartbeats, all in the shared store.
 //! - `replica`: each serving process follows the registry and swaps its route table.
 //! - `cache`: compiled components on local disk, so restarts do not recompile.
+//! - [`artifacts`]: compiled components shared through the store, signed with a key only
+//!   replicas hold, so a replica that joins does not recompile.
 //! - `rollout`: one version made active on every replica, reported as it goes.
 //! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
 //! - [`client`]: the CLI's side of the admin API.
 
 pub mod admin;
+pub mod artifacts;
 pub(crate) mod cache;
 pub mod client;
 pub(crate) mod registry;

@@ -13,6 +13,8 @@
 //! tabula:{registry}:gen                   bumped by every change: what replicas poll
 //! tabula:{registry}:blobs                 the blobs the registry may delete, each with its
 //!                                         pins (uploads in progress) or its doom (being deleted)
+//! tabula:artifact:{SHA256}...             a component's compiled artifacts (`artifacts.rs`),
+//!                                         deleted with its blob
 //! tabula:{registry}:replicas              the ids of the replicas that have joined
 //! tabula:{registry}:replica:ID            a replica's heartbeat (expires unless renewed)
 //! channel tabula:deploy                   "something changed": replicas also poll `gen`
@@ -232,7 +234,8 @@ pub fn file_digest(path: &std::path::Path) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` in lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -268,6 +271,11 @@ impl Blob {
     }
 }
 
+/// The key of blob `digest`'s meta record: a blob is whole while it is there.
+pub(crate) fn blob_meta_key(digest: &str) -> String {
+    format!("tabula:blob:{{{digest}}}:meta")
+}
+
 #[derive(Serialize, Deserialize)]
 struct BlobMeta {
     size: u64,
@@ -292,7 +300,7 @@ impl Registry {
     pub async fn put_blob(&self, blob: &Blob) -> Result<Pin> {
         let (bytes, digest) = (blob.bytes(), blob.digest());
         let pin = self.pin(digest).await?;
-        let meta_key = format!("tabula:blob:{{{digest}}}:meta");
+        let meta_key = blob_meta_key(digest);
         if self.storage.exists(&meta_key).await? {
             return Ok(pin);
         }
@@ -382,7 +390,8 @@ impl Registry {
 
     /// Keeps the newest `keep` versions of every app, and always the active one, the one
     /// being rolled out and the one a rollback returns to; deletes the other version records,
-    /// then every blob of the book that no kept version names and no upload has pinned.
+    /// then every blob of the book that no kept version names and no upload has pinned, with
+    /// the compiled artifacts shared for it.
     /// Blobs stored before the book existed are not in it and stay.
     pub async fn collect(&self, keep: usize) -> Result<Collected> {
         let mut collected = Collected::default();
@@ -426,6 +435,8 @@ impl Registry {
             .unwrap_or_default();
         for digest in doomed {
             self.delete_blob(&digest).await?;
+            // After the blob: an artifact stored meanwhile is taken back by its uploader.
+            super::artifacts::delete(&*self.storage, &digest).await?;
             self.edit_book(|book| book.blobs.remove(&digest).map(|_| ()))
                 .await?;
             collected.blobs.push(digest);
@@ -436,7 +447,7 @@ impl Registry {
     /// Deletes the blob `digest`: its meta record first, so that it is no longer whole, then
     /// its chunks.
     async fn delete_blob(&self, digest: &str) -> Result<()> {
-        let meta_key = format!("tabula:blob:{{{digest}}}:meta");
+        let meta_key = blob_meta_key(digest);
         let chunks = match self.storage.get(&meta_key).await? {
             Some(meta) => serde_json::from_slice::<BlobMeta>(&meta)?.chunks,
             None => 0,
@@ -454,7 +465,7 @@ impl Registry {
     pub async fn get_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let meta = self
             .storage
-            .get(&format!("tabula:blob:{{{digest}}}:meta"))
+            .get(&blob_meta_key(digest))
             .await?
             .with_context(|| format!("no component with digest {digest} in the store"))?;
         let meta: BlobMeta = serde_json::from_slice(&meta).context("a blob's meta record")?;

@@ -4,7 +4,7 @@
 //! It hears of changes on the deploy channel and also polls the registry's generation every
 //! second, so a lost message or a broken subscription only delays it. For every app it gets
 //! a pending version ready (fetched, its digest checked, compiled or taken from the compile
-//! cache) off the request path, and says so in its heartbeat; when the active pointer moves
+//! cache or, when replicas share them, from the store) off the request path, and says so in its heartbeat; when the active pointer moves
 //! it swaps the route table, so requests in flight finish on the version they started with and
 //! the old version is freed after them. If the store is unreachable it keeps serving what it
 //! has.
@@ -302,14 +302,16 @@ impl Agent {
             self.cache.clone(),
             version.digest.clone(),
         );
-        // Compiling takes a core for a while: off the request path, on the blocking pool.
+        // Compiling takes a core for a while (and the store is read and written while other
+        // processes of this replica wait): off the request path, on the blocking pool.
         let (component, how) =
-            tokio::task::spawn_blocking(move || cache.component(&host, &digest, &bytes)).await??;
+            tokio::task::spawn_blocking(move || cache.deployed(&host, &digest, &bytes)).await??;
         let app = App::with_assets(&self.host, &spec, component, assets)?;
         info!(
             app = name,
             version = version.id(),
             cached = how == Compiled::Cached,
+            shared = how == Compiled::Shared,
             "version ready"
         );
         self.lock()

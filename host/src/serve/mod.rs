@@ -18,6 +18,7 @@ use tracing::{error, info};
 use crate::app::App;
 use crate::config::{AppSpec, HostConfig};
 use crate::deploy::admin::{self, AdminConfig};
+use crate::deploy::artifacts::Sharing;
 use crate::deploy::cache::{CompileCache, Compiled};
 use crate::deploy::registry::{self, Registry};
 use crate::deploy::replica::{self, Agent};
@@ -52,6 +53,8 @@ pub struct ServeOptions {
     pub admin: Option<(String, AdminConfig)>,
     /// Where compiled components (deployed and fixed) are cached, if anywhere.
     pub cache_dir: Option<PathBuf>,
+    /// How deployed components are shared with the other replicas, if they are.
+    pub sharing: Option<Sharing>,
     /// Rebuild a project when its sources change and serve the new build in place
     /// (`tabula up`).
     pub watch: bool,
@@ -97,6 +100,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
         server: server_config,
         admin,
         cache_dir,
+        sharing,
         build,
         ..
     } = options;
@@ -115,7 +119,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
         let host = Runtime::new(host_config, storage)?;
         // One cache for the admin API's checks and this process's replica: a component
         // checked on upload is compiled once here, not twice.
-        let cache = Arc::new(CompileCache::new(cache_dir, &host)?);
+        let cache = Arc::new(CompileCache::new(cache_dir, &host, sharing)?);
 
         if let Some(worker) = worker {
             return serve_as_worker(worker, host, registry, cache, server_config, shutdown).await;
