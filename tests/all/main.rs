@@ -5,6 +5,7 @@
 mod deploy;
 mod docs;
 mod filesystem;
+mod fleet;
 mod harness;
 mod hostile;
 mod hostile_compile;
