@@ -369,6 +369,13 @@ struct ServeArgs {
     #[arg(long, env = "TABULA_DRAIN_TIMEOUT", default_value_t = ServerConfig::default().drain_timeout.as_secs_f64())]
     drain_timeout: f64,
 
+    /// Seconds to keep serving after SIGTERM or ctrl-c, with `/readyz` answering 503, before
+    /// the drain starts. A load balancer that health-checks `/readyz` takes the replica out
+    /// in this time (make it longer than its interval times its failure count); without it,
+    /// a request it sends on a connection the drain is closing fails. 0 drains at once.
+    #[arg(long, env = "TABULA_SHUTDOWN_DELAY", default_value_t = 0.0)]
+    shutdown_delay: f64,
+
     /// Seconds a request may run before its instance is stopped (the client gets 500).
     #[arg(long, env = "TABULA_REQUEST_TIMEOUT", default_value_t = HostConfig::default().request_timeout.as_secs_f64())]
     request_timeout: f64,
@@ -750,6 +757,9 @@ fn serve(args: ServeArgs, mode: Mode) -> Result<()> {
         admin,
         cache_dir,
         sharing,
+        shutdown_delay: Duration::try_from_secs_f64(args.shutdown_delay)
+            .ok()
+            .context("--shutdown-delay must be a number of seconds, 0 or more")?,
         watch: mode == Mode::Up,
     })
 }

@@ -118,7 +118,9 @@ impl Server {
         Server::start_with_env(args, &[])
     }
 
-    /// Like [`Server::start`], with `env` added to tabula's environment.
+    /// Like [`Server::start`], with `env` added to tabula's environment. `--listen` and
+    /// `--operator-listen` default to free loopback ports; a test that needs a replica back
+    /// on the same ports (behind a load balancer) gives its own.
     pub fn start_with_env(args: impl IntoIterator<Item = String>, env: &[(&str, &str)]) -> Server {
         Server::start_program(&TABULA, args, env)
     }
@@ -130,6 +132,12 @@ impl Server {
         args: impl IntoIterator<Item = String>,
         env: &[(&str, &str)],
     ) -> Server {
+        let mut args: Vec<String> = args.into_iter().collect();
+        for flag in ["--listen", "--operator-listen"] {
+            if !args.iter().any(|arg| arg == flag) {
+                args.extend([flag.to_string(), "127.0.0.1:0".to_string()]);
+            }
+        }
         let mut child = Command::new(program)
             .current_dir(root())
             .args(args)
@@ -137,12 +145,6 @@ impl Server {
             // so (`processes.rs`), and a server is then one replica on any machine.
             .env("TABULA_PROCESSES", "1")
             .envs(env.iter().copied())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--operator-listen",
-                "127.0.0.1:0",
-            ])
             .env("TABULA_LOG", "info")
             .env("TABULA_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TABULA_CACHE_DIR", "off")

@@ -6,6 +6,7 @@ mod cluster_layout;
 mod deploy;
 mod docs;
 mod filesystem;
+mod fleet;
 mod harness;
 mod hostile;
 mod hostile_compile;

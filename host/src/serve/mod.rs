@@ -10,6 +10,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
@@ -55,6 +56,8 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     /// How deployed components are shared with the other replicas, if they are.
     pub sharing: Option<Sharing>,
+    /// How long the replica keeps serving, unready, between the signal and the drain.
+    pub shutdown_delay: Duration,
     /// Rebuild a project when its sources change and serve the new build in place
     /// (`tabula up`).
     pub watch: bool,
@@ -102,17 +105,29 @@ pub fn run(options: ServeOptions) -> Result<()> {
         cache_dir,
         sharing,
         build,
+        shutdown_delay,
         ..
     } = options;
     control.block_on(async move {
         // Turned on by the first signal, before the drain starts: `/readyz` then answers 503
-        // so load balancers stop sending new requests.
+        // so load balancers stop sending new requests. The drain waits `--shutdown-delay` for
+        // them to notice; a worker process drains at once, when its supervisor (which waited)
+        // passes the signal on.
         let draining = Arc::new(AtomicBool::new(false));
         let signal = shutdown_signal()?;
         let flag = draining.clone();
+        let delay = if worker.is_some() {
+            Duration::ZERO
+        } else {
+            shutdown_delay
+        };
         let shutdown = async move {
             signal.await;
             flag.store(true, Ordering::Relaxed);
+            if !delay.is_zero() {
+                info!(?delay, "unready; draining after the shutdown delay");
+                tokio::time::sleep(delay).await;
+            }
         };
         let storage = open_store(&store).await?;
         let registry = Registry::new(storage.clone());
