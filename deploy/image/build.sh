@@ -21,7 +21,7 @@ if ! rustup target list --installed | grep -qx "$target"; then
     rustup target add "$target"
 fi
 if ! command -v musl-gcc >/dev/null; then
-    echo "image: musl-gcc is missing (ring and mimalloc compile C for musl): apt-get install musl-tools" >&2
+    echo "image: musl-gcc is missing (ring and mimalloc compile C for musl, and a glibc cc would leave glibc symbols in a static binary): apt-get install musl-tools" >&2
     exit 1
 fi
 if [ ! -s "$ca_bundle" ]; then
@@ -33,9 +33,8 @@ if ! command -v "$container" >/dev/null; then
     exit 1
 fi
 
-# musl-gcc compiles the C in ring and mimalloc; Rust links the static binary itself.
-CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc} \
-    cargo build --profile image --target "$target" -p tabula
+# The cc crate finds musl-gcc by itself for this target; Rust links the static binary.
+cargo build --profile image --target "$target" -p tabula
 target_dir=${CARGO_TARGET_DIR:-target}
 binary=$target_dir/$target/image/tabula
 
