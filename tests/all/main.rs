@@ -17,6 +17,7 @@ mod hostile_sessions;
 mod in_process;
 mod kv_apps;
 mod kv_conformance;
+mod manifests;
 mod operations;
 mod polyglot;
 mod processes;
