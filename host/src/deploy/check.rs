@@ -175,7 +175,7 @@ async fn remove(admin: &AdminClient, name: &str) -> Result<()> {
     {
         Ok(Ok(_)) => Ok(()),
         // Never deployed: the upload was refused.
-        Ok(Err(e)) if format!("{e:#}").contains("404") => Ok(()),
+        Ok(Err(e)) if format!("{e:#}").ends_with("(404 Not Found)") => Ok(()),
         Ok(Err(e)) => Err(e.context(format!("removing the probe failed: {how}"))),
         Err(_) => bail!(
             "removing the probe took longer than {} s: {how}",
