@@ -42,6 +42,7 @@ const LAYERS: &[&[&str]] = &[
     &["request::front"],
     &["deploy::rollout"],
     &["deploy::replica", "deploy::admin", "deploy::client"],
+    &["deploy::check"],
     &["deploy"],
     &["serve"],
 ];

@@ -18,7 +18,7 @@ use tabula::config::{
 };
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::artifacts::{ArtifactKey, Sharing};
-use tabula::deploy::client;
+use tabula::deploy::{check, client};
 use tabula::listener::ServerConfig;
 use tabula::project::{self, BuildOptions, CliVariable, Lang};
 use tabula::serve::ServeOptions;
@@ -92,6 +92,13 @@ enum Commands {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Check that a running fleet keeps nothing between requests: deploy a probe through the
+    /// admin API, send it many requests at once through every URL, remove it, and report
+    /// what survived between requests (linear memory, globals, /tmp, environment, randomness
+    /// seeded the same) or differed between replicas (versions, clocks, what a guest is
+    /// given). Exits 0 when clean, 1 on findings, 2 when the check could not run, 130 when
+    /// interrupted (SIGINT or SIGTERM; the probe is removed first).
+    Check(CheckArgs),
     /// Create a handler project in a new directory NAME, ready to build, test and deploy.
     New {
         /// The directory and the app's name.
@@ -135,6 +142,35 @@ struct AdminArgs {
         default_value = "http://127.0.0.1:9091"
     )]
     admin_url: String,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Where the fleet serves apps: every replica's address, or a load balancer's (e.g.
+    /// `http://10.0.0.5:8080`). The probe's route is appended.
+    #[arg(required_unless_present_any = ["probe_url", "write_probe"])]
+    urls: Vec<String>,
+
+    /// Requests sent to each URL.
+    #[arg(long, env = "TABULA_CHECK_REQUESTS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+
+    /// Requests in flight at once to each URL.
+    #[arg(long, env = "TABULA_CHECK_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+
+    /// Check the probe where it is already served, at exactly this URL (repeat for more),
+    /// on a host without tabula's admin API (e.g. `wasmtime serve`): nothing is deployed or
+    /// removed. --write-probe writes the probe to serve there.
+    #[arg(long, value_name = "URL", conflicts_with = "urls")]
+    probe_url: Vec<String>,
+
+    /// Write the probe component to FILE, to serve it on another host, and exit.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["urls", "probe_url"])]
+    write_probe: Option<PathBuf>,
+
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Args)]
@@ -484,6 +520,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let is_check = matches!(cli.command, Commands::Check(_));
+    let mut code = ExitCode::SUCCESS;
     let result = init_logging(cli.log_format, &cli.log).and_then(|()| match cli.command {
         Commands::Build(args) => build(&args),
         Commands::Up(args) => serve(args, Mode::Up),
@@ -518,19 +556,53 @@ fn main() -> ExitCode {
         Commands::Rm { name, admin: args } => admin(&args.admin_url, |client| async move {
             client::remove(&client, &name).await
         }),
+        Commands::Check(args) => run_check(args).map(|outcome| code = outcome),
         Commands::New { name, lang } => project::scaffold(&name, lang),
         Commands::Store(StoreCommand::Migrate { app, store, layout }) => {
             migrate(&app, &store, layout)
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => code,
         Err(e) => {
             // The cause chain on one line; backtraces are for bugs, not for user errors.
             eprintln!("tabula: error: {e:#}");
-            ExitCode::FAILURE
+            // `tabula check` keeps 1 for findings, so that a script can tell them apart.
+            if is_check {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// `tabula check`: its exit code says what it found (see its `--help`).
+fn run_check(args: CheckArgs) -> Result<ExitCode> {
+    if let Some(file) = &args.write_probe {
+        std::fs::write(file, check::PROBE)
+            .with_context(|| format!("writing the probe to {}", file.display()))?;
+        println!("{}", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = check::CheckOptions {
+        requests: args.requests as usize,
+        concurrency: args.concurrency as usize,
+    };
+    let outcome = if args.probe_url.is_empty() {
+        let client = client::AdminClient::new(
+            &args.admin.admin_url,
+            std::env::var("TABULA_ADMIN_TOKEN").ok(),
+        )?;
+        block_on(async { check::fleet(&client, &args.urls, &options).await })??
+    } else {
+        block_on(check::served(&args.probe_url, &options))??
+    };
+    Ok(match outcome {
+        check::Outcome::Clean => ExitCode::SUCCESS,
+        check::Outcome::Findings => ExitCode::FAILURE,
+        check::Outcome::Interrupted => ExitCode::from(130),
+    })
 }
 
 fn init_logging(format: LogFormat, filter: &str) -> Result<()> {
@@ -556,27 +628,30 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let client = client::AdminClient::new(url, std::env::var("TABULA_ADMIN_TOKEN").ok())?;
-    tokio::runtime::Builder::new_current_thread()
+    block_on(command(client))?
+}
+
+/// Runs a CLI command's `future` on a runtime of one thread: the CLI waits on the network,
+/// it does not compute.
+fn block_on<F: Future>(future: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(command(client))
+        .block_on(future))
 }
 
 /// `tabula store migrate`: moves `app`'s keys of the one-slot layout of old into `layout`.
 fn migrate(app: &str, store: &str, layout: Layout) -> Result<()> {
     tabula::config::validate_name(app)?;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let storage = tabula::storage::open(store).await?;
-            // Counted without limits: the serving hosts apply the app's quota to what
-            // comes next; the counts themselves are exact either way.
-            let namespace = tabula::storage::Namespace::new(storage, app, layout, 0, 0);
-            let moved = namespace.migrate_legacy().await?;
-            println!("moved {moved} keys of {app} into the {layout:?} layout");
-            Ok(())
-        })
+    block_on(async {
+        let storage = tabula::storage::open(store).await?;
+        // Counted without limits: the serving hosts apply the app's quota to what
+        // comes next; the counts themselves are exact either way.
+        let namespace = tabula::storage::Namespace::new(storage, app, layout, 0, 0);
+        let moved = namespace.migrate_legacy().await?;
+        println!("moved {moved} keys of {app} into the {layout:?} layout");
+        Ok(())
+    })?
 }
 
 /// PATHs, or the current directory.

@@ -1,4 +1,5 @@
-//! The CLI's side of the admin API: `tabula deploy`, `apps`, `versions`, `rollback`, `rm`.
+//! The CLI's side of the admin API: `tabula deploy`, `apps`, `versions`, `rollback`, `rm`
+//! (and `check`'s deploys, in `check.rs`).
 //! Progress goes to stderr as it happens; results go to stdout.
 
 use std::path::{Path, PathBuf};
@@ -69,10 +70,31 @@ impl AdminClient {
         bail!("{why} ({status})")
     }
 
-    async fn json(&self, method: &str, path: &str) -> Result<Value> {
+    pub(super) async fn json(&self, method: &str, path: &str) -> Result<Value> {
         let response = self.send(method, path, Bytes::new(), &[]).await?;
         let body = response.into_body().collect().await?.to_bytes();
         Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Uploads `component` as a new version of app `name` (`query`: its route, message,
+    /// source, assets) and follows its deploy; returns the outcome.
+    pub(super) async fn upload(
+        &self,
+        name: &str,
+        query: &str,
+        component: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<Value> {
+        let response = self
+            .send(
+                "POST",
+                &format!("/v1/apps/{name}/versions?{query}"),
+                Bytes::from(component),
+                headers,
+            )
+            .await?;
+        eprintln!("tabula: uploaded and checked");
+        self.follow(response).await
     }
 
     /// Follows a deploy's progress lines to stderr and returns its outcome.
@@ -186,16 +208,9 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
     }
     let query = query.finish();
     let settings = serde_json::to_string(&spec.settings as &AppSettings)?;
-    let response = client
-        .send(
-            "POST",
-            &format!("/v1/apps/{name}/versions?{query}"),
-            Bytes::from(bytes),
-            &[("tabula-settings", settings)],
-        )
+    let done = client
+        .upload(&name, &query, bytes, &[("tabula-settings", settings)])
         .await?;
-    eprintln!("tabula: uploaded and checked");
-    let done = client.follow(response).await?;
     report(&done);
     Ok(())
 }

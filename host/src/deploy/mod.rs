@@ -9,10 +9,13 @@
 //! - `rollout`: one version made active on every replica, reported as it goes.
 //! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
 //! - [`client`]: the CLI's side of the admin API.
+//! - [`check`]: `tabula check`, which deploys a probe to see whether a fleet keeps nothing
+//!   between requests.
 
 pub mod admin;
 pub mod artifacts;
 pub(crate) mod cache;
+pub mod check;
 pub mod client;
 pub(crate) mod registry;
 pub(crate) mod replica;
