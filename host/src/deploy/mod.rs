@@ -4,13 +4,18 @@
 //!   heartbeats, all in the shared store.
 //! - `replica`: each serving process follows the registry and swaps its route table.
 //! - `cache`: compiled components on local disk, so restarts do not recompile.
-//! - `rollout`: one version made active on every replica, reported as it goes.
+//! - `rollout`: one version made active on every replica, reported as it goes, at once or
+//!   through a canary that gets a growing share of the requests.
+//! - `canary`: the judge that advances, promotes or rolls back canaries by their figures.
 //! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
 //! - [`client`]: the CLI's side of the admin API.
 
 pub mod admin;
 pub(crate) mod cache;
+mod canary;
 pub mod client;
 pub(crate) mod registry;
 pub(crate) mod replica;
 mod rollout;
+
+pub use registry::CanaryPlan;
