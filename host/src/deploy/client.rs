@@ -293,7 +293,13 @@ pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
             "canary: {version} gets {}% of the requests (steps {}, every {} s; rolled back \
              when its error rate over {} s exceeds {}'s by more than {} points)",
             canary["percent"],
-            canary["steps"],
+            canary["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             canary["interval_secs"],
             canary["window_secs"],
             if active.is_empty() {

@@ -237,7 +237,8 @@ async fn switch(
         })
         .await?;
     if canary {
-        return follow_canary(registry, name, version, progress, started).await;
+        let ready: Vec<String> = ready.into_iter().map(|r| r.id).collect();
+        return follow_canary(registry, name, version, &ready, progress, started).await;
     }
     say(format!("switched {name} to {}", version.id())).await;
     let switched = serving_only(registry, name, version, ready.len()).await?;
@@ -251,8 +252,8 @@ async fn switch(
     Ok(done(name, version, switched, not_ready, started))
 }
 
-/// Reports a canary of `version` as the fleet runs it: each share once every replica
-/// applies it, the figures once per window, and the end. It ends in a promotion (the
+/// Reports a canary of `version` as the fleet runs it: each share once every replica that
+/// was `ready` (and is still alive) applies it, the figures once per window, and the end. It ends in a promotion (the
 /// outcome), a rollback (an error that says why, with the figures), or, for a plan that
 /// stops short of 100%, at its last step with the split in place (the outcome says so:
 /// `tabula promote` or `tabula rollback` finish it). The fleet's judge decides, not this
@@ -261,6 +262,7 @@ async fn follow_canary(
     registry: &Registry,
     name: &str,
     version: &Version,
+    ready: &[String],
     progress: &Progress,
     started: Instant,
 ) -> Result<serde_json::Value> {
@@ -291,15 +293,19 @@ async fn follow_canary(
                         .filter(|r| r.canary.get(name) == Some(&share))
                         .map(|r| r.id.clone())
                         .collect();
-                    if applying.len() == replicas.len() {
+                    let waiting = replicas
+                        .iter()
+                        .any(|r| ready.contains(&r.id) && !applying.contains(&r.id));
+                    if !waiting {
                         applied = Some(share);
                         progress
                             .say(format!(
-                                "{} gets {}% of {name}'s requests on {} replicas; the rest go \
-                                 to {}",
+                                "{} gets {}% of {name}'s requests on {} replica{}; the rest \
+                                 go to {}",
                                 version.id(),
                                 canary.percent,
                                 applying.len(),
+                                if applying.len() == 1 { "" } else { "s" },
                                 active.id()
                             ))
                             .await;
