@@ -239,7 +239,7 @@ pub struct CanaryEnd {
 }
 
 /// Requests of one version counted over a time, and those of them that failed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Count {
     /// Every request answered.
     pub total: u64,
