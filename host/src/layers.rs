@@ -40,6 +40,7 @@ const LAYERS: &[&[&str]] = &[
     &["request::body", "request::instance"],
     &["request"],
     &["request::front"],
+    &["deploy::canary"],
     &["deploy::rollout"],
     &["deploy::replica", "deploy::admin", "deploy::client"],
     &["deploy::check"],

@@ -16,6 +16,7 @@ use tabula::config::{
     Allocator, CompileLimits, HostConfig, KvLimits, RequestBounds, SecretPolicy, SessionDefaults,
     TmpQuota,
 };
+use tabula::deploy::CanaryPlan;
 use tabula::deploy::admin::AdminConfig;
 use tabula::deploy::artifacts::{ArtifactKey, Sharing};
 use tabula::deploy::{check, client};
@@ -65,7 +66,8 @@ enum Commands {
     /// is: `NAME<TAB>ROUTE<TAB>PATH` per line.
     Build(BuildArgs),
     /// Deploy a project (built first) or a .wasm component to running hosts, through the
-    /// admin API of any of them; every replica switches at once.
+    /// admin API of any of them; every replica switches at once, or with --canary the new
+    /// version gets a growing share of the requests and goes back by itself if it fails.
     Deploy(DeployArgs),
     /// List the deployed apps and their active versions.
     Apps(AdminArgs),
@@ -76,12 +78,22 @@ enum Commands {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Switch an app back to its previous version, or to VERSION (e.g. v3).
+    /// Switch an app back to its previous version, or to VERSION (e.g. v3). During a
+    /// canary (`deploy --canary`), without VERSION: end the canary, back to the active
+    /// version.
     Rollback {
         /// The app.
         name: String,
         /// The version to switch to [default: the one before the active one].
         version: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Finish an app's canary (`deploy --canary`): its version becomes the active one on
+    /// every replica.
+    Promote {
+        /// The app.
+        name: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -203,7 +215,80 @@ struct DeployArgs {
     variables: VariableArgs,
 
     #[command(flatten)]
+    canary: CanaryArgs,
+
+    #[command(flatten)]
     admin: AdminArgs,
+}
+
+/// A gradual rollout: `tabula deploy --canary`.
+#[derive(Args)]
+struct CanaryArgs {
+    /// Roll out as a canary: the new version gets this share of the app's requests on every
+    /// replica (the rest stay on the active version), then each next share once the last
+    /// lasted --canary-interval with its checks passed; reaching 100 makes it the active
+    /// version. E.g. `10`, or `10,50,100`. A share under 100 at the end holds until
+    /// `tabula promote` or `tabula rollback`. Clients keep their version through it by their
+    /// session cookie or a `tabula-version-key` header; others are split at random.
+    #[arg(long, env = "TABULA_CANARY", value_name = "PERCENT[,PERCENT...]")]
+    canary: Option<String>,
+
+    /// Seconds each canary step lasts at least (or with a unit: `90s`, `5m`, `1h`).
+    #[arg(long, env = "TABULA_CANARY_INTERVAL", default_value_t = CanaryPlan::INTERVAL_SECS, value_parser = seconds)]
+    canary_interval: u64,
+
+    /// Seconds of requests the canary's checks look back over (or `30s`, `5m`, ...).
+    #[arg(long, env = "TABULA_CANARY_WINDOW", default_value_t = CanaryPlan::WINDOW_SECS, value_parser = seconds)]
+    canary_window: u64,
+
+    /// Percentage points by which the canary's error rate (5xx, traps, timeouts) over the
+    /// window may exceed the active version's; beyond them every replica goes back to the
+    /// active version by itself, whether or not this command still runs.
+    #[arg(long, env = "TABULA_CANARY_MAX_ERROR_EXCESS", default_value_t = CanaryPlan::MAX_ERROR_EXCESS)]
+    canary_max_error_excess: f64,
+
+    /// Requests the canary must have had in the window before it is judged; with fewer it
+    /// neither rolls back nor advances.
+    #[arg(long, env = "TABULA_CANARY_MIN_REQUESTS", default_value_t = CanaryPlan::MIN_REQUESTS)]
+    canary_min_requests: u64,
+}
+
+impl CanaryArgs {
+    /// The plan asked for, if --canary was given.
+    fn plan(&self) -> Result<Option<CanaryPlan>> {
+        let Some(steps) = &self.canary else {
+            return Ok(None);
+        };
+        let plan = CanaryPlan {
+            steps: CanaryPlan::steps(steps).context("--canary")?,
+            interval_secs: self.canary_interval,
+            window_secs: self.canary_window,
+            max_error_excess: self.canary_max_error_excess,
+            min_requests: self.canary_min_requests,
+        };
+        plan.check()?;
+        Ok(Some(plan))
+    }
+}
+
+/// A whole number of seconds, as `90`, `90s`, `5m` or `1h`.
+fn seconds(value: &str) -> Result<u64, String> {
+    let (number, unit) = match value.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if scale > 0 => Ok(n * scale),
+        _ => Err(format!(
+            "`{value}` is not a time: write e.g. `90s`, `5m` or `1h`"
+        )),
+    }
 }
 
 /// An app's variables from the command line, which it reads through `wasi:config/store`
@@ -528,6 +613,7 @@ fn main() -> ExitCode {
         Commands::Serve(args) => serve(args, Mode::Serve),
         Commands::Deploy(args) => admin(&args.admin.admin_url, |client| async move {
             let options = client::DeployOptions {
+                canary: args.canary.plan()?,
                 path: args.path,
                 name: args.name,
                 route: args.route,
@@ -552,6 +638,9 @@ fn main() -> ExitCode {
             admin: args,
         } => admin(&args.admin_url, |client| async move {
             client::rollback(&client, &name, version.as_deref()).await
+        }),
+        Commands::Promote { name, admin: args } => admin(&args.admin_url, |client| async move {
+            client::promote(&client, &name).await
         }),
         Commands::Rm { name, admin: args } => admin(&args.admin_url, |client| async move {
             client::remove(&client, &name).await

@@ -8,8 +8,12 @@
 //! POST   /v1/apps/{name}/versions        upload a component (the body) and, unless
 //!                                        ?activate=false, deploy it; ?route= ?message= ?source=
 //!                                        ?assets=DIGEST (uploaded before),
-//!                                        manifest settings as JSON in `tabula-settings`
-//! POST   /v1/apps/{name}/activate        {"version": N} deploys version N; {} rolls back
+//!                                        manifest settings as JSON in `tabula-settings`,
+//!                                        ?canary=10,50,100 (and ?canary_interval= _window=
+//!                                        _max_error_excess= _min_requests=) as a canary
+//! POST   /v1/apps/{name}/activate        {"version": N} deploys version N; {} ends the
+//!                                        canary, or without one rolls back
+//! POST   /v1/apps/{name}/promote         makes the canary the active version
 //! DELETE /v1/apps/{name}                 removes the app from every replica
 //! ```
 //!
@@ -40,7 +44,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use super::cache::CompileCache;
-use super::registry::{AppRecord, Blob, Pin, Registry, RouteTaken, Version};
+use super::registry::{AppRecord, Blob, CanaryPlan, Pin, Registry, RouteTaken, Version};
 use super::rollout;
 use crate::app::App;
 use crate::capabilities::Assets;
@@ -81,8 +85,9 @@ const MAX_NOTE_BYTES: usize = 4096;
 
 impl Admin {
     /// Deploys `version` of app `name` to every replica within this host's deploy timeout,
-    /// then collects what its retention no longer keeps (see [`rollout::roll_out`]).
-    fn roll_out(&self, name: String, version: Version) -> Response {
+    /// at once or as a canary by `plan`, then collects what its retention no longer keeps
+    /// (see [`rollout::roll_out`]).
+    fn roll_out(&self, name: String, version: Version, plan: Option<CanaryPlan>) -> Response {
         let config = &self.config;
         rollout::roll_out(
             self.registry.clone(),
@@ -90,6 +95,7 @@ impl Admin {
             config.keep_versions,
             name,
             version,
+            plan,
         )
     }
 }
@@ -150,6 +156,7 @@ fn routes(admin: Admin) -> Router {
         .route("/v1/apps/{name}", get(show_app).delete(remove_app))
         .route("/v1/apps/{name}/versions", post(upload))
         .route("/v1/apps/{name}/activate", post(activate))
+        .route("/v1/apps/{name}/promote", post(promote))
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authenticate,
@@ -190,6 +197,10 @@ struct AppSummary {
     active: Option<String>,
     pending: Option<String>,
     generation: u64,
+    /// The canary in progress: its version, share, plan and times.
+    canary: Option<serde_json::Value>,
+    /// How the last canary ended and why (for a rollback by the fleet, with the figures).
+    last_canary: Option<serde_json::Value>,
 }
 
 impl From<&AppRecord> for AppSummary {
@@ -200,6 +211,28 @@ impl From<&AppRecord> for AppSummary {
             active: record.active.as_ref().map(Version::id),
             pending: record.pending.as_ref().map(Version::id),
             generation: record.generation,
+            canary: record.canary.as_ref().map(|c| {
+                json!({
+                    "version": c.version.id(),
+                    "percent": c.percent,
+                    "steps": c.plan.steps,
+                    "interval_secs": c.plan.interval_secs,
+                    "window_secs": c.plan.window_secs,
+                    "max_error_excess": c.plan.max_error_excess,
+                    "min_requests": c.plan.min_requests,
+                    "started": c.started,
+                    "since": c.since,
+                })
+            }),
+            last_canary: record.last_canary.as_ref().map(|end| {
+                json!({
+                    "version": format!("v{}", end.version),
+                    "percent": end.percent,
+                    "outcome": if end.promoted { "promoted" } else { "rolled back" },
+                    "reason": end.reason,
+                    "at": end.at,
+                })
+            }),
         }
     }
 }
@@ -230,6 +263,10 @@ async fn show_app(
                 "id": r.id,
                 "address": r.address,
                 "running": r.running.get(&name).map(|n| format!("v{n}")),
+                "canary": r.canary.get(&name).map(|s| json!({
+                    "version": format!("v{}", s.version),
+                    "percent": s.percent,
+                })),
                 "ready": r.ready.get(&name).map(|ns| ns.iter().map(|n| format!("v{n}")).collect::<Vec<_>>()),
             })
         })
@@ -274,6 +311,7 @@ async fn remove_app(
                 let mut record = current.cloned().expect("known above");
                 record.active = None;
                 record.pending = None;
+                record.end_canary(false, "the app was removed".into());
                 Ok(record)
             })
             .await?;
@@ -376,6 +414,32 @@ struct UploadQuery {
     #[serde(default)]
     source: String,
     activate: Option<bool>,
+    /// The canary's steps, e.g. `10,50,100`: a canary rollout instead of a switch.
+    canary: Option<String>,
+    canary_interval: Option<u64>,
+    canary_window: Option<u64>,
+    canary_max_error_excess: Option<f64>,
+    canary_min_requests: Option<u64>,
+}
+
+impl UploadQuery {
+    /// The canary plan asked for, if any, checked; the defaults fill what is not given.
+    fn plan(&self) -> Result<Option<CanaryPlan>, String> {
+        let Some(steps) = &self.canary else {
+            return Ok(None);
+        };
+        let plan = CanaryPlan {
+            steps: CanaryPlan::steps(steps).map_err(|e| format!("{e:#}"))?,
+            interval_secs: self.canary_interval.unwrap_or(CanaryPlan::INTERVAL_SECS),
+            window_secs: self.canary_window.unwrap_or(CanaryPlan::WINDOW_SECS),
+            max_error_excess: self
+                .canary_max_error_excess
+                .unwrap_or(CanaryPlan::MAX_ERROR_EXCESS),
+            min_requests: self.canary_min_requests.unwrap_or(CanaryPlan::MIN_REQUESTS),
+        };
+        plan.check().map_err(|e| format!("{e:#}"))?;
+        Ok(Some(plan))
+    }
 }
 
 async fn upload(
@@ -390,6 +454,18 @@ async fn upload(
     let bytes = read_limited(&admin, body, "component").await?;
     let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
     validate_name(&name).map_err(|e| bad(format!("{e:#}")))?;
+    let plan = query.plan().map_err(bad)?;
+    if plan.is_some()
+        && !matches!(admin.registry.app(&name).await?, Some((r, _)) if r.active.is_some())
+    {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!(
+                "app `{name}` has no active version for a canary to share requests with: \
+                 deploy its first version without --canary"
+            ),
+        ));
+    }
     let route = query.route.unwrap_or_else(|| format!("/{name}"));
     validate_route(&route).map_err(|e| bad(format!("{e:#}")))?;
     for (what, text) in [("message", &query.message), ("source", &query.source)] {
@@ -471,7 +547,7 @@ async fn upload(
     if query.activate == Some(false) {
         return Ok(Json(json!({ "uploaded": version.id(), "digest": digest })).into_response());
     }
-    Ok(admin.roll_out(name, version))
+    Ok(admin.roll_out(name, version, plan))
 }
 
 /// Gives `route` to app `name` (see [`Registry::claim_route`]), or refuses with 409: the
@@ -550,6 +626,9 @@ async fn activate(
     Json(body): Json<ActivateBody>,
 ) -> ApiResult<Response> {
     let record = known_app(&admin, &name).await?;
+    if body.version.is_none() && record.canary.is_some() {
+        return end_canary(&admin, &name, false).await;
+    }
     let versions = admin.registry.versions(&name).await?;
     let version = match body.version {
         Some(id) => {
@@ -586,5 +665,59 @@ async fn activate(
         }
     };
     claim_route(&admin, &name, &version.route).await?;
-    Ok(admin.roll_out(name, version))
+    Ok(admin.roll_out(name, version, None))
 }
+
+async fn promote(State(admin): State<Admin>, Path(name): Path<String>) -> ApiResult<Response> {
+    known_app(&admin, &name).await?;
+    end_canary(&admin, &name, true).await
+}
+
+/// Ends app `name`'s canary by hand: `promote`d, it becomes the active version, else the
+/// app goes back to its active version. Answers once every replica has followed.
+async fn end_canary(admin: &Admin, name: &str, promote: bool) -> ApiResult<Response> {
+    let how = if promote { "promote" } else { "rollback" };
+    let record = admin
+        .registry
+        .update(name, |current| {
+            let mut record = current.cloned().unwrap_or_else(|| AppRecord::empty(name));
+            let Some(canary) = &record.canary else {
+                return Err(NoCanary.into());
+            };
+            let reason = format!("`tabula {how}` at {}%", canary.percent);
+            if promote {
+                record.active = Some(canary.version.clone());
+            }
+            record.end_canary(promote, reason);
+            Ok(record)
+        })
+        .await
+        .map_err(|e| match e.downcast_ref::<NoCanary>() {
+            Some(_) => ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "app `{name}` has no canary to {how}: start one with `tabula deploy \
+                     --canary`"
+                ),
+            ),
+            None => e.into(),
+        })?;
+    let active = record.active.expect("a canary's app has an active version");
+    Ok(rollout::settle(
+        admin.registry.clone(),
+        name.to_string(),
+        active,
+    ))
+}
+
+/// The app has no canary: the caller answers 409.
+#[derive(Debug)]
+struct NoCanary;
+
+impl std::fmt::Display for NoCanary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no canary")
+    }
+}
+
+impl std::error::Error for NoCanary {}

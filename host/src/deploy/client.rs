@@ -1,5 +1,5 @@
-//! The CLI's side of the admin API: `tabula deploy`, `apps`, `versions`, `rollback`, `rm`
-//! (and `check`'s deploys, in `check.rs`).
+//! The CLI's side of the admin API: `tabula deploy`, `apps`, `versions`, `rollback`,
+//! `promote`, `rm` (and `check`'s deploys, in `check.rs`).
 //! Progress goes to stderr as it happens; results go to stdout.
 
 use std::path::{Path, PathBuf};
@@ -140,6 +140,8 @@ pub struct DeployOptions {
     pub assets: Option<PathBuf>,
     /// How projects are built.
     pub build: BuildOptions,
+    /// Roll it out as a canary by this plan instead of switching every request at once.
+    pub canary: Option<super::registry::CanaryPlan>,
 }
 
 /// `tabula deploy`.
@@ -185,6 +187,19 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
         .append_pair("route", &route)
         .append_pair("message", &options.message)
         .append_pair("source", &source);
+    if let Some(plan) = &options.canary {
+        plan.check()?;
+        let steps: Vec<String> = plan.steps.iter().map(u8::to_string).collect();
+        query
+            .append_pair("canary", &steps.join(","))
+            .append_pair("canary_interval", &plan.interval_secs.to_string())
+            .append_pair("canary_window", &plan.window_secs.to_string())
+            .append_pair(
+                "canary_max_error_excess",
+                &plan.max_error_excess.to_string(),
+            )
+            .append_pair("canary_min_requests", &plan.min_requests.to_string());
+    }
     if let Some(dir) = options.assets.or(spec.assets) {
         let bundle = Assets::bundle(&dir)
             .with_context(|| format!("bundling the assets in {}", dir.display()))?;
@@ -224,9 +239,20 @@ fn source_of(path: &Path) -> String {
 
 fn report(done: &Value) {
     let switched = done["switched"].as_array().map_or(0, Vec::len);
+    let app = done["app"].as_str().unwrap_or("");
+    if let Some(percent) = done["canary"].as_u64() {
+        println!(
+            "{app} {} gets {percent}% of the requests on {switched} replica{}, the rest stay \
+             on {}; `tabula promote {app}` finishes the rollout, `tabula rollback {app}` ends it",
+            done["version"].as_str().unwrap_or(""),
+            if switched == 1 { "" } else { "s" },
+            done["active"].as_str().unwrap_or("the active version"),
+        );
+        return;
+    }
     println!(
         "{} {} is active ({} replica{} switched, {:.2} s; digest {})",
-        done["app"].as_str().unwrap_or(""),
+        app,
         done["version"].as_str().unwrap_or(""),
         switched,
         if switched == 1 { "" } else { "s" },
@@ -275,10 +301,47 @@ pub async fn versions(client: &AdminClient, name: &str) -> Result<()> {
             v["message"].as_str().unwrap_or("")
         );
     }
+    let canary = &app["app"]["canary"];
+    if let Some(version) = canary["version"].as_str() {
+        println!(
+            "canary: {version} gets {}% of the requests (steps {}, every {} s; rolled back \
+             when its error rate over {} s exceeds {}'s by more than {} points)",
+            canary["percent"],
+            canary["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            canary["interval_secs"],
+            canary["window_secs"],
+            if active.is_empty() {
+                "the active version"
+            } else {
+                active
+            },
+            canary["max_error_excess"],
+        );
+    }
+    let last = &app["app"]["last_canary"];
+    if let Some(version) = last["version"].as_str() {
+        println!(
+            "last canary: {version} {} at {}% on {}: {}",
+            last["outcome"].as_str().unwrap_or(""),
+            last["percent"],
+            utc(last["at"].as_u64().unwrap_or(0)),
+            last["reason"].as_str().unwrap_or("")
+        );
+    }
     println!("replicas:");
     for r in app["replicas"].as_array().into_iter().flatten() {
+        let split = match r["canary"]["version"].as_str() {
+            Some(v) => format!(", {v} at {}%", r["canary"]["percent"]),
+            None => String::new(),
+        };
         println!(
-            "  {:<32} {:<22} running {}",
+            "  {:<32} {:<22} running {}{split}",
             r["id"].as_str().unwrap_or(""),
             r["address"].as_str().unwrap_or(""),
             r["running"].as_str().unwrap_or("-")
@@ -317,6 +380,22 @@ pub async fn rollback(client: &AdminClient, name: &str, version: Option<&str>) -
             &format!("/v1/apps/{name}/activate"),
             Bytes::from(serde_json::to_vec(&body)?),
             &[("content-type", "application/json".into())],
+        )
+        .await?;
+    let done = client.follow(response).await?;
+    report(&done);
+    Ok(())
+}
+
+/// `tabula promote NAME`.
+pub async fn promote(client: &AdminClient, name: &str) -> Result<()> {
+    validate_name(name)?;
+    let response = client
+        .send(
+            "POST",
+            &format!("/v1/apps/{name}/promote"),
+            Bytes::new(),
+            &[],
         )
         .await?;
     let done = client.follow(response).await?;

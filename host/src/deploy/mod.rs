@@ -6,7 +6,9 @@
 //! - `cache`: compiled components on local disk, so restarts do not recompile.
 //! - [`artifacts`]: compiled components shared through the store, signed with a key only
 //!   replicas hold, so a replica that joins does not recompile.
-//! - `rollout`: one version made active on every replica, reported as it goes.
+//! - `rollout`: one version made active on every replica, reported as it goes, at once or
+//!   through a canary that gets a growing share of the requests.
+//! - `canary`: the judge that advances, promotes or rolls back canaries by their figures.
 //! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
 //! - [`client`]: the CLI's side of the admin API.
 //! - [`check`]: `tabula check`, which deploys a probe to see whether a fleet keeps nothing
@@ -15,8 +17,11 @@
 pub mod admin;
 pub mod artifacts;
 pub(crate) mod cache;
+mod canary;
 pub mod check;
 pub mod client;
 pub(crate) mod registry;
 pub(crate) mod replica;
 mod rollout;
+
+pub use registry::CanaryPlan;

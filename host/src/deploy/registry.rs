@@ -83,7 +83,7 @@ impl Version {
 
 /// An app's record: which version is active. Changed only by compare-and-swap, each change
 /// with a higher generation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {
     /// The app's name.
     pub name: String,
@@ -93,6 +93,180 @@ pub struct AppRecord {
     pub active: Option<Version>,
     /// The version being rolled out: replicas get it ready before `active` points at it.
     pub pending: Option<Version>,
+    /// A gradual rollout: a version that gets a share of the requests beside `active`.
+    #[serde(default)]
+    pub canary: Option<Canary>,
+    /// How the last canary ended, and why: what `tabula versions` and the dashboard show.
+    #[serde(default)]
+    pub last_canary: Option<CanaryEnd>,
+}
+
+impl AppRecord {
+    /// A record of app `name` with nothing in it yet.
+    pub fn empty(name: &str) -> AppRecord {
+        AppRecord {
+            name: name.to_string(),
+            generation: 0,
+            active: None,
+            pending: None,
+            canary: None,
+            last_canary: None,
+        }
+    }
+
+    /// Ends the canary, if there is one, recording why (`promoted` when its version became
+    /// the active one).
+    pub fn end_canary(&mut self, promoted: bool, reason: String) {
+        if let Some(canary) = self.canary.take() {
+            self.last_canary = Some(CanaryEnd {
+                version: canary.version.number,
+                percent: canary.percent,
+                promoted,
+                reason,
+                at: now(),
+            });
+        }
+    }
+}
+
+/// How a gradual rollout goes: its steps and the checks each must pass. Chosen by the
+/// deployer, kept with the canary, so whichever replica judges it applies the same checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryPlan {
+    /// The shares of requests the new version gets, in percent, in order (`[10, 50, 100]`);
+    /// reaching 100 promotes it. A plan whose last step is under 100 holds there until
+    /// `tabula promote`.
+    pub steps: Vec<u8>,
+    /// Seconds each step lasts at least before the next, if its checks pass.
+    pub interval_secs: u64,
+    /// Seconds of requests each check looks back over.
+    pub window_secs: u64,
+    /// How many percentage points the canary's error rate may exceed the active version's
+    /// over the window before the fleet goes back to the active version by itself.
+    pub max_error_excess: f64,
+    /// Requests the canary must have had in the window before it is judged: fewer say
+    /// nothing either way, so a step does not advance on them either.
+    pub min_requests: u64,
+}
+
+impl CanaryPlan {
+    /// `--canary-interval`'s default: a minute per step, as Flagger's `analysis.interval`.
+    pub const INTERVAL_SECS: u64 = 60;
+    /// `--canary-window`'s default.
+    pub const WINDOW_SECS: u64 = 30;
+    /// `--canary-max-error-excess`'s default, in percentage points.
+    pub const MAX_ERROR_EXCESS: f64 = 5.0;
+    /// `--canary-min-requests`'s default.
+    pub const MIN_REQUESTS: u64 = 20;
+
+    /// Steps written as `10,50,100` (a `%` after each allowed).
+    pub fn steps(text: &str) -> Result<Vec<u8>> {
+        text.split(',')
+            .map(|s| s.trim().trim_end_matches('%').parse::<u8>())
+            .collect::<Result<Vec<u8>, _>>()
+            .with_context(|| {
+                format!("`{text}` is not a list of percentages, e.g. `10` or `10,50,100`")
+            })
+    }
+
+    /// Refuses a plan that cannot run, saying what to change.
+    pub fn check(&self) -> Result<()> {
+        if self.steps.is_empty() {
+            bail!("a canary needs at least one step, e.g. `--canary 10` or `--canary 10,50,100`");
+        }
+        if let Some(bad) = self.steps.iter().find(|s| !(1..=100).contains(*s)) {
+            bail!("canary step {bad}% is not a share of requests from 1 to 100");
+        }
+        if self.steps.windows(2).any(|pair| pair[0] >= pair[1]) {
+            bail!("canary steps must grow, e.g. `10,50,100`");
+        }
+        if self.interval_secs == 0 || self.window_secs == 0 {
+            bail!("the canary interval and window must be at least a second");
+        }
+        if !(0.0..=100.0).contains(&self.max_error_excess) {
+            bail!("the canary's max error excess is in percentage points, from 0 to 100");
+        }
+        Ok(())
+    }
+
+    /// The width of the buckets requests are counted in: a tenth of the window, so a check
+    /// reads about ten of them per version.
+    pub fn bucket_secs(&self) -> u64 {
+        (self.window_secs / 10).max(1)
+    }
+}
+
+/// A gradual rollout in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The new version.
+    pub version: Version,
+    /// The share of requests it gets now, in percent.
+    pub percent: u8,
+    /// Its steps and checks.
+    pub plan: CanaryPlan,
+    /// When it started, in seconds since the Unix epoch.
+    pub started: u64,
+    /// When the current step started.
+    pub since: u64,
+}
+
+impl Canary {
+    /// `version` at the first step of `plan`, from now.
+    pub fn start(version: Version, plan: CanaryPlan) -> Canary {
+        let now = now();
+        Canary {
+            version,
+            percent: plan.steps[0],
+            plan,
+            started: now,
+            since: now,
+        }
+    }
+}
+
+/// How a canary ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryEnd {
+    /// The canary's version number.
+    pub version: u64,
+    /// The share it had when it ended.
+    pub percent: u8,
+    /// Whether it became the active version (else the app went back to the active one).
+    pub promoted: bool,
+    /// Why, with the figures when the fleet decided by itself.
+    pub reason: String,
+    /// When, in seconds since the Unix epoch.
+    pub at: u64,
+}
+
+/// Requests of one version counted over a time, and those of them that failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    /// Every request answered.
+    pub total: u64,
+    /// Those answered with a 5xx (traps and timeouts are 500s).
+    pub errors: u64,
+}
+
+impl Count {
+    /// The share that failed, in percent (0 for no requests).
+    pub fn error_percent(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.errors as f64 * 100.0 / self.total as f64
+        }
+    }
+}
+
+/// Which version of an app a replica gives a canary's share to, and how much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The canary's version number.
+    pub version: u64,
+    /// Its share, in percent.
+    pub percent: u8,
 }
 
 /// What a replica says about itself, renewed every second.
@@ -113,6 +287,9 @@ pub struct Heartbeat {
     pub running: BTreeMap<String, u64>,
     /// Versions compiled and ready to switch to, per app.
     pub ready: BTreeMap<String, Vec<u64>>,
+    /// The canary each app's requests are split with, per app that has one.
+    #[serde(default)]
+    pub canary: BTreeMap<String, Share>,
     /// The registry generation it has caught up with.
     pub generation: u64,
 }
@@ -215,12 +392,19 @@ fn seq_key(name: &str) -> String {
     format!("tabula:{{registry}}:seq:{name}")
 }
 
+/// Requests of version `number` of app `name` in the bucket starting at `bucket` (seconds
+/// since the epoch): `KEY:t` counts them all, `KEY:e` the failed ones.
+fn tally_key(name: &str, number: u64, bucket: u64) -> String {
+    format!("tabula:{{registry}}:tally:{name}:{number}:{bucket}")
+}
+
 const GENERATION: &str = "tabula:{registry}:gen";
 const DIRECTORY: &str = "tabula:{registry}:apps";
 const APP_PREFIX: &str = "tabula:{registry}:app:";
 const REPLICAS: &str = "tabula:{registry}:replicas";
 const BLOBS: &str = "tabula:{registry}:blobs";
 const REPLICA_PREFIX: &str = "tabula:{registry}:replica:";
+const JUDGE: &str = "tabula:{registry}:judge";
 
 /// The hex sha-256 of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
@@ -400,12 +584,17 @@ impl Registry {
             let versions = self.versions(&app.name).await?;
             let active = app.active.as_ref().map(|v| v.number);
             let pending = app.pending.as_ref().map(|v| v.number);
+            let canary = app.canary.as_ref().map(|c| c.version.number);
             let rollback = active.and_then(|a| versions.iter().rev().find(|v| v.number < a));
             let rollback = rollback.map(|v| v.number);
             let newest: Vec<u64> = versions.iter().rev().take(keep).map(|v| v.number).collect();
             for version in versions {
                 let n = Some(version.number);
-                if newest.contains(&version.number) || n == active || n == pending || n == rollback
+                if newest.contains(&version.number)
+                    || n == active
+                    || n == pending
+                    || n == canary
+                    || n == rollback
                 {
                     named.insert(version.digest.clone());
                     named.extend(version.assets.clone());
@@ -826,6 +1015,57 @@ impl Registry {
             }
         }
         bail!("the registry's replica list is being changed by others at the same time")
+    }
+
+    /// Adds `count` to version `number` of app `name`'s requests in the bucket of width
+    /// `width` seconds that holds now. The counts expire once no window can reach them.
+    pub async fn tally(&self, name: &str, number: u64, width: u64, count: Count) -> Result<()> {
+        let key = tally_key(name, number, now() / width * width);
+        let keep = Some(Duration::from_secs(width * 20 + 60));
+        for (suffix, n) in [("t", count.total), ("e", count.errors)] {
+            if n == 0 {
+                continue;
+            }
+            let key = format!("{key}:{suffix}");
+            if self.storage.increment(&key, n as i64, None).await? == n as i64 {
+                self.storage.expire(&key, keep, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Version `number` of app `name`'s requests counted (by [`Registry::tally`], buckets of
+    /// `width` seconds) from `from` to now, in seconds since the epoch.
+    pub async fn tallied(&self, name: &str, number: u64, width: u64, from: u64) -> Result<Count> {
+        let mut count = Count::default();
+        let read = |key: String| async move {
+            Ok::<u64, anyhow::Error>(match self.storage.get(&key).await? {
+                Some(bytes) => String::from_utf8_lossy(&bytes).parse().unwrap_or(0),
+                None => 0,
+            })
+        };
+        let mut bucket = from / width * width;
+        while bucket <= now() {
+            let key = tally_key(name, number, bucket);
+            count.total += read(format!("{key}:t")).await?;
+            count.errors += read(format!("{key}:e")).await?;
+            bucket += width;
+        }
+        Ok(count)
+    }
+
+    /// Whether replica `id` is the one that judges the fleet's canaries: it takes the role
+    /// when no live replica holds it and keeps it by renewing it before `ttl` lapses, so a
+    /// replica that dies hands it on within `ttl`.
+    pub async fn judge(&self, id: &str, ttl: Duration) -> Result<bool> {
+        let held = self.storage.get(JUDGE).await?;
+        match held.as_deref() {
+            Some(holder) if holder != id.as_bytes() => Ok(false),
+            held => Ok(self
+                .storage
+                .compare_and_swap(JUDGE, held, id.as_bytes(), Some(ttl), None)
+                .await?),
+        }
     }
 
     /// Messages on the deploy channel.

@@ -8,6 +8,10 @@
 //! it swaps the route table, so requests in flight finish on the version they started with and
 //! the old version is freed after them. If the store is unreachable it keeps serving what it
 //! has.
+//!
+//! An app with a canary is served in both versions at once, its requests split as the
+//! registry says (see [`crate::request::router::Split`]); the agent adds each side's counts
+//! to the registry every second, and one replica judges every canary (see [`super::canary`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -19,11 +23,12 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use super::cache::{CompileCache, Compiled};
-use super::registry::{self, Registry, Version};
+use super::canary;
+use super::registry::{self, Count, Registry, Share, Version};
 use crate::app::App;
 use crate::capabilities::Assets;
 use crate::config::AppSpec;
-use crate::request::router::{Router, Routes};
+use crate::request::router::{Router, Routes, Split, Tallies};
 use crate::runtime::Runtime;
 
 /// How often a replica checks the registry's generation, whatever it hears.
@@ -47,10 +52,22 @@ struct State {
     /// registry rebuilt from scratch (a store that lost its data) numbering from 1 again is
     /// not taken for what is served.
     deployed: BTreeMap<String, (u64, String, App)>,
-    /// Versions compiled and waiting for the switch.
+    /// Versions compiled and waiting for the switch; a canary's stays here too, so that its
+    /// promotion switches at once.
     prepared: HashMap<(String, u64), App>,
+    /// Apps split with a canary now, by name.
+    canaries: BTreeMap<String, Serving>,
     /// What the heartbeat says.
     record: registry::Heartbeat,
+}
+
+/// A canary this replica serves beside an app's active version.
+struct Serving {
+    share: Share,
+    digest: String,
+    split: Split,
+    /// The width of the buckets its counts go to (its plan's).
+    bucket_secs: u64,
 }
 
 impl Agent {
@@ -85,6 +102,7 @@ impl Agent {
                 fixed,
                 deployed: BTreeMap::new(),
                 prepared: HashMap::new(),
+                canaries: BTreeMap::new(),
                 record,
             }),
             news: Notify::new(),
@@ -97,6 +115,8 @@ impl Agent {
         }
         tokio::spawn(agent.clone().follow());
         tokio::spawn(agent.clone().beat());
+        tokio::spawn(agent.clone().count());
+        tokio::spawn(agent.clone().judge());
         Ok(agent)
     }
 
@@ -170,6 +190,61 @@ impl Agent {
         }
     }
 
+    /// Adds every second what each canary's split counted to the registry.
+    async fn count(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(POLL).await;
+            let counts: Vec<(String, u64, u64, Count)> = {
+                let state = self.lock();
+                let mut counts = Vec::new();
+                for (name, serving) in &state.canaries {
+                    let Some((active, _, _)) = state.deployed.get(name) else {
+                        continue;
+                    };
+                    let tallies = &serving.split.tallies;
+                    let sides = [
+                        (*active, &tallies.active),
+                        (serving.share.version, &tallies.canary),
+                    ];
+                    for (number, tally) in sides {
+                        let (total, errors) = tally.take();
+                        let count = Count { total, errors };
+                        counts.push((name.clone(), number, serving.bucket_secs, count));
+                    }
+                }
+                counts
+            };
+            for (name, number, width, count) in counts {
+                if count.total == 0 {
+                    continue;
+                }
+                if let Err(e) = self.registry.tally(&name, number, width, count).await {
+                    warn!(
+                        app = name,
+                        error = format!("{e:#}"),
+                        "could not report a canary's requests; they are not counted"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Judges the fleet's canaries every second while this replica holds the role (see
+    /// [`canary::judge`]); only while this replica serves a canary, so an idle fleet asks
+    /// the store nothing for it.
+    async fn judge(self: Arc<Self>) {
+        let id = self.lock().record.id.clone();
+        loop {
+            tokio::time::sleep(POLL).await;
+            if self.lock().canaries.is_empty() {
+                continue;
+            }
+            if let Err(e) = canary::judge(&self.registry, &id).await {
+                warn!(error = format!("{e:#}"), "could not judge the canaries");
+            }
+        }
+    }
+
     /// Takes this replica off the registry's list (it is stopping).
     pub async fn leave(&self) {
         let record = self.lock().record.clone();
@@ -195,6 +270,7 @@ impl Agent {
                     );
                 }
             }
+            changed |= self.follow_canary(&record.name, record, &mut wanted).await;
             let serving = self
                 .lock()
                 .deployed
@@ -242,7 +318,7 @@ impl Agent {
         state.prepared.retain(|key, _| wanted.contains(key));
         // An app the registry no longer lists at all (removed, its route freed) goes too.
         let listed: BTreeSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
-        let before = state.deployed.len();
+        let before = state.deployed.len() + state.canaries.len();
         state.deployed.retain(|name, _| {
             let keep = listed.contains(name.as_str());
             if !keep {
@@ -250,7 +326,10 @@ impl Agent {
             }
             keep
         });
-        changed |= state.deployed.len() != before;
+        state
+            .canaries
+            .retain(|name, _| listed.contains(name.as_str()));
+        changed |= state.deployed.len() + state.canaries.len() != before;
         if changed {
             let router = self.router(&state);
             self.routes.replace(router);
@@ -266,9 +345,78 @@ impl Agent {
             ready.entry(name.clone()).or_default().push(*number);
         }
         state.record.ready = ready;
+        state.record.canary = state
+            .canaries
+            .iter()
+            .map(|(name, serving)| (name.clone(), serving.share))
+            .collect();
         drop(state);
         self.news.notify_one();
         Ok(())
+    }
+
+    /// Splits app `name`'s requests with the canary `record` names, loading it first, or
+    /// stops splitting them when it names none; whether the route table must change.
+    async fn follow_canary(
+        &self,
+        name: &str,
+        record: &registry::AppRecord,
+        wanted: &mut BTreeSet<(String, u64)>,
+    ) -> bool {
+        let Some(canary) = &record.canary else {
+            let ended = self.lock().canaries.remove(name).is_some();
+            if ended {
+                info!(app = name, "canary ended");
+            }
+            return ended;
+        };
+        let version = &canary.version;
+        wanted.insert((name.to_string(), version.number));
+        if let Err(e) = self.prepare(name, version).await {
+            error!(
+                app = name,
+                version = version.id(),
+                error = format!("{e:#}"),
+                "could not load a canary; its share stays on the active version here"
+            );
+            return false;
+        }
+        let share = Share {
+            version: version.number,
+            percent: canary.percent,
+        };
+        let mut state = self.lock();
+        let now = state.canaries.get(name);
+        if now.is_some_and(|s| s.share == share && s.digest == version.digest) {
+            return false;
+        }
+        let Some(app) = state.prepared.get(&(name.to_string(), version.number)) else {
+            return false;
+        };
+        // The counts go on across a change of share; a new version starts its own.
+        let tallies = match now {
+            Some(s) if s.share.version == share.version => s.split.tallies.clone(),
+            _ => Arc::new(Tallies::default()),
+        };
+        let serving = Serving {
+            share,
+            digest: version.digest.clone(),
+            split: Split {
+                canary: app.clone(),
+                version: version.number,
+                percent: canary.percent,
+                tallies,
+            },
+            bucket_secs: canary.plan.bucket_secs(),
+        };
+        state.canaries.insert(name.to_string(), serving);
+        info!(
+            app = name,
+            version = version.id(),
+            percent = canary.percent,
+            "splitting requests with a canary"
+        );
+        true
     }
 
     /// Gets `version` of app `name` compiled and ready, unless it is already.
@@ -328,6 +476,7 @@ impl Agent {
     fn router(&self, state: &State) -> Router {
         let mut apps = state.fixed.clone();
         let fixed = apps.len();
+        let mut splits: Vec<Option<Split>> = vec![None; fixed];
         for (name, (_, _, app)) in &state.deployed {
             if let Err(e) = crate::config::validate_route(app.route()) {
                 error!(
@@ -347,10 +496,13 @@ impl Agent {
                     "a deployed app clashes with {} app of the same name or route; not serving it",
                     if at < fixed { "a fixed" } else { "a deployed" }
                 ),
-                None => apps.push(app.clone()),
+                None => {
+                    apps.push(app.clone());
+                    splits.push(state.canaries.get(name).map(|s| s.split.clone()));
+                }
             }
         }
-        Router::new(apps).unwrap_or_else(|e| {
+        Router::with_splits(apps.into_iter().zip(splits)).unwrap_or_else(|e| {
             error!(
                 error = format!("{e:#}"),
                 "the deployed apps do not fit the route table; serving the fixed apps only"

@@ -201,8 +201,8 @@ async fn serve(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Resp
     } else {
         None
     };
-    let app = router.route(req.uri().path());
-    let (Some(app), None) = (app, &refused) else {
+    let app = router.route(req.uri().path(), req.headers());
+    let (Some((app, tally)), None) = (app, &refused) else {
         let mut response =
             refused.unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "no app serves this path\n"));
         response.headers_mut().insert(REQUEST_ID.clone(), id);
@@ -243,6 +243,9 @@ async fn serve(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Resp
                 .insert(REQUEST_ID.clone(), label.id.clone());
             let status = response.status().as_u16();
             app.metrics().answered(status);
+            if let Some(tally) = tally {
+                tally.count(status);
+            }
             let elapsed = started.elapsed().as_secs_f64();
             app.metrics().latency.observe(elapsed);
             label.answered(status);

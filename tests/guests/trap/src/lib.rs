@@ -2,7 +2,8 @@
 //! `/trap/panic` panics, `/trap/unreachable` executes `unreachable`, `/trap/loop` spins
 //! forever, `/trap/memory` allocates until memory runs out, `/trap/stack` recurses until the
 //! stack overflows, `/trap/huge?mib=N` answers with an N MiB body, `/trap/sleep?ms=N` takes
-//! N ms to answer, and anything else answers 200 so a test can see the host still serves.
+//! N ms to answer, `/trap/flaky` panics on half of its requests at random (a bad version for
+//! the canary tests), and anything else answers 200 so a test can see the host still serves.
 
 use tabula_sdk::{Request, Response, handler};
 
@@ -41,6 +42,14 @@ fn trap(req: Request) -> Response {
         "/trap/sleep" => {
             std::thread::sleep(std::time::Duration::from_millis(number("ms", 100)));
             Response::text("slept\n")
+        }
+        "/trap/flaky" => {
+            // A random bit from the hasher's seed, which std draws from `wasi:random`.
+            use std::hash::BuildHasher;
+            if std::collections::hash_map::RandomState::new().hash_one(0u8) & 1 == 1 {
+                panic!("this guest fails half its requests on purpose");
+            }
+            Response::text("flaky, but not this time\n")
         }
         _ => Response::text("still here\n"),
     }
