@@ -5,7 +5,9 @@
 //! - `replica`: each serving process follows the registry and swaps its route table.
 //! - `cache`: compiled components on local disk, so restarts do not recompile.
 //! - `rollout`: one version made active on every replica, reported as it goes.
-//! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
+//! - `traffic`: each app's last minute of requests, carried in the heartbeats.
+//! - [`admin`]: the admin API that uploads, deploys, rolls back and removes, and its
+//!   dashboard (`/ui`).
 //! - [`client`]: the CLI's side of the admin API.
 
 pub mod admin;
@@ -14,3 +16,4 @@ pub mod client;
 pub(crate) mod registry;
 pub(crate) mod replica;
 mod rollout;
+pub(crate) mod traffic;
