@@ -2,6 +2,7 @@
 //! `tests/guests/`, real HTTP over loopback, real Redis. One test binary, many modules, to
 //! keep links few.
 
+mod dashboard;
 mod deploy;
 mod docs;
 mod filesystem;

@@ -57,6 +57,12 @@ function trafficCells(traffic) {
   ];
 }
 
+// Whether a rollback has somewhere to go: a kept version older than the active one.
+function olderThanActive(app) {
+  const number = (id) => Number((id || "v0").slice(1));
+  return app.active !== null && app.versions.some((v) => number(v.id) < number(app.active));
+}
+
 function drawApps(state) {
   const body = $("#apps tbody");
   body.replaceChildren();
@@ -68,7 +74,9 @@ function drawApps(state) {
       el("td", { class: "pending" }, app.pending || ""),
       ...trafficCells(app.traffic),
       el("td", {},
-        el("button", { type: "button", class: "rollback", onclick: () => activate(app.name, null) }, "Roll back"),
+        olderThanActive(app)
+          ? el("button", { type: "button", class: "rollback", onclick: () => activate(app.name, null) }, "Roll back")
+          : null,
         " ",
         el("button", { type: "button", class: "remove danger", onclick: () => remove(app.name) }, "Remove"))));
   }
