@@ -208,7 +208,7 @@ fn source_of(path: &Path) -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "someone".into());
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    format!("{user}@{}:{}", super::replica::hostname(), path.display())
+    format!("{user}@{}:{}", super::registry::hostname(), path.display())
 }
 
 fn report(done: &Value) {

@@ -247,6 +247,15 @@ fn now() -> u64 {
     now_millis() / 1000
 }
 
+/// This machine's name: in replica ids, and in what a deploy says of who made it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The time in milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     SystemTime::now()

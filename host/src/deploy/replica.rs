@@ -395,15 +395,7 @@ pub(crate) fn new_id() -> Result<String> {
     getrandom::fill(&mut id).context("no randomness for a replica id")?;
     Ok(format!(
         "{}-{}",
-        hostname(),
+        registry::hostname(),
         id.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ))
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "replica".into())
 }
