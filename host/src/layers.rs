@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
         "metrics",
         "request::log",
     ],
-    &["storage"],
+    &["storage", "deploy::traffic"],
     &[
         "capabilities::wasi",
         "capabilities::http",

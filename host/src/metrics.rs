@@ -24,6 +24,13 @@ pub struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub app: String,
+    /// `v3`.
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     pub app: String,
     /// `kv` (including wasi:keyvalue) or `session`.
@@ -36,17 +43,33 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    /// The requests and latency families alone: what a replica's heartbeat summarises for
+    /// the dashboard every second ([`Metrics::render_traffic`]), without rendering the rest.
+    traffic: Registry,
     pub requests: Family<StatusLabels, Counter>,
     pub latency: HistogramFamily<AppLabel>,
     pub instantiation: HistogramFamily<AppLabel>,
     pub live_instances: Family<AppLabel, Gauge>,
     pub store_operations: Family<StoreLabels, Counter>,
     pub rejected: Family<StatusLabels, Counter>,
+    /// Instances the pooling allocator holds slots for: `live_instances` over this is how
+    /// full the pool is.
+    pub instance_slots: Gauge,
+    /// 1 for the version of each deployed app this process serves: summed over a fleet, the
+    /// processes on each version.
+    pub serving: Family<VersionLabels, Gauge>,
+    /// Times this process switched a deployed app to another version (deploys, rollbacks).
+    pub version_switches: Family<AppLabel, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
-    // 50 µs to ~1.6 s: instantiation lives at the bottom, slow handlers at the top.
-    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+    Histogram::new(latency_bounds())
+}
+
+/// The seconds histograms' bucket bounds, 50 µs to ~1.6 s: instantiation lives at the
+/// bottom, slow handlers at the top.
+pub fn latency_bounds() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.00005, 2.0, 16)
 }
 
 /// The process's metrics.
@@ -54,6 +77,7 @@ pub fn get() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(|| {
         let mut registry = Registry::with_prefix("tabula");
+        let mut traffic = Registry::with_prefix("tabula");
         let requests = Family::default();
         let latency: HistogramFamily<AppLabel> = Family::new_with_constructor(seconds_histogram);
         let instantiation: HistogramFamily<AppLabel> =
@@ -61,16 +85,21 @@ pub fn get() -> &'static Metrics {
         let live_instances = Family::default();
         let store_operations = Family::default();
         let rejected = Family::default();
-        registry.register(
-            "requests",
-            "Requests answered, by app and status",
-            requests.clone(),
-        );
-        registry.register(
-            "request_duration_seconds",
-            "Time from request to response head, by app",
-            latency.clone(),
-        );
+        let instance_slots = Gauge::default();
+        let serving = Family::default();
+        let version_switches = Family::default();
+        for registry in [&mut registry, &mut traffic] {
+            registry.register(
+                "requests",
+                "Requests answered, by app and status",
+                requests.clone(),
+            );
+            registry.register(
+                "request_duration_seconds",
+                "Time from request to response head, by app",
+                latency.clone(),
+            );
+        }
         registry.register(
             "instantiation_seconds",
             "Time to instantiate a fresh component instance, by app",
@@ -91,14 +120,33 @@ pub fn get() -> &'static Metrics {
             "Requests refused before reaching a guest (413, 503 busy), by app and status",
             rejected.clone(),
         );
+        registry.register(
+            "instance_slots",
+            "Component instances the pool holds slots for (--max-instances)",
+            instance_slots.clone(),
+        );
+        registry.register(
+            "serving",
+            "1 for the version of each deployed app this process serves, by app and version",
+            serving.clone(),
+        );
+        registry.register(
+            "version_switches",
+            "Times this process switched a deployed app to another version, by app",
+            version_switches.clone(),
+        );
         Metrics {
             registry,
+            traffic,
             requests,
             latency,
             instantiation,
             live_instances,
             store_operations,
             rejected,
+            instance_slots,
+            serving,
+            version_switches,
         }
     })
 }
@@ -168,6 +216,14 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The text exposition of the requests and latency families only.
+    pub fn render_traffic(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.traffic)
             .expect("writing to a String cannot fail");
         out
     }

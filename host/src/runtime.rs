@@ -49,6 +49,9 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("configuring wasmtime")?;
         spawn_epoch_ticker(&engine);
+        crate::metrics::get()
+            .instance_slots
+            .set(i64::from(config.max_instances));
         let linkers = capabilities::Linkers::new(&engine)?;
         Ok(Runtime {
             inner: Arc::new(HostInner {

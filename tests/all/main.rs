@@ -5,6 +5,7 @@
 mod canary;
 mod check;
 mod cluster_layout;
+mod dashboard;
 mod deploy;
 mod docs;
 mod filesystem;

@@ -15,7 +15,11 @@
 //!                                        canary, or without one rolls back
 //! POST   /v1/apps/{name}/promote         makes the canary the active version
 //! DELETE /v1/apps/{name}                 removes the app from every replica
+//! GET    /ui                             the dashboard (see `dashboard`)
 //! ```
+//!
+//! Every call takes the bearer token, or the dashboard's login cookie from the dashboard's
+//! own page (checked against cross-site use there).
 //!
 //! An upload is checked whole before anything is stored: name, route, size, that it compiles,
 //! is a component, exports the HTTP handler, imports only what the host serves, and that its
@@ -30,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,6 +56,8 @@ use crate::config::{AppSettings, AppSpec, validate_name, validate_route};
 use crate::listener::ServerConfig;
 use crate::listener::serve_side_listener;
 use crate::runtime::Runtime;
+
+mod dashboard;
 
 /// How the admin API is run.
 #[derive(Debug, Clone)]
@@ -84,6 +90,13 @@ struct Admin {
 const MAX_NOTE_BYTES: usize = 4096;
 
 impl Admin {
+    /// Whether `given` is the admin token; compared in constant time, so its timing says
+    /// nothing about how much of a guess was right.
+    fn token_is(&self, given: &str) -> bool {
+        let expected = self.config.token.as_bytes();
+        given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected))
+    }
+
     /// Deploys `version` of app `name` to every replica within this host's deploy timeout,
     /// at once or as a canary by `plan`, then collects what its retention no longer keeps
     /// (see [`rollout::roll_out`]).
@@ -157,25 +170,36 @@ fn routes(admin: Admin) -> Router {
         .route("/v1/apps/{name}/versions", post(upload))
         .route("/v1/apps/{name}/activate", post(activate))
         .route("/v1/apps/{name}/promote", post(promote))
+        .merge(dashboard::private())
         .layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authenticate,
         ))
+        .merge(dashboard::public())
         .with_state(admin)
 }
 
-/// Refuses a call without the token; compared in constant time, so its timing says nothing
-/// about how much of a guess was right.
-async fn authenticate(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+/// Refuses a call without the token, or without a dashboard login used from the dashboard.
+async fn authenticate(State(admin): State<Admin>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let expected = admin.config.token.as_bytes();
-    if given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected)) {
+    if admin.token_is(given) {
         return next.run(req).await;
+    }
+    if given.is_empty() {
+        let mutating = !matches!(*req.method(), Method::GET | Method::HEAD);
+        match dashboard::check(&admin, mutating, req.headers().clone()).await {
+            Ok(Some(login)) => {
+                req.extensions_mut().insert(login);
+                return next.run(req).await;
+            }
+            Ok(None) => {}
+            Err(refused) => return refused.into_response(),
+        }
     }
     let why = if given.is_empty() {
         "no admin token: send `Authorization: Bearer TOKEN` (the CLI reads TABULA_ADMIN_TOKEN)"

@@ -230,11 +230,15 @@ pub async fn deploy(client: &AdminClient, options: DeployOptions) -> Result<()> 
     Ok(())
 }
 
+/// Who deployed what from where, as `USER@HOST:PATH`: what the deployer's machine says,
+/// not an identity the host checked (everyone with the admin token is the same to it), but
+/// what the dashboard and `tabula versions` show to tell deploys apart.
 fn source_of(path: &Path) -> String {
-    path.canonicalize()
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "someone".into());
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    format!("{user}@{}:{}", super::registry::hostname(), path.display())
 }
 
 fn report(done: &Value) {

@@ -9,7 +9,9 @@
 //! - `rollout`: one version made active on every replica, reported as it goes, at once or
 //!   through a canary that gets a growing share of the requests.
 //! - `canary`: the judge that advances, promotes or rolls back canaries by their figures.
-//! - [`admin`]: the admin API that uploads, deploys, rolls back and removes.
+//! - `traffic`: each app's last minute of requests, carried in the heartbeats.
+//! - [`admin`]: the admin API that uploads, deploys, rolls back and removes, and its
+//!   dashboard (`/ui`).
 //! - [`client`]: the CLI's side of the admin API.
 //! - [`check`]: `tabula check`, which deploys a probe to see whether a fleet keeps nothing
 //!   between requests.
@@ -23,5 +25,6 @@ pub mod client;
 pub(crate) mod registry;
 pub(crate) mod replica;
 mod rollout;
+pub(crate) mod traffic;
 
 pub use registry::CanaryPlan;

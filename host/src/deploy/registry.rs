@@ -17,6 +17,7 @@
 //!                                         deleted with its blob
 //! tabula:{registry}:replicas              the ids of the replicas that have joined
 //! tabula:{registry}:replica:ID            a replica's heartbeat (expires unless renewed)
+//! tabula:{registry}:ui:SHA256             a dashboard login, by its cookie's hash (expires)
 //! channel tabula:deploy                   "something changed": replicas also poll `gen`
 //! ```
 //!
@@ -292,6 +293,12 @@ pub struct Heartbeat {
     pub canary: BTreeMap<String, Share>,
     /// The registry generation it has caught up with.
     pub generation: u64,
+    /// When it was sent, in milliseconds since the Unix epoch: the dashboard shows its age.
+    #[serde(default)]
+    pub at: u64,
+    /// Each app's traffic on this process over the last minute, for the dashboard.
+    #[serde(default)]
+    pub traffic: BTreeMap<String, super::traffic::Traffic>,
 }
 
 /// Every app the registry knows and the route each holds: the index listings read instead
@@ -424,9 +431,23 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 fn now() -> u64 {
+    now_millis() / 1000
+}
+
+/// This machine's name: in replica ids, and in what a deploy says of who made it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The time in milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bytes and their digest, computed once: what is checked on upload and what is stored are
@@ -1066,6 +1087,29 @@ impl Registry {
                 .compare_and_swap(JUDGE, held, id.as_bytes(), Some(ttl), None)
                 .await?),
         }
+    }
+
+    /// Keeps `record` as the dashboard login whose cookie hashes to `key` for `ttl`: in the
+    /// store rather than in one admin process, so a login holds behind a load balancer and
+    /// across restarts; by hash, so a copy of the store holds no usable cookie.
+    pub async fn put_login(&self, key: &str, record: &[u8], ttl: Duration) -> Result<()> {
+        let key = format!("tabula:{{registry}}:ui:{key}");
+        Ok(self.storage.set(&key, record, Some(ttl), None).await?)
+    }
+
+    /// The dashboard login whose cookie hashes to `key`, unless it expired or logged out.
+    pub async fn login(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .storage
+            .get(&format!("tabula:{{registry}}:ui:{key}"))
+            .await?)
+    }
+
+    /// Ends the dashboard login whose cookie hashes to `key`.
+    pub async fn end_login(&self, key: &str) -> Result<()> {
+        let key = format!("tabula:{{registry}}:ui:{key}");
+        self.storage.delete(&key, None).await?;
+        Ok(())
     }
 
     /// Messages on the deploy channel.

@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 use super::cache::{CompileCache, Compiled};
 use super::canary;
 use super::registry::{self, Count, Registry, Share, Version};
+use super::traffic;
 use crate::app::App;
 use crate::capabilities::Assets;
 use crate::config::AppSpec;
@@ -173,10 +174,14 @@ impl Agent {
         }
     }
 
-    /// Renews the heartbeat every second, and at once when there is news.
+    /// Renews the heartbeat every second, and at once when there is news, with the last
+    /// minute's traffic.
     async fn beat(self: Arc<Self>) {
+        let mut window = traffic::Window::default();
         loop {
-            let record = self.lock().record.clone();
+            let mut record = self.lock().record.clone();
+            record.traffic = window.sample();
+            record.at = registry::now_millis();
             if let Err(e) = self.registry.heartbeat(&record).await {
                 warn!(
                     error = format!("{e:#}"),
@@ -335,11 +340,13 @@ impl Agent {
             self.routes.replace(router);
         }
         state.record.generation = generation;
-        state.record.running = state
+        let running: BTreeMap<String, u64> = state
             .deployed
             .iter()
             .map(|(name, (number, _, _))| (name.clone(), *number))
             .collect();
+        count_switches(&state.record.running, &running);
+        state.record.running = running;
         let mut ready: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for (name, number) in state.prepared.keys() {
             ready.entry(name.clone()).or_default().push(*number);
@@ -512,21 +519,37 @@ impl Agent {
     }
 }
 
+/// Says in the metrics which version of each app this process serves, and counts the
+/// switches from `before` to `after`.
+fn count_switches(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) {
+    let metrics = crate::metrics::get();
+    let label = |app: &str, number: u64| crate::metrics::VersionLabels {
+        app: app.to_string(),
+        version: format!("v{number}"),
+    };
+    for (app, number) in before {
+        if after.get(app) != Some(number) {
+            metrics.serving.remove(&label(app, *number));
+        }
+    }
+    for (app, number) in after {
+        if before.get(app) != Some(number) {
+            metrics.serving.get_or_create(&label(app, *number)).set(1);
+            metrics
+                .version_switches
+                .get_or_create(&crate::metrics::AppLabel { app: app.clone() })
+                .inc();
+        }
+    }
+}
+
 /// A new id for a process or a replica: the host's name and 64 random bits.
 pub(crate) fn new_id() -> Result<String> {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).context("no randomness for a replica id")?;
     Ok(format!(
         "{}-{}",
-        hostname(),
+        registry::hostname(),
         id.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "replica".into())
 }
