@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 
+use crate::dashboard::admin_call;
 use crate::deploy::{answer, deploy, replica, wasm};
 use crate::harness::{ADMIN_TOKEN, HttpClient, admin_cli, admin_cli_with, client, send};
 use crate::redis_server::RedisServer;
@@ -171,6 +172,34 @@ async fn a_canary_gets_its_share_clients_keep_their_version_and_promote_reaches_
         ],
     );
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
+    // The dashboard shows the canary, its figures and each replica's split.
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let state = admin_call(
+        &a,
+        "GET",
+        "/ui/api/state",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(state.status, 200, "{}", state.body);
+    let state: serde_json::Value = serde_json::from_str(&state.body).unwrap();
+    let app = &state["apps"][0];
+    assert_eq!(app["name"], "split", "{state}");
+    assert_eq!(app["canary"]["version"], "v3", "{state}");
+    assert_eq!(app["canary"]["percent"], 10, "{state}");
+    assert!(
+        app["canary"]["figures"]["canary"]["requests"].is_u64(),
+        "{state}"
+    );
+    assert_eq!(app["last_canary"]["outcome"], "rolled back", "{state}");
+    let splits: Vec<_> = state["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["canary"]["split"].as_str())
+        .collect();
+    assert_eq!(splits, [Some("v3 10%"); 3], "{state}");
     let promoted = admin_cli(&a, &["promote", "split"]);
     assert!(promoted.ok, "{}\n{}", promoted.stdout, promoted.stderr);
     assert!(

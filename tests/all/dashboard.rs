@@ -111,7 +111,7 @@ async fn the_dashboard_shows_the_fleet_follows_a_deploy_and_rolls_back_in_a_brow
 }
 
 /// `METHOD path` on the admin listener with `headers`.
-async fn admin_call(
+pub async fn admin_call(
     server: &Server,
     method: &str,
     path: &str,

@@ -858,7 +858,11 @@ async fn deploys_that_upload_a_bundle_while_it_is_collected_keep_it() {
                     let assets = &bundles[(round + offset) % 2];
                     let args = ["deploy", site, "--name", app, "--route", &route];
                     let run = admin_cli(a, &[&args[..], &["--assets", assets]].concat());
-                    assert!(run.ok, "{app} round {round}:\n{}\n{}", run.stdout, run.stderr);
+                    assert!(
+                        run.ok,
+                        "{app} round {round}:\n{}\n{}",
+                        run.stdout, run.stderr
+                    );
                 }
             });
         }

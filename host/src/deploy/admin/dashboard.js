@@ -63,6 +63,19 @@ function olderThanActive(app) {
   return app.active !== null && app.versions.some((v) => number(v.id) < number(app.active));
 }
 
+// An app's canary, e.g. "v4 at 10% (10,50,100): 2 of 212 failed, v3 1 of 1890, last 30 s".
+function canaryText(app) {
+  const c = app.canary;
+  if (!c) return "";
+  let text = `${c.version} at ${c.percent}% (${c.steps.join(",")})`;
+  const f = c.figures;
+  if (f) {
+    text += `: ${f.canary.errors} of ${f.canary.requests} failed, ${app.active} ` +
+      `${f.active.errors} of ${f.active.requests}, last ${f.seconds} s`;
+  }
+  return text;
+}
+
 function drawApps(state) {
   const body = $("#apps tbody");
   body.replaceChildren();
@@ -72,10 +85,15 @@ function drawApps(state) {
       el("td", { class: "mono" }, app.route || ""),
       el("td", { class: "active" }, app.active || "–"),
       el("td", { class: "pending" }, app.pending || ""),
+      el("td", { class: "canary" }, canaryText(app)),
       ...trafficCells(app.traffic),
       el("td", {},
-        olderThanActive(app)
-          ? el("button", { type: "button", class: "rollback", onclick: () => activate(app.name, null) }, "Roll back")
+        app.canary
+          ? el("button", { type: "button", class: "promote", onclick: () => promote(app.name) }, "Promote")
+          : null,
+        app.canary || olderThanActive(app)
+          ? el("button", { type: "button", class: "rollback", onclick: () => activate(app.name, null) },
+            app.canary ? "End canary" : "Roll back")
           : null,
         " ",
         el("button", { type: "button", class: "remove danger", onclick: () => remove(app.name) }, "Remove"))));
@@ -85,6 +103,7 @@ function drawApps(state) {
       el("td", {}, app.name),
       el("td", {}, ""),
       el("td", { class: "active" }, "command line"),
+      el("td", {}, ""),
       el("td", {}, ""),
       ...trafficCells(app.traffic),
       el("td", {})));
@@ -96,7 +115,8 @@ function drawReplicas(state) {
   const body = $("#replicas tbody");
   body.replaceChildren();
   for (const replica of state.replicas) {
-    const serving = Object.entries(replica.running).map(([app, version]) => `${app} ${version}`);
+    const serving = Object.entries(replica.running).map(([app, version]) =>
+      replica.canary[app] ? `${app} ${version} + ${replica.canary[app]}` : `${app} ${version}`);
     for (const name of replica.fixed) serving.push(`${name} (command line)`);
     const age = replica.age_ms / 1000;
     body.append(el("tr", { "data-replica": replica.id },
@@ -121,8 +141,12 @@ function drawHistory(state) {
       el("td", { class: "mono" }, v.digest.slice(0, 12)),
       el("td", {}, v.id === app.active ? "" :
         el("button", { type: "button", class: "activate", onclick: () => activate(app.name, v.id) }, "Activate"))));
+    const last = app.last_canary;
     const details = el("details", { "data-app": app.name },
       el("summary", {}, `${app.name}: ${app.versions.length} version${app.versions.length === 1 ? "" : "s"} kept`),
+      last ? el("p", { class: "last-canary" },
+        `Last canary: ${last.version} ${last.outcome} at ${last.percent}%, ` +
+        `${new Date(last.at * 1000).toLocaleString()}: ${last.reason}`) : null,
       el("table", {},
         el("thead", {}, el("tr", {}, ...["Version", "When", "Who, from where", "Message", "Digest", ""].map((h) => el("th", {}, h)))),
         el("tbody", {}, ...rows)));
@@ -183,6 +207,17 @@ async function activate(app, version) {
   notice(version ? `activating ${app} ${version}…` : `rolling ${app} back…`);
   try {
     const done = await change("POST", `/v1/apps/${encodeURIComponent(app)}/activate`, version ? { version } : {});
+    notice(`${done.app} ${done.version} is active (${(done.switched || []).length} replicas switched)`);
+  } catch (e) {
+    notice(`${app}: ${e.message}`, true);
+  }
+  refresh();
+}
+
+async function promote(app) {
+  notice(`promoting ${app}'s canary…`);
+  try {
+    const done = await change("POST", `/v1/apps/${encodeURIComponent(app)}/promote`);
     notice(`${done.app} ${done.version} is active (${(done.switched || []).length} replicas switched)`);
   } catch (e) {
     notice(`${app}: ${e.message}`, true);

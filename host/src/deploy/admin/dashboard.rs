@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::{Admin, ApiError, ApiResult};
+use crate::deploy::canary;
 use crate::deploy::registry::{self, digest};
 use crate::deploy::traffic;
 
@@ -271,13 +272,28 @@ async fn state(
         .filter(|r| r.active.is_some() || r.pending.is_some())
     {
         let versions = admin.registry.versions(&record.name).await?;
-        // A canary's split and its figures (issue 29's gradual rollouts) belong here, beside
-        // the active and pending versions.
+        // The canary as the admin API shows it, with its figures over its window so far: what
+        // the judge compares.
+        let summary = super::AppSummary::from(record);
+        let mut canary = summary.canary;
+        if let (Some(canary), Some(figures)) = (
+            canary.as_mut(),
+            canary::figures(&admin.registry, record).await?,
+        ) {
+            let count = |c: registry::Count| json!({ "requests": c.total, "errors": c.errors });
+            canary["figures"] = json!({
+                "seconds": figures.seconds,
+                "canary": count(figures.canary),
+                "active": count(figures.active),
+            });
+        }
         apps.push(json!({
             "name": record.name,
             "route": record.active.as_ref().or(record.pending.as_ref()).map(|v| &v.route),
             "active": record.active.as_ref().map(registry::Version::id),
             "pending": record.pending.as_ref().map(registry::Version::id),
+            "canary": canary,
+            "last_canary": summary.last_canary,
             "traffic": traffic::fleet(replicas.iter().filter_map(|r| r.traffic.get(&record.name))),
             "versions": versions.iter().rev().map(|v| json!({
                 "id": v.id(),
@@ -315,6 +331,7 @@ async fn state(
                 "age_ms": now.saturating_sub(r.at),
                 "generation": r.generation,
                 "running": r.running.iter().map(|(app, n)| (app.clone(), format!("v{n}"))).collect::<std::collections::BTreeMap<_, _>>(),
+                "canary": r.canary.iter().map(|(app, share)| (app.clone(), format!("v{} {}%", share.version, share.percent))).collect::<std::collections::BTreeMap<_, _>>(),
                 "fixed": r.fixed.iter().map(|(name, _)| name).collect::<Vec<_>>(),
             })
         })
