@@ -34,6 +34,7 @@ const LAYERS: &[&[&str]] = &[
     &["request::state"],
     &["runtime"],
     &["app"],
+    &["deploy::artifacts"],
     &["deploy::cache"],
     &["request::router"],
     &["request::failure"],

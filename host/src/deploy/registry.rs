@@ -493,6 +493,11 @@ impl Registry {
         Registry { storage }
     }
 
+    /// The store it lives in, shared with what sits beside it there (compiled artifacts).
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
     /// Where the registry lives, for logs.
     pub fn describe(&self) -> String {
         self.storage.describe()
@@ -595,10 +600,15 @@ impl Registry {
 
     /// Keeps the newest `keep` versions of every app, and always the active one, the one
     /// being rolled out and the one a rollback returns to; deletes the other version records,
-    /// then every blob of the book that no kept version names and no upload has pinned, with
-    /// the compiled artifacts shared for it.
+    /// then every blob of the book that no kept version names and no upload has pinned, and
+    /// what `also` deletes for it (the compiled artifacts shared for it: `artifacts.rs` sits
+    /// above the registry, so the caller brings it).
     /// Blobs stored before the book existed are not in it and stay.
-    pub async fn collect(&self, keep: usize) -> Result<Collected> {
+    pub async fn collect<F: Future<Output = Result<()>>>(
+        &self,
+        keep: usize,
+        also: impl Fn(String) -> F,
+    ) -> Result<Collected> {
         let mut collected = Collected::default();
         let mut named = std::collections::BTreeSet::new();
         for app in self.apps().await? {
@@ -646,7 +656,7 @@ impl Registry {
         for digest in doomed {
             self.delete_blob(&digest).await?;
             // After the blob: an artifact stored meanwhile is taken back by its uploader.
-            super::artifacts::delete(&*self.storage, &digest).await?;
+            also(digest.clone()).await?;
             self.edit_book(|book| book.blobs.remove(&digest).map(|_| ()))
                 .await?;
             collected.blobs.push(digest);

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::artifacts;
 use super::registry::{AppRecord, Canary, CanaryPlan, Registry, Share, Version};
 
 /// Fails when another deploy of app `name` has replaced `version` as the one being rolled
@@ -376,7 +377,12 @@ async fn follow_canary(
 /// deploy or removal collects again.
 pub(super) fn collect_later(registry: Registry, keep: usize) {
     tokio::spawn(async move {
-        match registry.collect(keep).await {
+        let storage = registry.storage().clone();
+        let artifacts = |digest: String| {
+            let storage = storage.clone();
+            async move { artifacts::delete(&*storage, &digest).await }
+        };
+        match registry.collect(keep, artifacts).await {
             Ok(c) if c.versions.is_empty() && c.blobs.is_empty() => {}
             Ok(c) => tracing::info!(
                 versions = c.versions.join(", "),
