@@ -23,7 +23,7 @@ use crate::harness::{ADMIN_TOKEN, CliRun, Server, TABULA, admin_cli, admin_cli_w
 use crate::redis_server::RedisServer;
 
 /// `tabula check --admin-url ADMIN URLS...`, with a few requests so tests stay quick.
-fn check(admin: &Server, urls: &[&str]) -> (Option<i32>, CliRun) {
+pub fn check(admin: &Server, urls: &[&str]) -> (Option<i32>, CliRun) {
     let mut args = vec!["check", "--requests", "60", "--concurrency", "8"];
     args.extend(urls);
     let output = Command::new(&*TABULA)
@@ -74,7 +74,7 @@ fn findings(report: &str) -> String {
 }
 
 /// What `tabula apps` lists: the probe must never be left there.
-fn no_probe_left(admin: &Server) {
+pub fn no_probe_left(admin: &Server) {
     let apps = admin_cli(admin, &["apps"]);
     assert!(apps.ok, "{}", apps.stderr);
     assert!(

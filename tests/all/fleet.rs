@@ -3,7 +3,8 @@
 //! load while one replica is killed (SIGKILL) and another started, then every replica is
 //! restarted one by one (SIGTERM: a rolling update) with a deploy of a new version in the
 //! middle. What a user of the apps must see: no increment lost or counted twice, no item lost
-//! from a cart, and no failed request during the rolling update.
+//! from a cart, and no failed request during the rolling update. Then `tabula check`, as an
+//! operator runs it, finds the fleet clean through haproxy and at each replica.
 //!
 //! haproxy takes a replica out of rotation through its health check on the operator port's
 //! `/readyz`, which answers 503 from the moment the replica gets SIGTERM. Its retries are
@@ -598,6 +599,21 @@ async fn a_fleet_behind_haproxy_loses_nothing_when_replicas_are_killed_rolled_an
         assert!(strays.is_empty(), "items nobody added: {strays:?}");
         items += basket.confirmed.len();
     }
+
+    // The operator's check of this fleet, through haproxy and at each replica: clean.
+    let admin = replicas.values().next().unwrap();
+    let urls: Vec<&str> = std::iter::once(haproxy.base.as_str())
+        .chain(replicas.values().map(|r| r.base.as_str()))
+        .collect();
+    let (code, run) = block_in_place(|| crate::check::check(admin, &urls));
+    assert_eq!(code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("clean: nothing survived between requests, and the replicas agree"),
+        "{}",
+        run.stdout
+    );
+    block_in_place(|| crate::check::no_probe_left(admin));
 
     let recovered = killed
         .iter()
