@@ -205,6 +205,36 @@ fn secrets_come_from_secrets_and_every_setting_is_a_real_flag() {
                 "{overlay}: {name} comes from a secretKeyRef"
             );
         }
+        // The artifact key is a file from a Secret, readable by the pod's group only.
+        let key_file = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "TABULA_ARTIFACT_KEY_FILE")
+            .unwrap_or_else(|| panic!("{overlay}: replicas share compiled artifacts"));
+        let key_file = key_file["value"].as_str().unwrap();
+        let mount = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| key_file.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))
+            .unwrap_or_else(|| panic!("{overlay}: {key_file} is on a volume"));
+        assert_eq!(mount["readOnly"], true, "{overlay}");
+        let volume = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            volume["secret"]["secretName"], "tabula-artifact-key",
+            "{overlay}: the key comes from a Secret"
+        );
+        assert_eq!(
+            volume["secret"]["defaultMode"], 0o440,
+            "{overlay}: the key is readable by root and the pod's group only"
+        );
+
         // The store's Secret is the overlay's (with its content hash in the name), so the
         // Deployment's reference must have been rewritten to it.
         let store = container["env"]
