@@ -38,3 +38,22 @@ start_redis() {
     background redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null
     until redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; do sleep 0.05; done
 }
+
+# python_hello: builds bench/python/app.py with componentize-py (installed with pip when
+# missing) into target/guests/python/pyhello.wasm, once, and prints that path.
+python_hello() {
+    local py=target/guests/python
+    if [ ! -f "$py/pyhello.wasm" ]; then
+        command -v componentize-py >/dev/null || pip install -q componentize-py >&2
+        local wit
+        wit=$(cargo metadata --format-version 1 | python3 -c '
+import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "wasmtime-wasi-http":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "wit"))')
+        mkdir -p "$py"
+        cp bench/python/app.py "$py/"
+        (cd "$py" && componentize-py -d "$wit" -w wasi:http/proxy@0.2.12 componentize app -o pyhello.wasm >/dev/null)
+    fi
+    echo "$py/pyhello.wasm"
+}

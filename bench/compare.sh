@@ -223,18 +223,9 @@ measure "wasmtime serve, tuned (pipelined)" "$PIPE_CONNS"; stop
 unset PIPELINE
 
 if [ "$PYTHON" = 1 ]; then
-    command -v componentize-py >/dev/null || pip install -q componentize-py
-    wit=$(cargo metadata --format-version 1 | python3 -c '
-import json, os, sys
-for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "wasmtime-wasi-http":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "wit"))')
-    py=target/guests/python
-    mkdir -p "$py"
-    cp bench/python/app.py "$py/"
-    (cd "$py" && componentize-py -d "$wit" -w wasi:http/proxy@0.2.12 componentize app -o pyhello.wasm >/dev/null)
-    header "python hello (componentize-py, $(du -m "$py/pyhello.wasm" | cut -f1) MB)"
-    run_component python "$py/pyhello.wasm" "16"
+    py=$(python_hello)
+    header "python hello (componentize-py, $(du -m "$py" | cut -f1) MB)"
+    run_component python "$py" "16"
 fi
 
 echo

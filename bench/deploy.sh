@@ -19,18 +19,7 @@ ROUNDS=${ROUNDS:-3}
 cargo build --release -p tabula >&2
 hello=$(./target/release/tabula build examples/hello --target-dir target/guests | cut -f3)
 counter=$(./target/release/tabula build examples/counter --target-dir target/guests | cut -f3)
-py=target/guests/python/pyhello.wasm
-if [ ! -f "$py" ]; then
-    command -v componentize-py >/dev/null || pip install -q componentize-py
-    wit=$(cargo metadata --format-version 1 | python3 -c '
-import json, os, sys
-for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "wasmtime-wasi-http":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "wit"))')
-    mkdir -p target/guests/python
-    cp bench/python/app.py target/guests/python/
-    (cd target/guests/python && componentize-py -d "$wit" -w wasi:http/proxy@0.2.12 componentize app -o pyhello.wasm >/dev/null)
-fi
+py=$(python_hello)
 
 export TABULA_ADMIN_TOKEN=bench-token-0123456789abcdef TABULA_LOG=warn
 start_redis

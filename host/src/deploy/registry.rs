@@ -751,19 +751,7 @@ impl Registry {
     /// Every key under `prefix`, all pages: a scan of the whole store, made only once, to
     /// index a registry written before the directory existed.
     async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.storage.list(prefix, cursor.as_deref(), 1000).await?;
-            keys.extend(page.keys);
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
+        Ok(crate::storage::list_all(&*self.storage, prefix).await?)
     }
 
     /// App `name`'s record, and its bytes as stored (for a compare-and-swap).

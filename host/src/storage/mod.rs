@@ -266,6 +266,24 @@ pub trait Storage: Send + Sync + 'static {
     fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::Receiver<String>;
 }
 
+/// Every key of `storage` starting with `prefix`, sorted, each once (a SCAN may give one
+/// twice): [`Storage::list`] page after page, so one-off work only, never a guest's.
+pub async fn list_all(storage: &dyn Storage, prefix: &str) -> StorageResult<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = storage.list(prefix, cursor.as_deref(), 1000).await?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
 /// Opens the store named by a `--store` value:
 /// `memory`, `redis://HOST:PORT[/DB]`, `rediss://…` (TLS), or
 /// `redis+cluster://HOST:PORT,HOST:PORT,…` (and `rediss+cluster://…`) for Redis Cluster.

@@ -508,18 +508,7 @@ impl Namespace {
     pub async fn migrate_legacy(&self) -> anyhow::Result<u64> {
         use anyhow::Context;
         let old = format!("tabula:{{{}}}:", self.app);
-        let mut keys = Vec::new();
-        let mut cursor = None;
-        loop {
-            let page = self.storage.list(&old, cursor.as_deref(), 1000).await?;
-            keys.extend(page.keys);
-            match page.cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        keys.sort();
-        keys.dedup();
+        let keys = super::list_all(&*self.storage, &old).await?;
         let mut moved = 0;
         for key in keys {
             let suffix = &key[old.len()..];
