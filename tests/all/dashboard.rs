@@ -48,7 +48,8 @@ async fn traffic(server: &Server, path: &str, count: usize) {
 }
 
 #[tokio::test]
-async fn the_dashboard_shows_the_fleet_follows_a_deploy_and_rolls_back_in_a_browser() {
+async fn the_dashboard_shows_the_fleet_follows_a_deploy_rolls_back_and_promotes_a_canary_in_a_browser()
+ {
     browser_tools();
     let redis = RedisServer::start();
     let a = replica(&redis.url(), true, &[]);
@@ -77,6 +78,19 @@ async fn the_dashboard_shows_the_fleet_follows_a_deploy_and_rolls_back_in_a_brow
         "--admin-url",
         a.admin,
     ]);
+    let canary_v3 = serde_json::json!([
+        &*TABULA,
+        "deploy",
+        wasm("stateless"),
+        "--name",
+        "hello",
+        "--route",
+        "/hello",
+        "--canary",
+        "10",
+        "--admin-url",
+        a.admin,
+    ]);
     let output = Command::new("node")
         .arg(root().join("tests/browser/dashboard.mjs"))
         .current_dir(root().join("tests/browser"))
@@ -86,6 +100,7 @@ async fn the_dashboard_shows_the_fleet_follows_a_deploy_and_rolls_back_in_a_brow
         .env("REPLICAS", "2")
         .env("APP", "hello")
         .env("DEPLOY_CMD", deploy_v2.to_string())
+        .env("CANARY_CMD", canary_v3.to_string())
         .env("SCREENSHOT", &screenshot)
         .output()
         .expect("running node");
@@ -99,10 +114,13 @@ async fn the_dashboard_shows_the_fleet_follows_a_deploy_and_rolls_back_in_a_brow
     let size = std::fs::metadata(&screenshot).unwrap().len();
     assert!(size < 200 << 10, "the screenshot is {size} bytes");
 
-    // The page rolled back through the admin API: every replica serves v1 again.
+    // The page rolled back, then promoted the canary, through the admin API: every replica
+    // serves v3 (stateless) to every request.
     for server in [&a, &b] {
-        let reply = get(&client(), &server.url("/hello")).await;
-        assert_eq!(reply.body, "Hello, world!\n");
+        for _ in 0..20 {
+            let reply = get(&client(), &server.url("/hello")).await;
+            assert!(reply.body.contains("counter"), "{}", reply.body);
+        }
     }
     assert!(
         !a.log().contains(ADMIN_TOKEN),

@@ -1,11 +1,13 @@
 // Drives Debian's chromium through the admin dashboard as an operator would: log in, see the
 // replicas, watch a deploy made from the CLI appear without a reload, roll back with the
-// button, log out. Run by tests/all/dashboard.rs, which starts the fleet and passes:
+// button, watch a canary appear and promote it with the button, log out. Run by
+// tests/all/dashboard.rs, which starts the fleet and passes:
 //   ADMIN_URL     the admin listener, e.g. http://127.0.0.1:PORT
 //   ADMIN_TOKEN   the token to type into the login form (read from the environment, never a URL)
 //   REPLICAS      how many replicas the page must show
 //   APP           the deployed app, at v1
 //   DEPLOY_CMD    a JSON array: the CLI command that deploys its v2
+//   CANARY_CMD    a JSON array: the CLI command that deploys its v3 as a canary at 10%
 //   SCREENSHOT    where to save a picture of the page (optional)
 // Prints what it checked; exits non-zero with the reason on the first failure.
 import { execFileSync } from "node:child_process";
@@ -17,6 +19,7 @@ import { chromium } from "playwright-core";
 const { ADMIN_URL, ADMIN_TOKEN, APP, SCREENSHOT } = process.env;
 const REPLICAS = Number(process.env.REPLICAS);
 const DEPLOY_CMD = JSON.parse(process.env.DEPLOY_CMD);
+const CANARY_CMD = JSON.parse(process.env.CANARY_CMD);
 const WAIT = { timeout: 20_000 };
 
 const step = (what) => console.log(`browser: ${what}`);
@@ -104,12 +107,6 @@ try {
   if (!(await page.evaluate(() => window.notReloaded === true))) throw new Error("the page was reloaded");
   step("the page shows v2 on the app and on every replica, without a reload");
 
-  await page.locator(`#history details[data-app="${APP}"] summary`).click();
-  if (SCREENSHOT) {
-    await page.screenshot({ path: SCREENSHOT, fullPage: true });
-    step(`screenshot saved to ${SCREENSHOT}`);
-  }
-
   await page.click(`#apps tr[data-app="${APP}"] button.rollback`);
   await page.waitForFunction(
     ([n, app]) => {
@@ -123,6 +120,39 @@ try {
   const notice = await page.locator("#notice").textContent();
   if (!notice.includes(`${APP} v1 is active`)) throw new Error(`the rollback said: ${notice}`);
   step(`rolled back with the button: "${notice}"`);
+
+  execFileSync(CANARY_CMD[0], CANARY_CMD.slice(1), { stdio: ["ignore", "inherit", "inherit"] });
+  step("deployed v3 as a canary at 10% from the CLI");
+  await page.waitForFunction(
+    ([n, app]) => {
+      const rows = [...document.querySelectorAll("#replicas tbody tr")];
+      return document.querySelector(`#apps tr[data-app="${app}"] .canary`).textContent.startsWith("v3 at 10% (10)")
+        && rows.length === n && rows.every((r) => r.querySelector(".serving").textContent.includes(`${app} v1 + v3 10%`));
+    },
+    [REPLICAS, APP],
+    WAIT,
+  );
+  step(`the page shows the canary: "${await page.locator(`#apps tr[data-app="${APP}"] .canary`).textContent()}", and each replica's split`);
+  await page.locator(`#history details[data-app="${APP}"] summary`).click();
+  if (SCREENSHOT) {
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
+    step(`screenshot saved to ${SCREENSHOT}`);
+  }
+  await page.click(`#apps tr[data-app="${APP}"] button.promote`);
+  await page.waitForFunction(
+    ([n, app]) => {
+      const rows = [...document.querySelectorAll("#replicas tbody tr")];
+      return document.querySelector(`#apps tr[data-app="${app}"] .active`).textContent === "v3"
+        && document.querySelector(`#apps tr[data-app="${app}"] .canary`).textContent === ""
+        && document.querySelector(`#history details[data-app="${app}"] .last-canary`)?.textContent.includes("v3 promoted at 10%")
+        && rows.length === n && rows.every((r) => r.querySelector(".serving").textContent.includes(`${app} v3`) && !r.querySelector(".serving").textContent.includes("+"));
+    },
+    [REPLICAS, APP],
+    WAIT,
+  );
+  const promoted = await page.locator("#notice").textContent();
+  if (!promoted.includes(`${APP} v3 is active`)) throw new Error(`the promotion said: ${promoted}`);
+  step(`promoted with the button: "${promoted}"`);
 
   await page.click("#logout");
   await page.locator("#login").waitFor({ state: "visible", ...WAIT });
