@@ -72,6 +72,16 @@ impl Target {
         }
     }
 
+    async fn get_many(&self, names: &[String]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        match self {
+            Target::Raw(s) => {
+                let keys: Vec<String> = names.iter().map(|n| self.key(n)).collect();
+                s.get_many(&keys).await
+            }
+            Target::App(ns) => ns.get_many(names).await,
+        }
+    }
+
     async fn exists(&self, name: &str) -> StorageResult<bool> {
         match self {
             Target::Raw(s) => s.exists(&self.key(name)).await,
@@ -207,6 +217,7 @@ async fn suite(s: Arc<dyn Storage>) {
         app(Layout::SingleSlot),
     ] {
         basic_operations(&t).await;
+        batch_reads(&t).await;
         binary_values(&t).await;
         increments(&t).await;
         expiry(&t).await;
@@ -305,6 +316,44 @@ async fn basic_operations(t: &Target) {
         "delete reports a missing key"
     );
     assert_eq!(t.get(key).await.unwrap(), None);
+}
+
+/// A batch read answers every key in the order asked, missing ones as None and a key asked
+/// twice twice, however the keys fall over shards (and so over masters in a Cluster).
+async fn batch_reads(t: &Target) {
+    assert_eq!(
+        t.get_many(&[]).await.unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
+    let names: Vec<String> = (0..40).map(|i| format!("batch{i}")).collect();
+    for (i, name) in names.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+        t.set(name, format!("v{i}").as_bytes(), None).await.unwrap();
+    }
+    let mut asked: Vec<String> = names.iter().rev().cloned().collect();
+    asked.push("batch1".into());
+    let expected: Vec<Option<Vec<u8>>> = asked
+        .iter()
+        .map(|name| {
+            let i: usize = name["batch".len()..].parse().unwrap();
+            (i % 3 != 0).then(|| format!("v{i}").into_bytes())
+        })
+        .collect();
+    assert_eq!(t.get_many(&asked).await.unwrap(), expected);
+    if let Target::App(ns) = t {
+        let shards: BTreeSet<String> = names
+            .iter()
+            .map(|n| ns.key(n).split("}").next().unwrap().to_string())
+            .collect();
+        let spread = ns.shard_prefixes().count() > 1;
+        assert_eq!(
+            shards.len() > 1,
+            spread,
+            "the batch spans shards: {shards:?}"
+        );
+    }
+    for name in &names {
+        t.delete(name).await.unwrap();
+    }
 }
 
 async fn binary_values(t: &Target) {

@@ -163,6 +163,15 @@ pub trait Storage: Send + Sync + 'static {
     async fn ping(&self) -> StorageResult<()>;
     /// The value at `key`.
     async fn get(&self, key: &str) -> StorageResult<Option<Vec<u8>>>;
+    /// The values at `keys`, in order, in one call where the store has one (Redis: `MGET`,
+    /// so in a Cluster every key must hash to one slot, as a [`Namespace`] shard's do).
+    async fn get_many(&self, keys: &[String]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
     // The writes a guest can make take the quota of its namespace, if it has one.
 
     /// Stores `value` at `key`, replacing any value and expiry; with `ttl` it expires then.

@@ -328,6 +328,29 @@ impl Namespace {
         self.storage.get(&self.key(suffix)).await
     }
 
+    /// The values at `suffixes`, in order: one call per shard the keys fall in (one `MGET`
+    /// per slot on Redis), the shards at once, however the keys are spread.
+    pub async fn get_many(&self, suffixes: &[String]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        let mut groups: Vec<(Vec<usize>, Vec<String>)> =
+            vec![Default::default(); self.shards.len()];
+        for (i, suffix) in suffixes.iter().enumerate() {
+            let shard = shard_of(suffix, self.shards.len());
+            groups[shard].0.push(i);
+            groups[shard]
+                .1
+                .push(format!("{}{suffix}", self.shards[shard].prefix));
+        }
+        groups.retain(|(_, keys)| !keys.is_empty());
+        let answers = join_all(groups.iter().map(|(_, keys)| self.storage.get_many(keys))).await;
+        let mut values = vec![None; suffixes.len()];
+        for ((places, _), answer) in groups.iter().zip(answers) {
+            for (&i, value) in places.iter().zip(answer?) {
+                values[i] = value;
+            }
+        }
+        Ok(values)
+    }
+
     /// Whether `suffix` is there.
     pub async fn exists(&self, suffix: &str) -> StorageResult<bool> {
         self.storage.exists(&self.key(suffix)).await

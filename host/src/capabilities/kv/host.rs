@@ -14,6 +14,9 @@ use super::keyspace::*;
 use crate::budget::{Budget, Charge};
 use crate::storage::{StorageError, Ttl};
 
+/// Keys a `get-many` reads per round: one call per shard they fall in.
+const ROUND: usize = 64;
+
 pub(super) fn log_unavailable(e: &KvError) {
     if let KvError::Storage(StorageError::Unavailable(why)) = e {
         let _request = crate::request::log::enter();
@@ -230,8 +233,11 @@ impl KvView<'_> {
         Ok(Ok(self.table.push(Bucket { space })?))
     }
 
-    /// Every key's value, in order. The answer is charged as it grows, so a batch that would
-    /// not fit the request's budget fails instead of building gigabytes first.
+    /// Every key's value, in order, read in rounds of up to [`ROUND`] keys, each round one
+    /// call per shard its keys fall in (one `MGET` per slot on Redis). The answer is charged
+    /// as it grows, and a round first reserves what its values could weigh at most (halved
+    /// down to one key until the budget holds it), so a batch that would not fit the
+    /// request's budget fails instead of building gigabytes first.
     pub(super) async fn get_many(
         &mut self,
         b: &Resource<Bucket>,
@@ -240,16 +246,33 @@ impl KvView<'_> {
         let b = self.bucket(b)?;
         let mut held = self.budget.empty_charge();
         let mut out = Vec::with_capacity(keys.len().min(MAX_PAGE as usize));
-        for key in keys {
-            let value = match self.ns.get(&b, &key).await {
-                Ok(value) => value,
+        let mut rest = &keys[..];
+        while !rest.is_empty() {
+            let mut n = rest.len().min(ROUND);
+            let most = u64::from(self.ns.limits.max_value_bytes);
+            // One key at a time needs no reservation: its value is charged once read.
+            let reserved = loop {
+                match self.budget.charge(n as u64 * most) {
+                    Ok(charge) => break charge,
+                    Err(_) if n > 1 => n /= 2,
+                    Err(_) => break Charge::none(),
+                }
+            };
+            let (round, next) = rest.split_at(n);
+            rest = next;
+            let values = match self.ns.get_many(&b, round).await {
+                Ok(values) => values,
                 Err(e) => return Ok(Err(e)),
             };
-            let size = held.amount() + (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
-            if let Err(e) = held.resize(size) {
-                return Ok(Err(KvError::OverBudget(e.to_string())));
+            // What was read is charged below, in the reservation's place.
+            drop(reserved);
+            for (key, value) in round.iter().zip(values) {
+                let size = held.amount() + (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
+                if let Err(e) = held.resize(size) {
+                    return Ok(Err(KvError::OverBudget(e.to_string())));
+                }
+                out.push((key.clone(), value));
             }
-            out.push((key, value));
         }
         Ok(Ok(out))
     }

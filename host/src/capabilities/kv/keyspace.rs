@@ -112,6 +112,20 @@ impl Keyspace {
         Ok(self.namespace.get(&self.full_key(b, key)?).await?)
     }
 
+    /// The values of `keys` in `b`, in order, read shard by shard (see
+    /// [`Namespace::get_many`]).
+    pub(super) async fn get_many(
+        &self,
+        b: &Bucket,
+        keys: &[String],
+    ) -> KvResult<Vec<Option<Vec<u8>>>> {
+        let full: Vec<String> = keys
+            .iter()
+            .map(|key| self.full_key(b, key))
+            .collect::<KvResult<_>>()?;
+        Ok(self.namespace.get_many(&full).await?)
+    }
+
     /// The namespace's name of `key` in `bucket`, for writing it. A bucket's name counts toward the
     /// key limit here, so long bucket names cannot store what a long key may not (keys
     /// written before this rule stay readable and deletable through [`Keyspace::full_key`]).

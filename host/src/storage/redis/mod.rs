@@ -348,6 +348,13 @@ impl Storage for RedisStorage {
         self.query(redis::cmd("GET").arg(key)).await
     }
 
+    async fn get_many(&self, keys: &[String]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.query(redis::cmd("MGET").arg(keys)).await
+    }
+
     async fn set(
         &self,
         key: &str,
