@@ -364,6 +364,28 @@ pub fn nested(a: &str, b: &str) -> bool {
     serves(a, b) || serves(b, a)
 }
 
+/// How a route clashes with one another app holds: the same route, or (unless nesting is
+/// allowed) one serving paths of the other. One rule for the registry, which refuses, and the
+/// admin API, which says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClash {
+    /// Both are the same route.
+    Same,
+    /// One serves paths of the other, and nesting is not allowed.
+    Nested,
+}
+
+/// How `route` clashes with `held`, if it does (see [`RouteClash`]).
+pub fn route_clash(held: &str, route: &str, allow_nested: bool) -> Option<RouteClash> {
+    if held == route {
+        Some(RouteClash::Same)
+    } else if !allow_nested && nested(held, route) {
+        Some(RouteClash::Nested)
+    } else {
+        None
+    }
+}
+
 /// The start of what a user gave, for an error message that must not echo kilobytes.
 fn shorten(text: &str) -> String {
     let mut short: String = text.chars().take(80).collect();

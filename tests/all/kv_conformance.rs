@@ -326,7 +326,11 @@ async fn batch_reads(t: &Target) {
         Vec::<Option<Vec<u8>>>::new()
     );
     let names: Vec<String> = (0..40).map(|i| format!("batch{i}")).collect();
-    for (i, name) in names.iter().enumerate().filter(|(i, _)| i % 3 != 0) {
+    for (i, name) in names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !i.is_multiple_of(3))
+    {
         t.set(name, format!("v{i}").as_bytes(), None).await.unwrap();
     }
     let mut asked: Vec<String> = names.iter().rev().cloned().collect();
@@ -335,7 +339,7 @@ async fn batch_reads(t: &Target) {
         .iter()
         .map(|name| {
             let i: usize = name["batch".len()..].parse().unwrap();
-            (i % 3 != 0).then(|| format!("v{i}").into_bytes())
+            (!i.is_multiple_of(3)).then(|| format!("v{i}").into_bytes())
         })
         .collect();
     assert_eq!(t.get_many(&asked).await.unwrap(), expected);

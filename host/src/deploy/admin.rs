@@ -52,7 +52,7 @@ use super::registry::{AppRecord, Blob, CanaryPlan, Pin, Registry, RouteTaken, Ve
 use super::rollout;
 use crate::app::App;
 use crate::capabilities::Assets;
-use crate::config::{AppSettings, AppSpec, validate_name, validate_route};
+use crate::config::{AppSettings, AppSpec, RouteClash, validate_name, validate_route};
 use crate::listener::ServerConfig;
 use crate::listener::serve_side_listener;
 use crate::runtime::Runtime;
@@ -579,15 +579,10 @@ async fn upload(
 async fn claim_route(admin: &Admin, name: &str, route: &str) -> ApiResult<()> {
     let allow_nested = admin.config.allow_nested_routes;
     let nests_badly = |held: &str| {
-        if held == route {
-            Some(format!("route `{route}` is"))
-        } else if !allow_nested && crate::config::nested(held, route) {
-            Some(format!(
-                "route `{route}` would nest with `{held}`, which is"
-            ))
-        } else {
-            None
-        }
+        crate::config::route_clash(held, route, allow_nested).map(|clash| match clash {
+            RouteClash::Same => format!("route `{route}` is"),
+            RouteClash::Nested => format!("route `{route}` would nest with `{held}`, which is"),
+        })
     };
     for replica in admin.registry.replicas().await? {
         for (app, held) in &replica.fixed {

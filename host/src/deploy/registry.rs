@@ -812,8 +812,7 @@ impl Registry {
     /// under `/shop` would receive the cookies of `/shop`'s visitors). The app keeps the
     /// route until it is removed ([`Registry::release_route`]) or given another.
     pub async fn claim_route(&self, name: &str, route: &str, nested: bool) -> Result<()> {
-        let clashes =
-            |other: &str| other == route || (!nested && crate::config::nested(other, route));
+        let clashes = |held: &str| crate::config::route_clash(held, route, nested).is_some();
         for _ in 0..20 {
             let (mut directory, stored) = self.directory().await?;
             for (app, held) in &directory.routes {
