@@ -770,6 +770,57 @@ async fn a_replica_is_ready_only_once_it_serves_every_active_app() {
     assert_eq!(answer(&b, "/wasiconfig").await, (200, HELLO.into()));
 }
 
+/// Issue 27: a replica joining a fleet said ready while its workers were still compiling the
+/// fleet's apps, and requests to them hung. `/readyz` must stay 503 until every worker process
+/// serves every active app: at its first 200, requests on fresh connections (which the kernel
+/// spreads over the workers' listening sockets) all reach their app.
+#[tokio::test]
+async fn a_joining_replica_is_ready_only_once_every_worker_serves_every_app() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url(), true, &[]);
+    let apps = ["hello", "counter", "cart", "greeter", "report", "stateless"];
+    let mut expected = Vec::new();
+    for app in apps {
+        deploy(&a, &wasm(app), app, &format!("/{app}"));
+        // What a replica that serves the app answers (report says 404 itself: no report yet).
+        expected.push(get(&client(), &a.url(&format!("/{app}"))).await.status);
+    }
+    let b = replica(&redis.url(), false, &["--processes", "2"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut unready = Vec::new();
+    loop {
+        let reply = get(&client(), &b.operator_url("/readyz")).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        unready.push(reply.body);
+        assert!(Instant::now() < deadline, "never ready:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !unready.is_empty(),
+        "the joining replica was ready at once: nothing was checked"
+    );
+    for round in 0..10 {
+        for (app, &status) in apps.iter().zip(&expected) {
+            let reply = get(&client(), &b.url(&format!("/{app}"))).await;
+            assert_eq!(
+                reply.status,
+                status,
+                "round {round}: /{app} right after /readyz said 200 (it said {:?} before):\n{}",
+                unready.last(),
+                b.log()
+            );
+        }
+    }
+    eprintln!(
+        "readyz answered 503 {} times, the last: {:?}",
+        unready.len(),
+        unready.last()
+    );
+}
+
 /// The whole blobs in the store.
 fn stored_blobs(redis: &RedisServer) -> usize {
     redis
