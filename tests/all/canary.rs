@@ -157,6 +157,31 @@ async fn a_canary_gets_its_share_clients_keep_their_version_and_promote_reaches_
         }
     }
 
+    // A canary is served at the active version's route, from its keys and sessions: one on
+    // another route is refused, and nothing changes.
+    let elsewhere = admin_cli(
+        &a,
+        &[
+            "deploy",
+            &wasm("stateless"),
+            "--name",
+            "split",
+            "--route",
+            "/elsewhere",
+            "--canary",
+            "10",
+        ],
+    );
+    assert!(!elsewhere.ok, "{}", elsewhere.stdout);
+    assert!(
+        elsewhere.stderr.contains(
+            "must share v1 with its active version: route `/elsewhere` is not its `/split`"
+        ),
+        "{}",
+        elsewhere.stderr
+    );
+    assert_eq!(answer(&a, "/split").await, (200, V1.into()));
+
     // A new canary, promoted by hand: v3 on every replica, for every client.
     let run = admin_cli(
         &a,

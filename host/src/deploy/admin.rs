@@ -479,17 +479,28 @@ async fn upload(
     let bad = |why: String| ApiError(StatusCode::BAD_REQUEST, why);
     validate_name(&name).map_err(|e| bad(format!("{e:#}")))?;
     let plan = query.plan().map_err(bad)?;
-    if plan.is_some()
-        && !matches!(admin.registry.app(&name).await?, Some((r, _)) if r.active.is_some())
-    {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!(
-                "app `{name}` has no active version for a canary to share requests with: \
-                 deploy its first version without --canary"
-            ),
-        ));
-    }
+    // A canary shares the active version's route, keys and sessions: that version, if any.
+    let canary_of = match plan {
+        Some(_) => match admin.registry.app(&name).await? {
+            Some((
+                AppRecord {
+                    active: Some(active),
+                    ..
+                },
+                _,
+            )) => Some(active),
+            _ => {
+                return Err(ApiError(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "app `{name}` has no active version for a canary to share requests \
+                         with: deploy its first version without --canary"
+                    ),
+                ));
+            }
+        },
+        None => None,
+    };
     let route = query.route.unwrap_or_else(|| format!("/{name}"));
     validate_route(&route).map_err(|e| bad(format!("{e:#}")))?;
     for (what, text) in [("message", &query.message), ("source", &query.source)] {
@@ -508,6 +519,18 @@ async fn upload(
         })?,
         None => AppSettings::default(),
     };
+    if let Some(active) = &canary_of {
+        canary_fits(active, &route, &settings).map_err(|why| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "a canary of `{name}` must share {} with its active version: {why}; \
+                     deploy this one without --canary",
+                    active.id()
+                ),
+            )
+        })?;
+    }
     // Pinned before it is checked, so that a collection cannot delete it under this upload.
     let assets_pin = match &query.assets {
         Some(digest) => {
@@ -727,6 +750,27 @@ async fn end_canary(admin: &Admin, name: &str, promote: bool) -> ApiResult<Respo
         name.to_string(),
         active,
     ))
+}
+
+/// Why a canary with `route` and `settings` cannot share requests with `active`, if it
+/// cannot: both are served at the active version's route, from one key space and one session
+/// store, so the route, the kv layout and the session cookie and its path must be the same.
+fn canary_fits(active: &Version, route: &str, settings: &AppSettings) -> Result<(), String> {
+    if route != active.route {
+        return Err(format!("route `{route}` is not its `{}`", active.route));
+    }
+    if settings.kv.layout != active.settings.kv.layout {
+        return Err(format!(
+            "kv layout {:?} is not its {:?}",
+            settings.kv.layout, active.settings.kv.layout
+        ));
+    }
+    if settings.session.cookie_name != active.settings.session.cookie_name
+        || settings.strip_route != active.settings.strip_route
+    {
+        return Err("its session cookie and route handling differ".into());
+    }
+    Ok(())
 }
 
 /// The app has no canary: the caller answers 409.

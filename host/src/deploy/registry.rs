@@ -340,7 +340,16 @@ struct BlobEntry {
     /// Pin id -> when it lapses, in seconds since the epoch.
     pins: BTreeMap<String, u64>,
     doomed: bool,
+    /// When it was doomed, in seconds since the epoch: a doom older than [`DOOM_GRACE`] is
+    /// one a collection left unfinished (its host died, the store failed), and the next
+    /// collection finishes it rather than leave the blob's digest refused to uploads forever.
+    #[serde(default)]
+    doomed_at: u64,
 }
+
+/// How long a collection may take to delete the blobs it doomed before another one takes
+/// the work over.
+const DOOM_GRACE: u64 = 10 * 60;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct BlobBook {
@@ -644,8 +653,11 @@ impl Registry {
                 let mut doomed = Vec::new();
                 for (digest, entry) in &mut book.blobs {
                     entry.pins.retain(|_, lapses| *lapses > now);
-                    if !entry.doomed && entry.pins.is_empty() && !named.contains(digest) {
+                    let unfinished = entry.doomed && entry.doomed_at + DOOM_GRACE < now;
+                    let unused = !entry.doomed && entry.pins.is_empty() && !named.contains(digest);
+                    if unfinished || unused {
                         entry.doomed = true;
+                        entry.doomed_at = now;
                         doomed.push(digest.clone());
                     }
                 }
@@ -653,6 +665,27 @@ impl Registry {
             })
             .await?
             .unwrap_or_default();
+        // An upload may have pinned, named and unpinned a blob between the read of the
+        // versions above and the doom. Uploads that pin from now on wait for the doom, so
+        // reading the versions again closes that gap: what a version names now is spared.
+        let named = if doomed.is_empty() {
+            named
+        } else {
+            self.named_blobs().await?
+        };
+        let (spared, doomed): (Vec<String>, Vec<String>) =
+            doomed.into_iter().partition(|d| named.contains(d));
+        if !spared.is_empty() {
+            self.edit_book(|book| {
+                for digest in &spared {
+                    if let Some(entry) = book.blobs.get_mut(digest) {
+                        entry.doomed = false;
+                    }
+                }
+                Some(())
+            })
+            .await?;
+        }
         for digest in doomed {
             self.delete_blob(&digest).await?;
             // After the blob: an artifact stored meanwhile is taken back by its uploader.
@@ -662,6 +695,18 @@ impl Registry {
             collected.blobs.push(digest);
         }
         Ok(collected)
+    }
+
+    /// Every blob a stored version names: its component and its assets.
+    async fn named_blobs(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut named = std::collections::BTreeSet::new();
+        for app in self.apps().await? {
+            for version in self.versions(&app.name).await? {
+                named.insert(version.digest);
+                named.extend(version.assets);
+            }
+        }
+        Ok(named)
     }
 
     /// Deletes the blob `digest`: its meta record first, so that it is no longer whole, then
@@ -1112,5 +1157,63 @@ impl Registry {
     /// Messages on the deploy channel.
     pub fn subscribe(&self) -> tokio::sync::mpsc::Receiver<String> {
         self.storage.subscribe(CHANNEL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collection that died between dooming a blob and deleting it left the doom behind
+    /// for good, and every later upload of the same bytes (`tabula check`'s probe, an old
+    /// build deployed again) waited 30 s and failed. The next collection finishes it.
+    #[tokio::test]
+    async fn a_doom_left_unfinished_is_finished_by_the_next_collection() {
+        let registry = Registry::new(crate::storage::open("memory").await.unwrap());
+        let blob = Blob::new(bytes::Bytes::from_static(b"a component, say"));
+        let digest = blob.digest().to_string();
+        let pin = registry.put_blob(&blob).await.unwrap();
+        registry.unpin(&pin).await.unwrap();
+        // What a collection that died after its doom leaves, a while ago.
+        registry
+            .edit_book(|book| {
+                let entry = book.blobs.get_mut(&digest)?;
+                entry.doomed = true;
+                entry.doomed_at = now() - DOOM_GRACE - 1;
+                Some(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let collected = registry.collect(10, |_| async { Ok(()) }).await.unwrap();
+        assert_eq!(collected.blobs, std::slice::from_ref(&digest));
+        // The bytes can be uploaded again, at once.
+        let started = std::time::Instant::now();
+        let pin = registry.put_blob(&blob).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        registry.unpin(&pin).await.unwrap();
+        assert_eq!(registry.get_blob(&digest).await.unwrap(), blob.bytes());
+    }
+
+    /// A doom younger than the grace belongs to a collection still deleting: left to it.
+    #[tokio::test]
+    async fn a_doom_in_progress_is_left_to_its_collection() {
+        let registry = Registry::new(crate::storage::open("memory").await.unwrap());
+        let blob = Blob::new(bytes::Bytes::from_static(b"another component"));
+        let digest = blob.digest().to_string();
+        let pin = registry.put_blob(&blob).await.unwrap();
+        registry.unpin(&pin).await.unwrap();
+        registry
+            .edit_book(|book| {
+                let entry = book.blobs.get_mut(&digest)?;
+                entry.doomed = true;
+                entry.doomed_at = now();
+                Some(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let collected = registry.collect(10, |_| async { Ok(()) }).await.unwrap();
+        assert!(collected.blobs.is_empty(), "{:?}", collected.blobs);
     }
 }

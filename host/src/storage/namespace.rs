@@ -524,8 +524,8 @@ impl Namespace {
         Ok((keys, bound))
     }
 
-    /// Moves the keys a host before the shards wrote under `tabula:{APP}:` into this
-    /// namespace, counted; a key already written here is kept and the old one dropped. Old
+    /// Moves the kv keys and sessions a host before the shards wrote under `tabula:{APP}:`
+    /// into this namespace, counted; a key already written here is kept and the old one dropped. Old
     /// keys expire as before (their expiry moves with them). Answers how many keys moved.
     /// Safe to run while the app serves and to run again: each key moves on its own.
     pub async fn migrate_legacy(&self) -> anyhow::Result<u64> {
@@ -540,8 +540,11 @@ impl Namespace {
                 Ttl::Persistent => None,
                 Ttl::ExpiresIn(left) => Some(left),
             };
-            // The old quota record and its index: the new records count the moved keys.
-            if suffix == "q" || suffix == "q:expiry" {
+            // Only an app's data: kv keys (`kv:`, buckets `b:`) and sessions (`s:`). The old
+            // quota record and its index are not moved (the new records count the moved
+            // keys), and nothing else under the tag is the app's: `tabula:{registry}:` is
+            // the registry's own, whatever an app named `registry` once wrote there.
+            if !["kv:", "b:", "s:"].iter().any(|p| suffix.starts_with(p)) {
                 continue;
             }
             if suffix.starts_with("s:") {
@@ -625,5 +628,20 @@ mod tests {
         let keys: u64 = ns.shards.iter().map(|s| s.quota.max_keys).sum();
         let bytes: u64 = ns.shards.iter().map(|s| s.quota.max_bytes).sum();
         assert_eq!((keys, bytes), (20, 1000));
+    }
+
+    /// `tabula store migrate registry` once moved the registry's own records (they share
+    /// the old tag `{registry}`) into an app's namespace and deleted them.
+    #[tokio::test]
+    async fn migrating_moves_only_an_apps_data() {
+        let storage = crate::storage::open("memory").await.unwrap();
+        for key in ["tabula:{registry}:gen", "tabula:{registry}:kv:left"] {
+            storage.set(key, b"1", None, None).await.unwrap();
+        }
+        let ns = Namespace::new(storage.clone(), "registry", Layout::Spread, 0, 0);
+        assert_eq!(ns.migrate_legacy().await.unwrap(), 1);
+        assert_eq!(ns.get("kv:left").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert!(storage.exists("tabula:{registry}:gen").await.unwrap());
+        assert!(!storage.exists("tabula:{registry}:kv:left").await.unwrap());
     }
 }
