@@ -690,21 +690,13 @@ async fn activate(
                     )
                 })?
         }
-        // A rollback: the newest version older than the active one.
-        None => {
-            let active = record.active.as_ref().map_or(u64::MAX, |v| v.number);
-            versions
-                .into_iter()
-                .rfind(|v| v.number < active)
-                .ok_or_else(|| {
-                    ApiError(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "app `{name}` has no version older than the active one to roll back to"
-                        ),
-                    )
-                })?
-        }
+        // A rollback: the newest version older than the active one that served everyone.
+        None => record.rollback_target(&versions).cloned().ok_or_else(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!("app `{name}` has no version older than the active one to roll back to"),
+            )
+        })?,
     };
     claim_route(&admin, &name, &version.route).await?;
     Ok(admin.roll_out(name, version, None))

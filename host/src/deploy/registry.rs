@@ -100,7 +100,14 @@ pub struct AppRecord {
     /// How the last canary ended, and why: what `tabula versions` and the dashboard show.
     #[serde(default)]
     pub last_canary: Option<CanaryEnd>,
+    /// Canaries that ended without becoming active (the newest [`MAX_ROLLED_BACK`]): never
+    /// a rollback's target, since they never served everyone.
+    #[serde(default)]
+    pub rolled_back: Vec<u64>,
 }
+
+/// Rolled-back canaries an app record remembers.
+const MAX_ROLLED_BACK: usize = 64;
 
 impl AppRecord {
     /// A record of app `name` with nothing in it yet.
@@ -112,13 +119,29 @@ impl AppRecord {
             pending: None,
             canary: None,
             last_canary: None,
+            rolled_back: Vec::new(),
         }
+    }
+
+    /// The version a rollback from the active one returns to: the newest of `versions` older
+    /// than it that was not a canary rolled back.
+    pub fn rollback_target<'a>(&self, versions: &'a [Version]) -> Option<&'a Version> {
+        let active = self.active.as_ref().map_or(u64::MAX, |v| v.number);
+        versions
+            .iter()
+            .rev()
+            .find(|v| v.number < active && !self.rolled_back.contains(&v.number))
     }
 
     /// Ends the canary, if there is one, recording why (`promoted` when its version became
     /// the active one).
     pub fn end_canary(&mut self, promoted: bool, reason: String) {
         if let Some(canary) = self.canary.take() {
+            if !promoted {
+                self.rolled_back.push(canary.version.number);
+                let excess = self.rolled_back.len().saturating_sub(MAX_ROLLED_BACK);
+                self.rolled_back.drain(..excess);
+            }
             self.last_canary = Some(CanaryEnd {
                 version: canary.version.number,
                 percent: canary.percent,
@@ -625,8 +648,7 @@ impl Registry {
             let active = app.active.as_ref().map(|v| v.number);
             let pending = app.pending.as_ref().map(|v| v.number);
             let canary = app.canary.as_ref().map(|c| c.version.number);
-            let rollback = active.and_then(|a| versions.iter().rev().find(|v| v.number < a));
-            let rollback = rollback.map(|v| v.number);
+            let rollback = app.rollback_target(&versions).map(|v| v.number);
             let newest: Vec<u64> = versions.iter().rev().take(keep).map(|v| v.number).collect();
             for version in versions {
                 let n = Some(version.number);
@@ -1215,5 +1237,40 @@ mod tests {
             .unwrap();
         let collected = registry.collect(10, |_| async { Ok(()) }).await.unwrap();
         assert!(collected.blobs.is_empty(), "{:?}", collected.blobs);
+    }
+
+    /// A canary the fleet rolled back never served everyone: a rollback from the version
+    /// after it goes past it, to the last one that did.
+    #[test]
+    fn a_rollback_skips_canaries_that_were_rolled_back() {
+        let version = |number| Version {
+            number,
+            digest: format!("d{number}"),
+            size: 1,
+            created: 0,
+            message: String::new(),
+            source: String::new(),
+            route: "/a".into(),
+            settings: Default::default(),
+            assets: None,
+        };
+        let versions: Vec<Version> = (1..=3).map(version).collect();
+        let plan = CanaryPlan {
+            steps: vec![10],
+            interval_secs: CanaryPlan::INTERVAL_SECS,
+            window_secs: CanaryPlan::WINDOW_SECS,
+            max_error_excess: CanaryPlan::MAX_ERROR_EXCESS,
+            min_requests: CanaryPlan::MIN_REQUESTS,
+        };
+        let mut record = AppRecord::empty("a");
+        record.active = Some(version(1));
+        record.canary = Some(Canary::start(version(2), plan.clone()));
+        record.end_canary(false, "failed".into());
+        record.active = Some(version(3));
+        assert_eq!(record.rollback_target(&versions).map(|v| v.number), Some(1));
+        // A promoted canary is a version like any other.
+        record.canary = Some(Canary::start(version(3), plan));
+        record.end_canary(true, "promoted".into());
+        assert_eq!(record.rolled_back, [2]);
     }
 }
