@@ -736,7 +736,14 @@ async fn end_canary(admin: &Admin, name: &str, promote: bool) -> ApiResult<Respo
             ),
             None => e.into(),
         })?;
-    let active = record.active.expect("a canary's app has an active version");
+    // A canary starts only beside an active version, but a removal racing a deploy could
+    // leave one behind without it: answered, never a panic of the admin task.
+    let active = record.active.ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("app `{name}` has no active version left: deploy it again"),
+        )
+    })?;
     Ok(rollout::settle(
         admin.registry.clone(),
         name.to_string(),
