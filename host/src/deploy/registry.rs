@@ -1186,27 +1186,33 @@ impl Registry {
 mod tests {
     use super::*;
 
-    /// A collection that died between dooming a blob and deleting it left the doom behind
-    /// for good, and every later upload of the same bytes (`tabula check`'s probe, an old
-    /// build deployed again) waited 30 s and failed. The next collection finishes it.
-    #[tokio::test]
-    async fn a_doom_left_unfinished_is_finished_by_the_next_collection() {
+    /// A registry on the embedded store holding one blob of `bytes`, doomed at `doomed_at`
+    /// (seconds since the epoch), as a collection that doomed it then leaves it.
+    async fn with_doomed_blob(bytes: &'static [u8], doomed_at: u64) -> (Registry, Blob) {
         let registry = Registry::new(crate::storage::open("memory").await.unwrap());
-        let blob = Blob::new(bytes::Bytes::from_static(b"a component, say"));
-        let digest = blob.digest().to_string();
+        let blob = Blob::new(bytes::Bytes::from_static(bytes));
         let pin = registry.put_blob(&blob).await.unwrap();
         registry.unpin(&pin).await.unwrap();
-        // What a collection that died after its doom leaves, a while ago.
         registry
             .edit_book(|book| {
-                let entry = book.blobs.get_mut(&digest)?;
+                let entry = book.blobs.get_mut(blob.digest())?;
                 entry.doomed = true;
-                entry.doomed_at = now() - DOOM_GRACE - 1;
+                entry.doomed_at = doomed_at;
                 Some(())
             })
             .await
             .unwrap()
             .unwrap();
+        (registry, blob)
+    }
+
+    /// A collection that died between dooming a blob and deleting it left the doom behind
+    /// for good, and every later upload of the same bytes (`tabula check`'s probe, an old
+    /// build deployed again) waited 30 s and failed. The next collection finishes it.
+    #[tokio::test]
+    async fn a_doom_left_unfinished_is_finished_by_the_next_collection() {
+        let (registry, blob) = with_doomed_blob(b"a component, say", now() - DOOM_GRACE - 1).await;
+        let digest = blob.digest().to_string();
         let collected = registry.collect(10, |_| async { Ok(()) }).await.unwrap();
         assert_eq!(collected.blobs, std::slice::from_ref(&digest));
         // The bytes can be uploaded again, at once.
@@ -1220,21 +1226,7 @@ mod tests {
     /// A doom younger than the grace belongs to a collection still deleting: left to it.
     #[tokio::test]
     async fn a_doom_in_progress_is_left_to_its_collection() {
-        let registry = Registry::new(crate::storage::open("memory").await.unwrap());
-        let blob = Blob::new(bytes::Bytes::from_static(b"another component"));
-        let digest = blob.digest().to_string();
-        let pin = registry.put_blob(&blob).await.unwrap();
-        registry.unpin(&pin).await.unwrap();
-        registry
-            .edit_book(|book| {
-                let entry = book.blobs.get_mut(&digest)?;
-                entry.doomed = true;
-                entry.doomed_at = now();
-                Some(())
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let (registry, _) = with_doomed_blob(b"another component", now()).await;
         let collected = registry.collect(10, |_| async { Ok(()) }).await.unwrap();
         assert!(collected.blobs.is_empty(), "{:?}", collected.blobs);
     }
