@@ -15,11 +15,24 @@ free_port() {
 }
 
 pids=()
+work=
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    if [ -n "$work" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
+
+# work_dir: a scratch directory in $work, removed (by cleanup) when the script exits.
+work_dir() {
+    work=$(mktemp -d)
+}
+
+# example NAME: builds examples/NAME for wasm32-wasip2 into target/guests (needs the release
+# tabula built) and prints the component's path.
+example() {
+    ./target/release/tabula build "examples/$1" --target-dir target/guests 2>/dev/null | cut -f3
+}
 
 # background CMD...: runs CMD in the background until the script exits; $! is its pid.
 background() {

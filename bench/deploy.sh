@@ -17,15 +17,13 @@ CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-3}
 
 cargo build --release -p tabula >&2
-hello=$(./target/release/tabula build examples/hello --target-dir target/guests | cut -f3)
-counter=$(./target/release/tabula build examples/counter --target-dir target/guests | cut -f3)
+hello=$(example hello)
+counter=$(example counter)
 py=$(python_hello)
 
 export TABULA_ADMIN_TOKEN=bench-token-0123456789abcdef TABULA_LOG=warn
 start_redis
-work=$(mktemp -d)
-cleanup_work() { rm -rf "$work"; }
-trap 'cleanup; cleanup_work' EXIT
+work_dir
 
 # replica NAME [ARGS...]: a tabula serve on Redis with its own compile cache; sets PORT_NAME.
 replica() {

@@ -22,7 +22,7 @@ podman image exists "$IMAGE" || {
     echo "bench: no image $IMAGE: build it first (deploy/Containerfile says how)" >&2
     exit 1
 }
-work=$(mktemp -d)
+work_dir
 printf '[containers]\ndefault_ulimits = []\n' >"$work/containers.conf"
 export CONTAINERS_CONF=$work/containers.conf
 export TABULA_ADMIN_TOKEN=bench-token-0123456789abcdef
@@ -30,14 +30,12 @@ containers=()
 stop_all() {
     for c in "${containers[@]}"; do podman rm -f "$c" >/dev/null 2>&1 || true; done
     cleanup
-    rm -rf "$work"
 }
 trap stop_all EXIT
 
 cargo build --release -q -p tabula >&2
-wasm() { ./target/release/tabula build "examples/$1" --target-dir target/guests 2>/dev/null | cut -f3; }
-counter=$(wasm counter)
-cart=$(wasm cart)
+counter=$(example counter)
+cart=$(example cart)
 
 # A three-master Redis Cluster on loopback.
 nodes=()

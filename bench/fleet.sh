@@ -19,11 +19,9 @@ CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-2}
 
 cargo build --release -q -p tabula >&2
-wasm() { ./target/release/tabula build "examples/$1" --target-dir target/guests 2>/dev/null | cut -f3; }
-hello=$(wasm hello)
-counter=$(wasm counter)
-work=$(mktemp -d)
-trap 'cleanup; rm -rf "$work"' EXIT
+hello=$(example hello)
+counter=$(example counter)
+work_dir
 
 start_redis
 ports=()

@@ -20,15 +20,13 @@ PROCESSES=${PROCESSES:-"1 2"}
 cargo build --release -p tabula >&2
 rust=()
 for example in hello counter cart greeter ratelimit stateless report; do
-    rust+=("$example:$(./target/release/tabula build "examples/$example" --target-dir target/guests | cut -f3)")
+    rust+=("$example:$(example "$example")")
 done
 py=$(python_hello)
 
 export TABULA_ADMIN_TOKEN=bench-token-0123456789abcdef TABULA_LOG=warn
 start_redis
-work=$(mktemp -d)
-cleanup_work() { rm -rf "$work"; }
-trap 'cleanup; cleanup_work' EXIT
+work_dir
 # The fleet's key, as a mounted Secret would hold it.
 head -c 48 /dev/urandom | base64 >"$work/artifact-key"
 chmod 600 "$work/artifact-key"

@@ -21,10 +21,9 @@ DURATION=${DURATION:-5s}
 CONNS=${CONNS:-16}
 
 cargo build --release -q -p tabula >&2
-wasm() { ./target/release/tabula build "examples/$1" --target-dir target/guests 2>/dev/null | cut -f3; }
-hello=$(wasm hello)
-counter=$(wasm counter)
-cart=$(wasm cart)
+hello=$(example hello)
+counter=$(example counter)
+cart=$(example cart)
 
 start_redis
 redis_pid=$(redis-cli -p "$REDIS_PORT" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
@@ -39,8 +38,7 @@ until curl -sf "http://127.0.0.1:$PORT/hello" >/dev/null; do sleep 0.05; done
 cookie=$(curl -s -o /dev/null -D - -d name=bench "http://127.0.0.1:$PORT/cart/login" |
     awk -F'[:;]' 'tolower($1)=="set-cookie" {gsub(/^ /, "", $2); print $2}')
 curl -sf -o /dev/null -H "Cookie: $cookie" -d item=tea "http://127.0.0.1:$PORT/cart/add" || true
-work=$(mktemp -d)
-trap 'cleanup; rm -rf "$work"' EXIT
+work_dir
 cat >"$work/post.lua" <<'EOF'
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"

@@ -13,10 +13,9 @@ require python3 redis-server redis-cli curl
 DEPLOYS=${DEPLOYS:-50}
 
 cargo build --release -p tabula >&2
-hello=$(./target/release/tabula build examples/hello --target-dir target/guests | cut -f3)
+hello=$(example hello)
 export TABULA_ADMIN_TOKEN=bench-token-0123456789abcdef TABULA_LOG=warn
-work=$(mktemp -d)
-trap 'cleanup; rm -rf "$work"' EXIT
+work_dir
 
 # build: a distinct build, a component with a 2 MB custom section and a 2 MB bundle.
 build() {
