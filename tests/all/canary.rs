@@ -50,19 +50,23 @@ async fn a_canary_gets_its_share_clients_keep_their_version_and_promote_reaches_
     let b = replica(&redis.url(), false, &[]);
     deploy(&a, &wasm("hello"), "split", "/split");
 
-    let run = admin_cli(
-        &a,
-        &[
-            "deploy",
-            &wasm("stateless"),
-            "--name",
-            "split",
-            "--route",
-            "/split",
-            "--canary",
-            "10",
-        ],
-    );
+    // The canary: the stateless example at 10% beside hello, at `route`.
+    let canary_at = |route: &str| {
+        admin_cli(
+            &a,
+            &[
+                "deploy",
+                &wasm("stateless"),
+                "--name",
+                "split",
+                "--route",
+                route,
+                "--canary",
+                "10",
+            ],
+        )
+    };
+    let run = canary_at("/split");
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stdout
@@ -159,19 +163,7 @@ async fn a_canary_gets_its_share_clients_keep_their_version_and_promote_reaches_
 
     // A canary is served at the active version's route, from its keys and sessions: one on
     // another route is refused, and nothing changes.
-    let elsewhere = admin_cli(
-        &a,
-        &[
-            "deploy",
-            &wasm("stateless"),
-            "--name",
-            "split",
-            "--route",
-            "/elsewhere",
-            "--canary",
-            "10",
-        ],
-    );
+    let elsewhere = canary_at("/elsewhere");
     assert!(!elsewhere.ok, "{}", elsewhere.stdout);
     assert!(
         elsewhere.stderr.contains(
@@ -183,19 +175,7 @@ async fn a_canary_gets_its_share_clients_keep_their_version_and_promote_reaches_
     assert_eq!(answer(&a, "/split").await, (200, V1.into()));
 
     // A new canary, promoted by hand: v3 on every replica, for every client.
-    let run = admin_cli(
-        &a,
-        &[
-            "deploy",
-            &wasm("stateless"),
-            "--name",
-            "split",
-            "--route",
-            "/split",
-            "--canary",
-            "10",
-        ],
-    );
+    let run = canary_at("/split");
     assert!(run.ok, "{}\n{}", run.stdout, run.stderr);
     // The dashboard shows the canary, its figures and each replica's split.
     let bearer = format!("Bearer {ADMIN_TOKEN}");

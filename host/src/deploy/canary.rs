@@ -182,27 +182,10 @@ mod tests {
     use crate::deploy::registry::{CanaryPlan, Version};
 
     fn canary(percent: u8, since: u64) -> Canary {
-        let version = Version {
-            number: 2,
-            digest: String::new(),
-            size: 0,
-            created: 0,
-            message: String::new(),
-            source: String::new(),
-            route: "/a".into(),
-            settings: Default::default(),
-            assets: None,
-        };
         Canary {
-            version,
+            version: Version::sample(2),
             percent,
-            plan: CanaryPlan {
-                steps: vec![10, 50, 100],
-                interval_secs: 60,
-                window_secs: 30,
-                max_error_excess: 5.0,
-                min_requests: 20,
-            },
+            plan: CanaryPlan::sample(&[10, 50, 100]),
             started: since,
             since,
         }

@@ -80,6 +80,22 @@ impl Version {
     pub fn id(&self) -> String {
         format!("v{}", self.number)
     }
+
+    /// Version `number` of an app at `/a`, with digest `d{number}`: what unit tests start from.
+    #[cfg(test)]
+    pub(crate) fn sample(number: u64) -> Version {
+        Version {
+            number,
+            digest: format!("d{number}"),
+            size: 1,
+            created: 0,
+            message: String::new(),
+            source: String::new(),
+            route: "/a".into(),
+            settings: Default::default(),
+            assets: None,
+        }
+    }
 }
 
 /// An app's record: which version is active. Changed only by compare-and-swap, each change
@@ -182,6 +198,18 @@ impl CanaryPlan {
     pub const MAX_ERROR_EXCESS: f64 = 5.0;
     /// `--canary-min-requests`'s default.
     pub const MIN_REQUESTS: u64 = 20;
+
+    /// `steps` with every other setting at its default: what unit tests start from.
+    #[cfg(test)]
+    pub(crate) fn sample(steps: &[u8]) -> CanaryPlan {
+        CanaryPlan {
+            steps: steps.to_vec(),
+            interval_secs: Self::INTERVAL_SECS,
+            window_secs: Self::WINDOW_SECS,
+            max_error_excess: Self::MAX_ERROR_EXCESS,
+            min_requests: Self::MIN_REQUESTS,
+        }
+    }
 
     /// Steps written as `10,50,100` (a `%` after each allowed).
     pub fn steps(text: &str) -> Result<Vec<u8>> {
@@ -1235,25 +1263,9 @@ mod tests {
     /// after it goes past it, to the last one that did.
     #[test]
     fn a_rollback_skips_canaries_that_were_rolled_back() {
-        let version = |number| Version {
-            number,
-            digest: format!("d{number}"),
-            size: 1,
-            created: 0,
-            message: String::new(),
-            source: String::new(),
-            route: "/a".into(),
-            settings: Default::default(),
-            assets: None,
-        };
+        let version = Version::sample;
         let versions: Vec<Version> = (1..=3).map(version).collect();
-        let plan = CanaryPlan {
-            steps: vec![10],
-            interval_secs: CanaryPlan::INTERVAL_SECS,
-            window_secs: CanaryPlan::WINDOW_SECS,
-            max_error_excess: CanaryPlan::MAX_ERROR_EXCESS,
-            min_requests: CanaryPlan::MIN_REQUESTS,
-        };
+        let plan = CanaryPlan::sample(&[10]);
         let mut record = AppRecord::empty("a");
         record.active = Some(version(1));
         record.canary = Some(Canary::start(version(2), plan.clone()));
