@@ -269,18 +269,7 @@ async fn data_written_before_the_shards_is_read_after_migrating() {
 fn calls(cluster: &RedisCluster) -> (u64, u64) {
     let (mut scripts, mut all) = (0, 0);
     for node in cluster.nodes() {
-        for line in node.command(&["INFO", "commandstats"]).lines() {
-            let Some((name, stats)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let n: u64 = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+        for (name, n) in node.calls() {
             if name == "info" || name == "config|resetstat" {
                 continue;
             }

@@ -821,6 +821,49 @@ async fn a_joining_replica_is_ready_only_once_every_worker_serves_every_app() {
     );
 }
 
+/// Failed on 575bdbb: each `/readyz` read the heartbeat of every process of the fleet, so
+/// with 300 processes every probe of every replica made 300 reads on the registry's one
+/// slot. A probe reads its own replica's heartbeats, in one call, however large the fleet.
+#[tokio::test]
+async fn a_readiness_probe_reads_its_own_heartbeats_not_the_fleets() {
+    let redis = RedisServer::start();
+    let a = replica(&redis.url(), true, &["--processes", "2"]);
+    deploy(&a, &wasm("hello"), "hello", "/hello");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readiness(&a).await.0 != 200 {
+        assert!(Instant::now() < deadline, "{:?}", readiness(&a).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 300 more processes in the fleet, alive for the test: copies of one of A's heartbeats
+    // under other replicas' ids, on the replica list.
+    let list_key = "tabula:{registry}:replicas";
+    let mut list: serde_json::Value =
+        serde_json::from_str(&redis.command(&["GET", list_key])).expect("the replica list is JSON");
+    let own = list["ids"][0].as_str().unwrap().to_string();
+    let beat = redis.command(&["GET", &format!("tabula:{{registry}}:replica:{own}")]);
+    let mut beat: serde_json::Value = serde_json::from_str(&beat).expect("a heartbeat");
+    for n in 0..300 {
+        let (group, id) = (format!("other-{n}"), format!("other-{n}.0"));
+        beat["group"] = group.into();
+        beat["id"] = id.clone().into();
+        let key = format!("tabula:{{registry}}:replica:{id}");
+        redis.command(&["SET", &key, &beat.to_string(), "EX", "600"]);
+        list["ids"].as_array_mut().unwrap().push(id.into());
+    }
+    redis.command(&["SET", list_key, &list.to_string()]);
+    redis.command(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..20 {
+        assert_eq!(readiness(&a).await.0, 200);
+    }
+    let calls = redis.calls();
+    let reads: u64 = ["get", "mget"].iter().filter_map(|c| calls.get(*c)).sum();
+    eprintln!("20 probes in a fleet of 302 processes: {calls:?}");
+    // Reading the fleet's heartbeats would be 20 x 302 = 6,040 reads. What is allowed: each
+    // probe's own (its processes' heartbeats, the app directory and records), A's own
+    // heartbeats and polling meanwhile, and at most one pruning of the list (302).
+    assert!(reads < 1000, "20 probes made {reads} reads: {calls:?}");
+}
+
 /// The whole blobs in the store.
 fn stored_blobs(redis: &RedisServer) -> usize {
     redis

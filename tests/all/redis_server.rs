@@ -1,6 +1,7 @@
 //! Real Redis for the tests: a `redis-server` on a free loopback port, or a three-master
 //! Redis Cluster, each in its own temporary directory and killed when dropped.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -100,6 +101,19 @@ impl RedisServer {
     /// Runs one command with `redis-cli` and returns what it printed.
     pub fn command(&self, args: &[&str]) -> String {
         cli(self.port, args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+    }
+
+    /// The calls the server has run since it started or `CONFIG RESETSTAT`, by command in
+    /// lower case (`INFO commandstats`: the commands scripts run count too).
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.command(&["INFO", "commandstats"])
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers, as in a

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use super::cache::{CompileCache, Compiled};
 use super::canary;
-use super::registry::{self, Count, Registry, Share, Version};
+use super::registry::{self, Count, Process, Registry, Share, Version};
 use super::traffic;
 use crate::app::App;
 use crate::capabilities::Assets;
@@ -34,6 +34,8 @@ use crate::runtime::Runtime;
 
 /// How often a replica checks the registry's generation, whatever it hears.
 const POLL: Duration = Duration::from_secs(1);
+/// How many heartbeats apart a replica's first process prunes the replica list (~30 s).
+const PRUNE_EVERY: u64 = 30;
 
 /// Keeps one process's route table in line with the registry.
 pub struct Agent {
@@ -81,12 +83,12 @@ impl Agent {
         routes: Routes,
         fixed: Vec<App>,
         address: String,
-        group: String,
+        process: Process,
         cache: Arc<CompileCache>,
     ) -> Result<Arc<Agent>> {
         let record = registry::Heartbeat {
-            id: new_id()?,
-            group,
+            id: process.id(),
+            group: process.group,
             address,
             fixed: fixed
                 .iter()
@@ -115,7 +117,7 @@ impl Agent {
             );
         }
         tokio::spawn(agent.clone().follow());
-        tokio::spawn(agent.clone().beat());
+        tokio::spawn(agent.clone().beat(process.index));
         tokio::spawn(agent.clone().count());
         tokio::spawn(agent.clone().judge());
         Ok(agent)
@@ -175,10 +177,12 @@ impl Agent {
     }
 
     /// Renews the heartbeat every second, and at once when there is news, with the last
-    /// minute's traffic.
-    async fn beat(self: Arc<Self>) {
+    /// minute's traffic. The first process of each replica also takes lapsed replicas off the
+    /// registry's list every [`PRUNE_EVERY`] heartbeats: a replica killed without leaving
+    /// would otherwise stay on it until someone lists the replicas (a deploy, the dashboard).
+    async fn beat(self: Arc<Self>, index: usize) {
         let mut window = traffic::Window::default();
-        loop {
+        for beat in 0u64.. {
             let mut record = self.lock().record.clone();
             record.traffic = window.sample();
             record.at = registry::now_millis();
@@ -187,6 +191,12 @@ impl Agent {
                     error = format!("{e:#}"),
                     "could not renew this replica's heartbeat"
                 );
+            }
+            if index == 0
+                && beat % PRUNE_EVERY == PRUNE_EVERY - 1
+                && let Err(e) = self.registry.replicas().await
+            {
+                warn!(error = format!("{e:#}"), "could not prune the replica list");
             }
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
@@ -543,7 +553,7 @@ fn count_switches(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>)
     }
 }
 
-/// A new id for a process or a replica: the host's name and 64 random bits.
+/// A new id for a replica: the host's name and 64 random bits.
 pub(crate) fn new_id() -> Result<String> {
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).context("no randomness for a replica id")?;

@@ -21,7 +21,7 @@ use crate::config::{AppSpec, HostConfig};
 use crate::deploy::admin::{self, AdminConfig};
 use crate::deploy::artifacts::Sharing;
 use crate::deploy::cache::{CompileCache, Compiled};
-use crate::deploy::registry::{self, Registry};
+use crate::deploy::registry::{self, Process, Registry};
 use crate::deploy::replica::{self, Agent};
 use crate::listener::{self, ServerConfig};
 use crate::project::{self, BuildOptions};
@@ -252,8 +252,17 @@ async fn serve_as_worker(
     let routes = Routes::new(Router::new(fixed.clone())?);
     let listener = worker.listener()?;
     let address = listener.local_addr()?.to_string();
-    let group = worker.group();
-    let agent = Agent::start(host, registry, routes.clone(), fixed, address, group, cache).await?;
+    let process = worker.process();
+    let agent = Agent::start(
+        host,
+        registry,
+        routes.clone(),
+        fixed,
+        address,
+        process,
+        cache,
+    )
+    .await?;
     let metrics = tokio::spawn(async move { worker.serve_metrics().await });
     front::run(listener, routes, server_config, shutdown).await?;
     agent.leave().await;
@@ -333,7 +342,10 @@ async fn serve_here(
         routes.clone(),
         here.apps,
         addr.to_string(),
-        here.group,
+        Process {
+            group: here.group,
+            index: 0,
+        },
         here.cache,
     )
     .await?;

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::app::App;
 use crate::config::AppSpec;
+use crate::deploy::registry::Process;
 use crate::metrics;
 use crate::runtime::Runtime;
 
@@ -43,6 +44,8 @@ pub struct WorkerSetup {
     metrics_socket: PathBuf,
     /// The replica the worker belongs to (see `Heartbeat::group`).
     group: String,
+    /// Which of its workers this is.
+    index: usize,
 }
 
 impl WorkerSetup {
@@ -69,9 +72,12 @@ impl WorkerSetup {
         Ok(listener)
     }
 
-    /// The replica this worker belongs to.
-    pub fn group(&self) -> String {
-        self.group.clone()
+    /// Which process of which replica this worker is.
+    pub fn process(&self) -> Process {
+        Process {
+            group: self.group.clone(),
+            index: self.index,
+        }
     }
 
     /// Loads the apps the supervisor compiled.
@@ -244,6 +250,7 @@ impl Supervisor<'_> {
             apps: self.apps.clone(),
             metrics_socket: self.dir.metrics_socket(index),
             group: self.group.clone(),
+            index,
         };
         let exe = std::env::current_exe().context("finding this executable to start workers")?;
         let mut command = tokio::process::Command::new(exe);
