@@ -36,6 +36,9 @@ use crate::runtime::Runtime;
 const POLL: Duration = Duration::from_secs(1);
 /// How many heartbeats apart a replica's first process prunes the replica list (~30 s).
 const PRUNE_EVERY: u64 = 30;
+/// How many heartbeats apart a process puts itself on the replica list (the first one does):
+/// back on it within ~5 s if a pruning took it off while its heartbeat had lapsed.
+const LIST_EVERY: u64 = 5;
 
 /// Keeps one process's route table in line with the registry.
 pub struct Agent {
@@ -186,7 +189,8 @@ impl Agent {
             let mut record = self.lock().record.clone();
             record.traffic = window.sample();
             record.at = registry::now_millis();
-            if let Err(e) = self.registry.heartbeat(&record).await {
+            let list = beat % LIST_EVERY == 0;
+            if let Err(e) = self.registry.heartbeat(&record, list).await {
                 warn!(
                     error = format!("{e:#}"),
                     "could not renew this replica's heartbeat"
