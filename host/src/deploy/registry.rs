@@ -1183,7 +1183,10 @@ impl Registry {
     }
 
     /// Adds `count` to version `number` of app `name`'s requests in the bucket of width
-    /// `width` seconds that holds now. The counts expire once no window can reach them.
+    /// `width` seconds that holds now. The counts expire once no window can reach them: a
+    /// count is created at 0 with its expiry in one write (compare-and-swap on a missing
+    /// key), then incremented, which keeps the expiry, so a replica that dies between the
+    /// two leaves nothing that lives forever.
     pub async fn tally(&self, name: &str, number: u64, width: u64, count: Count) -> Result<()> {
         let key = tally_key(name, number, now() / width * width);
         let keep = Some(Duration::from_secs(width * 20 + 60));
@@ -1192,9 +1195,10 @@ impl Registry {
                 continue;
             }
             let key = format!("{key}:{suffix}");
-            if self.storage.increment(&key, n as i64, None).await? == n as i64 {
-                self.storage.expire(&key, keep, None).await?;
-            }
+            self.storage
+                .compare_and_swap(&key, None, b"0", keep, None)
+                .await?;
+            self.storage.increment(&key, n as i64, None).await?;
         }
         Ok(())
     }
@@ -1284,6 +1288,29 @@ mod tests {
             .unwrap()
             .unwrap();
         (registry, blob)
+    }
+
+    /// A tally's counts add up, and each has its expiry from the write that created it.
+    #[tokio::test]
+    async fn tallies_add_up_and_expire() {
+        let storage = crate::storage::open("memory").await.unwrap();
+        let registry = Registry::new(storage.clone());
+        for (total, errors) in [(5, 1), (3, 0)] {
+            let count = Count { total, errors };
+            registry.tally("a", 2, 600, count).await.unwrap();
+        }
+        let counted = registry.tallied("a", 2, 600, now() - 3).await.unwrap();
+        assert_eq!((counted.total, counted.errors), (8, 1));
+        for suffix in ["t", "e"] {
+            let key = format!("{}:{suffix}", tally_key("a", 2, now() / 600 * 600));
+            assert!(
+                matches!(
+                    storage.ttl(&key).await.unwrap(),
+                    crate::storage::Ttl::ExpiresIn(_)
+                ),
+                "{key} never expires"
+            );
+        }
     }
 
     /// The replica list: a heartbeat lists its process, leaving or a lapsed heartbeat takes
