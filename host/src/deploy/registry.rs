@@ -481,6 +481,11 @@ fn seq_key(name: &str) -> String {
 
 /// Requests of version `number` of app `name` in the bucket starting at `bucket` (seconds
 /// since the epoch): `KEY:t` counts them all, `KEY:e` the failed ones.
+/// Where the heartbeat of the process with id `id` lives.
+fn replica_key(id: &str) -> String {
+    format!("tabula:{{registry}}:replica:{id}")
+}
+
 fn tally_key(name: &str, number: u64, bucket: u64) -> String {
     format!("tabula:{{registry}}:tally:{name}:{number}:{bucket}")
 }
@@ -498,7 +503,6 @@ const REPLICA_IDS_LIMITS: HashLimits = HashLimits {
     max_fields: 100_000,
 };
 const BLOBS: &str = "tabula:{registry}:blobs";
-const REPLICA_PREFIX: &str = "tabula:{registry}:replica:";
 const JUDGE: &str = "tabula:{registry}:judge";
 
 /// The hex sha-256 of `bytes`.
@@ -1053,7 +1057,7 @@ impl Registry {
     /// fleet. With `list`, also puts it on the list of replicas (it joined, or was taken off
     /// while its heartbeat had lapsed): a script, so not on every heartbeat.
     pub async fn heartbeat(&self, replica: &Heartbeat, list: bool) -> Result<()> {
-        let key = format!("{REPLICA_PREFIX}{}", replica.id);
+        let key = replica_key(&replica.id);
         self.storage
             .set(
                 &key,
@@ -1088,7 +1092,7 @@ impl Registry {
 
     /// Takes `replica` off the list (it is stopping).
     pub async fn leave(&self, replica: &Heartbeat) -> Result<()> {
-        let key = format!("{REPLICA_PREFIX}{}", replica.id);
+        let key = replica_key(&replica.id);
         self.storage.delete(&key, None).await?;
         self.storage
             .hash_delete(REPLICA_IDS, &replica.id, None)
@@ -1115,10 +1119,7 @@ impl Registry {
             None => BTreeSet::new(),
         };
         let ids: Vec<&String> = listed.union(&legacy).collect();
-        let keys: Vec<String> = ids
-            .iter()
-            .map(|id| format!("{REPLICA_PREFIX}{id}"))
-            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| replica_key(id)).collect();
         let mut replicas = Vec::new();
         let mut legacy_alive = false;
         for (id, beat) in ids.into_iter().zip(self.storage.get_many(&keys).await?) {
@@ -1152,7 +1153,7 @@ impl Registry {
                     group: group.to_string(),
                     index,
                 };
-                format!("{REPLICA_PREFIX}{}", process.id())
+                replica_key(&process.id())
             })
             .collect();
         let mut beats = Vec::with_capacity(processes);
@@ -1340,15 +1341,12 @@ mod tests {
             .await
             .unwrap();
         let old_beat = serde_json::to_vec(&beat("old")).unwrap();
-        let old_key = format!("{REPLICA_PREFIX}old");
+        let old_key = replica_key("old");
         storage.set(&old_key, &old_beat, None, None).await.unwrap();
         let listed = ids(registry.replicas().await.unwrap());
         assert_eq!(listed, ["a.0", "b.0", "old"]);
         // b's heartbeat lapses, and the old host stops.
-        storage
-            .delete(&format!("{REPLICA_PREFIX}b.0"), None)
-            .await
-            .unwrap();
+        storage.delete(&replica_key("b.0"), None).await.unwrap();
         storage.delete(&old_key, None).await.unwrap();
         assert_eq!(ids(registry.replicas().await.unwrap()), ["a.0"]);
         let left = storage.hash_get_all(REPLICA_IDS).await.unwrap();
